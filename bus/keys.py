@@ -1,0 +1,79 @@
+"""Every Redis key regime3 uses: streams, consumer groups, queues and hashes, in one place.
+
+Lifetimes, so Redis memory stays bounded over weeks of running:
+- event streams are trimmed on every XADD with an approximate MAXLEN (`~`), which Redis
+  applies per macro node, so a stream may run a little over its cap but never grows
+  without bound (caps: settings `R3_STREAM_MAXLEN_TRAINING`, `R3_STREAM_MAXLEN_DEFAULT`);
+- the dead-letter stream is trimmed the same way (the default cap); an entry there is kept
+  for a human to read, never retried automatically;
+- hashes hold only the latest state (one field per value) and are overwritten in place;
+- RQ's own keys (`rq:*`) follow RQ's TTLs: finished jobs 500 s by default, failed jobs a year.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+PREFIX: Final = "r3:"
+
+# --- event streams (XADD, trimmed by MAXLEN ~) -------------------------------------------
+# One stream per topic, so a reader subscribes to what it shows and a noisy topic (training
+# steps, telemetry) cannot push the rare ones (checkpoints) out of its window.
+STREAM_TRAINING: Final = PREFIX + "stream:training"  # train.step, train.sample, train.layers
+STREAM_JOBS: Final = PREFIX + "stream:jobs"  # job.queued … job.failed
+STREAM_CHECKPOINTS: Final = PREFIX + "stream:checkpoints"  # checkpoint.ready / .pruned
+STREAM_MODELS: Final = PREFIX + "stream:models"  # model.* on the nodes
+STREAM_EVAL: Final = PREFIX + "stream:eval"  # eval.result
+STREAM_TELEMETRY: Final = PREFIX + "stream:telemetry"  # telemetry, every few seconds a host
+STREAM_ALERTS: Final = PREFIX + "stream:alerts"  # alert
+STREAM_DEADLETTER: Final = PREFIX + "stream:deadletter"  # malformed or repeatedly failed
+
+# Short names for the CLI and the gateway (`--stream training`, `/events?streams=jobs`).
+STREAMS: Final[dict[str, str]] = {
+    "training": STREAM_TRAINING,
+    "jobs": STREAM_JOBS,
+    "checkpoints": STREAM_CHECKPOINTS,
+    "models": STREAM_MODELS,
+    "eval": STREAM_EVAL,
+    "telemetry": STREAM_TELEMETRY,
+    "alerts": STREAM_ALERTS,
+    "deadletter": STREAM_DEADLETTER,
+}
+
+# --- consumer groups (XREADGROUP / XACK / XAUTOCLAIM) ----------------------------------------
+# A group lives as long as its stream; its pending list holds only unacknowledged entries.
+GROUP_NODE_CHECKPOINTS: Final = "node-checkpoints"  # on STREAM_CHECKPOINTS: pull and swap
+
+# --- markers ---------------------------------------------------------------------------------
+# SET NX with a 1-day TTL, so a malformed entry seen by several broadcast readers is
+# dead-lettered once.
+DEADLETTER_SEEN: Final = PREFIX + "deadletter:seen:{stream}:{entry_id}"
+DEADLETTER_SEEN_TTL_S: Final = 86_400
+
+# --- hashes (latest state, overwritten in place, no TTL) -------------------------------------
+STATUS_TRAINING: Final = PREFIX + "status:training"  # the seed's TrainingStatus payload
+NODE_STATUS: Final = PREFIX + "node:{node}"  # one node: active model, version, telemetry time
+NODES: Final = PREFIX + "nodes"  # set of node names that have reported
+
+
+def node_status_key(node: str) -> str:
+    return NODE_STATUS.format(node=node)
+
+
+def deadletter_seen_key(stream: str, entry_id: str) -> str:
+    return DEADLETTER_SEEN.format(stream=stream, entry_id=entry_id)
+
+
+# --- RQ queues (RQ stores them as rq:queue:<name>) --------------------------------------------
+# A worker lists its queues high → normal → low and RQ always takes the first non-empty one.
+PRIORITIES: Final = ("high", "normal", "low")
+TRAIN_QUEUES: Final = tuple(f"train-{p}" for p in PRIORITIES)
+NODE_QUEUES: Final = tuple(f"node-{p}" for p in PRIORITIES)
+
+
+def train_queue(priority: str) -> str:
+    return f"train-{priority}"
+
+
+def node_queue(priority: str) -> str:
+    return f"node-{priority}"

@@ -1,0 +1,134 @@
+"""The RQ worker every regime3 service runs: in-process, with job events and heartbeats.
+
+In-process (RQ's SimpleWorker) because the trainer keeps its model and optimizer in memory
+from one job to the next; a forked horse would throw them away. SimpleWorker does not
+heartbeat while a job runs, so RQ would call an hours-long training job abandoned; a thread
+here refreshes the worker, execution and job TTLs every `job_monitoring_interval` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+from rq import get_current_job
+from rq.executions import Execution
+from rq.job import Job
+from rq.queue import Queue
+from rq.worker import SimpleWorker
+
+from bus.events import Event, JobFailed, JobFinished, JobProgress, JobStarted
+from bus.publish import Publisher
+
+log = logging.getLogger(__name__)
+
+
+def _one_line(exc: BaseException | None) -> str:
+    if exc is None:
+        return "the job failed without an exception (killed or timed out)"
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class EventWorker(SimpleWorker):
+    """Listens on its queues in the order given (high before normal before low)."""
+
+    job_monitoring_interval = 10  # seconds between in-job heartbeats
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        # A few missed beats, not RQ's 7 minutes: a killed trainer's job is seen abandoned
+        # (and RQ moves it to the failed registry) within about half a minute.
+        return int(3 * self.job_monitoring_interval + 2)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.publisher = Publisher(self.connection)
+        self._last_exc: BaseException | None = None
+        self.push_exc_handler(self._remember_exception)  # type: ignore[no-untyped-call]
+
+    def _remember_exception(
+        self, job: Job, exc_type: type[BaseException], exc: BaseException, tb: TracebackType
+    ) -> bool:
+        self._last_exc = exc
+        return True  # let RQ's own handlers (logging) run too
+
+    def _publish(self, event: Event) -> None:
+        # An event that cannot be sent must never fail the job or kill the worker.
+        try:
+            self.publisher.publish(event)
+        except Exception:
+            log.exception("could not publish %s", event.TYPE)
+
+    def _beat(self, job: Job, execution: Execution, stop: threading.Event) -> None:
+        while not stop.wait(self.job_monitoring_interval):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except Exception:
+                log.exception("heartbeat for job %s failed; retrying", job.id)
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        self._last_exc = None
+        base = {
+            "job_id": job.id,
+            "queue": queue.name,
+            "func": job.func_name,
+            "description": job.description,
+        }
+        self._publish(JobStarted(**base, worker=self.name))
+        started = time.monotonic()
+        stop = threading.Event()
+        beat = threading.Thread(
+            target=self._beat, args=(job, execution, stop), daemon=True, name=f"heartbeat-{job.id}"
+        )
+        beat.start()
+        try:
+            ok = super().perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            beat.join()
+        took = time.monotonic() - started
+        if ok:
+            value = job.return_value()
+            self._publish(
+                JobFinished(
+                    **base,
+                    worker=self.name,
+                    duration_seconds=took,
+                    result=value if isinstance(value, dict) else None,
+                )
+            )
+        else:
+            exc = self._last_exc
+            self._publish(
+                JobFailed(
+                    **base,
+                    worker=self.name,
+                    duration_seconds=took,
+                    reason=_one_line(exc),
+                    exc_type=type(exc).__name__ if exc else None,
+                )
+            )
+        return ok
+
+
+def report_progress(
+    done: int, total: int | None = None, *, unit: str = "items", message: str | None = None
+) -> None:
+    """Called from inside a job function: publishes `job.progress` for the current job."""
+    job = get_current_job()
+    if job is None:
+        return
+    Publisher(job.connection).publish(
+        JobProgress(
+            job_id=job.id,
+            queue=job.origin,
+            func=job.func_name,
+            done=done,
+            total=total,
+            unit=unit,
+            message=message,
+        )
+    )

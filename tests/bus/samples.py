@@ -1,0 +1,128 @@
+"""One valid instance of every event type, for round-trip tests."""
+
+from __future__ import annotations
+
+from bus import events as ev
+
+SAMPLES: list[ev.Event] = [
+    ev.TrainStep(
+        current_step=1500,
+        total_steps=5000,
+        epoch=1,
+        loss=0.452,
+        learning_rate=2e-4,
+        grad_norm=1.3,
+        streaming_ce=0.423,
+        loss_variance=0.032,
+        token_entropy=2.145,
+        tokens=32768,
+        tokens_per_sec=101_000.5,
+        eta_seconds=3600.0,
+        batch_step=45,
+        batch_total_steps=118,
+        batch_number=6,
+        batch_queue_size=22,
+        current_file="syllo_batch_001.jsonl",
+        gpu_temp_c=61.0,
+        gpu_vram_used_bytes=7_000_000_000,
+        gpu_vram_total_bytes=24_000_000_000,
+    ),
+    ev.TrainSample(
+        current_step=1500,
+        current_prompt="What is 2+2?",
+        golden_answer="4",
+        model_answer="4",
+        answer_matches=True,
+        total_evals=450,
+        total_correct=387,
+        accuracy_percent=86.0,
+        accuracy_trend="improving",
+    ),
+    ev.TrainLayers(
+        current_step=100,
+        layer_activity_summary={"layers.0": {"grad_norm": 0.1, "update_norm": 0.01}},
+    ),
+    ev.JobQueued(
+        job_id="j1", queue="train-high", func="services.trainer.jobs.train_file", priority="high"
+    ),
+    ev.JobStarted(job_id="j1", queue="train-high", worker="w1"),
+    ev.JobProgress(job_id="j1", queue="train-high", done=3, total=10, unit="steps"),
+    ev.JobFinished(
+        job_id="j1", queue="train-high", worker="w1", duration_seconds=1.5, result={"steps": 10}
+    ),
+    ev.JobFailed(
+        job_id="j1",
+        queue="train-high",
+        worker="w1",
+        reason="line 7: not JSON",
+        exc_type="ValueError",
+    ),
+    ev.CheckpointReady(
+        checkpoint_id="step-001000",
+        step=1000,
+        manifest_sha256="ab" * 32,
+        path="/artifacts/checkpoints/step-001000/",
+        size_bytes=1_500_000_000,
+        files=7,
+    ),
+    ev.CheckpointPruned(checkpoint_id="step-000500", reason="disk", freed_bytes=10),
+    ev.CheckpointPulled(node="node-1", checkpoint_id="step-001000", bytes=10, download_seconds=0.5),
+    ev.ModelSwapped(
+        node="node-1",
+        model_id="step-001000",
+        previous_model_id="base",
+        bytes=10,
+        download_seconds=0.5,
+        load_seconds=0.3,
+        swap_seconds=0.001,
+    ),
+    ev.ModelSwapFailed(
+        node="node-1",
+        checkpoint_id="step-001000",
+        reason="sha256 mismatch in model.safetensors",
+        attempt=2,
+    ),
+    ev.ModelActivated(node="node-1", model_id="base", previous_model_id="step-001000"),
+    ev.EvalResult(
+        model_id="step-001000",
+        eval_set="arithmetic-v1",
+        total=200,
+        correct=180,
+        parse_failures=3,
+        fixed_eval_em=0.9,
+        fixed_eval_ce=0.4,
+        fixed_eval_ece=0.04,
+        pattern_heatmap={"arithmetic": {"1": 0.95, "2": 0.85}},
+    ),
+    ev.Telemetry(
+        role="node",
+        gpus=None,
+        gpu_reason="NVML not found",
+        cpu_percent=12.5,
+        ram_used_bytes=1,
+        ram_total_bytes=2,
+        disk_free_bytes=3,
+        disk_total_bytes=4,
+    ),
+    ev.Telemetry(
+        role="trainer",
+        gpus=[ev.GpuReading(index=0, name="RTX 4090", temp_c=60.0)],
+        cpu_percent=1.0,
+        ram_used_bytes=1,
+        ram_total_bytes=2,
+        disk_free_bytes=3,
+        disk_total_bytes=4,
+    ),
+    ev.Alert(
+        level="warning",
+        source="trainer",
+        code="oom_recovered",
+        message="OOM at micro-batch 8; now 4 × 2 accumulation",
+    ),
+    ev.DeadLetter(
+        source_stream="r3:stream:jobs",
+        source_id="1-0",
+        error="unknown type",
+        entry={"type": "nope"},
+    ),
+]

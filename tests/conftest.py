@@ -1,0 +1,137 @@
+"""Test rig: a real Redis for every test, in a database (or a private server) this run owns."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+CLAIM_KEY = "r3:test:claim"
+
+
+@dataclass(frozen=True)
+class TestRedis:
+    host: str
+    port: int
+    db: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/{self.db}"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host=self.host, port=self.port, db=self.db)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        return bool(redis.Redis(host=host, port=port, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def _claim_empty_db(host: str, port: int, token: str) -> int | None:
+    """Take a database nobody uses, so tests never touch keys they did not create.
+
+    SET NX on the claim key settles the race between two test runs that both saw it empty.
+    """
+    for db in range(15, 0, -1):
+        r = redis.Redis(host=host, port=port, db=db)
+        if r.dbsize() == 0 and r.set(CLAIM_KEY, token, nx=True):
+            return db
+    return None
+
+
+def _start_private_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.exit(
+            "No Redis answers at 127.0.0.1:6379 and no redis-server is on PATH: "
+            "install it (apt-get install redis-server) or set R3_TEST_REDIS_URL.",
+            returncode=3,
+        )
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not _answers("127.0.0.1", port):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.exit("a private redis-server did not start within 10 s", returncode=3)
+        time.sleep(0.05)
+    return proc, port
+
+
+@pytest.fixture(scope="session")
+def test_redis() -> Iterator[TestRedis]:
+    host = os.environ.get("R3_TEST_REDIS_HOST", "127.0.0.1")
+    port = int(os.environ.get("R3_TEST_REDIS_PORT", "6379"))
+    token = f"{socket.gethostname()}:{os.getpid()}"
+    proc = None
+    tmp = None
+    db = _claim_empty_db(host, port, token) if _answers(host, port) else None
+    if db is None:
+        tmp = tempfile.TemporaryDirectory(prefix="r3-test-redis-")
+        proc, port = _start_private_redis(Path(tmp.name))
+        host, db = "127.0.0.1", 0
+    where = TestRedis(host, port, db)
+    try:
+        yield where
+    finally:
+        where.client().flushdb()
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+        if tmp is not None:
+            tmp.cleanup()
+
+
+@pytest.fixture
+def redis_url(test_redis: TestRedis, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A clean database for this test; R3_REDIS_URL points at it for code under test."""
+    client = test_redis.client()
+    client.flushdb()
+    client.set(CLAIM_KEY, "held")
+    monkeypatch.setenv("R3_REDIS_URL", test_redis.url)
+    from bus.settings import get_bus_settings
+
+    get_bus_settings.cache_clear()
+    yield test_redis.url
+    get_bus_settings.cache_clear()
+    client.flushdb()
+    client.set(CLAIM_KEY, "held")
+
+
+@pytest.fixture
+def r(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
