@@ -1,0 +1,111 @@
+"""The built-in domains: seeded generators, the held-out split, corpora and the default codebook."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from functools import lru_cache
+
+from codec.codebook import Codebook, build_codebook
+from codec.domains import arithmetic, selfcorrect, syllogism, word
+from codec.domains.base import Domain
+from codec.errors import DomainError
+from codec.modes import RENDER_MODES, Mode
+from codec.problem import Problem, RenderSettings, Split
+
+DOMAINS: dict[str, Domain] = {
+    d.name: d for d in (arithmetic.DOMAIN, word.DOMAIN, syllogism.DOMAIN, selfcorrect.DOMAIN)
+}
+MAX_MISSES = 20_000  # consecutive draws of the wrong split before giving up
+
+
+def get_domain(name: str) -> Domain:
+    try:
+        return DOMAINS[name]
+    except KeyError:
+        raise DomainError(
+            f"unknown domain {name!r}; choose one of {', '.join(sorted(DOMAINS))}"
+        ) from None
+
+
+def generate(
+    domain: str,
+    *,
+    count: int,
+    difficulty: int,
+    seed: int,
+    split: Split = "train",
+) -> Iterator[Problem]:
+    """`count` problems of one domain and difficulty, reproducible for a seed.
+
+    Problems whose canonical statement hashes into the other split are skipped, so the
+    train and held-out outputs never share a problem.
+    """
+    spec = get_domain(domain)
+    if difficulty not in spec.levels:
+        raise DomainError(
+            f"difficulty {difficulty} is not a level of {domain!r}; use one of "
+            f"{', '.join(map(str, spec.levels))}"
+        )
+    if split not in ("train", "heldout"):
+        raise DomainError(f"split {split!r} must be 'train' or 'heldout'")
+    if count < 0:
+        raise DomainError(f"count {count} must not be negative")
+    rng = random.Random(f"{domain}:{difficulty}:{seed}")
+    made = misses = 0
+    while made < count:
+        problem = spec.make(rng, difficulty)
+        if problem.split != split:
+            misses += 1
+            if misses > MAX_MISSES:
+                raise DomainError(
+                    f"{domain} level {difficulty}: no {split} problem in {MAX_MISSES} draws"
+                )
+            continue
+        misses = 0
+        made += 1
+        yield problem
+
+
+def mixed_problems(count: int, seed: int, split: Split = "train") -> Iterator[Problem]:
+    """Problems cycling over every domain and difficulty level, reproducible for a seed."""
+    pairs = [(name, level) for name, d in DOMAINS.items() for level in d.levels]
+    per_pair = -(-count // len(pairs)) if count > 0 else 0
+    streams = [
+        generate(name, count=per_pair, difficulty=level, seed=seed, split=split)
+        for name, level in pairs
+    ]
+    made = 0
+    while made < count:
+        for stream in streams:
+            if made == count:
+                return
+            yield next(stream)
+            made += 1
+
+
+def canonical_corpus(count: int, seed: int = 0) -> list[str]:
+    """Printed canonical reasoning of `count` problems over all domains (a codebook corpus)."""
+    return [p.canonical_reasoning for p in mixed_problems(count, seed)]
+
+
+@lru_cache(maxsize=1)
+def default_codebook() -> Codebook:
+    """The codebook learned from the built-in domains under the whitespace counter."""
+    return build_codebook(
+        canonical_corpus(1200, seed=0), size=256, min_freq=5, tokenizer_name="whitespace"
+    )
+
+
+def sample_corpus(count: int, seed: int = 0) -> Iterator[str]:
+    """`count` plain texts covering every domain in all three renderings (for tokenizer training).
+
+    Each text is one whole example: the question, a newline, then the assistant content
+    (thinking markers, reasoning in the example's mode, stop markers, answer).
+    """
+    rng = random.Random(f"sample-corpus:{seed}")
+    codebook = default_codebook()
+    for index, problem in enumerate(mixed_problems(count, seed)):
+        mode: Mode = RENDER_MODES[index % len(RENDER_MODES)]
+        content = problem.assistant_content(mode, codebook, rng, RenderSettings())
+        yield f"{problem.question}\n{content}"
