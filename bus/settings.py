@@ -25,6 +25,7 @@ class BusSettings(BaseSettings):
     )
     host_name: str = Field(
         default_factory=socket.gethostname,
+        json_schema_extra={"shown_default": "this machine's hostname"},
         description="Name this host gives itself in events (`host` field) and in telemetry.",
     )
     run_id: str = Field(
