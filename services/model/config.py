@@ -1,0 +1,36 @@
+"""Settings for where the model comes from (env `R3_*`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ModelSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="R3_", extra="ignore")
+
+    model: str | None = Field(
+        default=None,
+        description=(
+            "R3_MODEL: a local directory holding a Hugging Face causal LM and its tokenizer "
+            "(e.g. a Qwen3-0.6B snapshot). Unset: the embedded tiny model, built on first use."
+        ),
+    )
+    data_dir: Path = Field(
+        default=Path("./data"),
+        description="R3_DATA_DIR: root of local state; the embedded model is cached in models/.",
+    )
+
+    @property
+    def models_dir(self) -> Path:
+        """Where built-in models are cached: `<data_dir>/models`."""
+        return self.data_dir / "models"
+
+
+@lru_cache
+def get_model_settings() -> ModelSettings:
+    """The settings read once per process; tests that change env call `cache_clear()`."""
+    return ModelSettings()
