@@ -25,6 +25,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,10 @@ TokenCounter = Callable[[str], int]
 SCHEMA = "regime3.codebook"
 SCHEMA_VERSION = 1
 MAX_CODES = 512
-_WORD = re.compile(r"<E\d{3}>|\w+|[^\w\s]")
-_ENCODED = re.compile(r'\s*(?:<E(\d{3})>|(\()|(\))|("(?:[^"\\\n]|\\.)*")|([^\s()"<]+)|(<))')
+_WORD = re.compile(r"<E\d{3}>|[+-]?\d+(?:/\d+)?|\w+|[^\w\s]")
+# code | paren | string | atom | anything else (an error); whitespace between matches is skipped
+_ENCODED = re.compile(r'<E(\d{3})>|([()])|("(?:[^"\\\n]|\\.)*")|([^\s()"<]+)|(\S)')
+_PLAIN = re.compile(r"[()]|[^\s()]+")
 _ATOM = re.compile(r"[+-]?\d+(?:/[1-9]\d*|\.\d+)?|[A-Za-z_][A-Za-z0-9_\-]*")
 _END = ""  # trie key marking the end of a fragment (no lexical token is empty)
 
@@ -47,16 +50,48 @@ def code_name(index: int) -> str:
 
 
 def whitespace_count(text: str) -> int:
-    """Default token counter: words, numbers, each punctuation mark, each code is one token."""
+    """Default token counter: a word, a number (-3, 3/4), a punctuation mark, a code: one each."""
     return len(_WORD.findall(text))
 
 
-def _depth_profile(tokens: Sequence[str]) -> tuple[int, int]:
-    depth = lowest = 0
-    for token in tokens:
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    """A fragment prepared for fast decoding."""
+
+    tokens: tuple[str, ...]
+    text: str  # the fragment printed as it appears inside a list
+    delta: int  # depth change across the fragment
+    lowest: int  # lowest depth reached, relative to the start (after each token)
+    lowest_boundary: int  # lowest relative depth at a boundary between two of its tokens
+    opens_with_close: bool
+    closes_with_open: bool
+
+    @classmethod
+    def of(cls, tokens: tuple[str, ...]) -> _Decoded:
+        depth, lowest, boundaries = 0, 0, []
+        for token in tokens:
+            depth += 1 if token == "(" else -1 if token == ")" else 0
+            lowest = min(lowest, depth)
+            boundaries.append(depth)
+        inner = min(boundaries[:-1], default=1)
+        text = join_tokens(tokens, toplevel_newlines=False)
+        return cls(tokens, text, depth, lowest, inner, tokens[0] == ")", tokens[-1] == "(")
+
+
+def _join_from(tokens: Sequence[str], depth: int) -> str:
+    """Join a fragment's tokens that start at `depth`, with newlines at top-level boundaries."""
+    parts: list[str] = []
+    previous = ""
+    for index, token in enumerate(tokens):
+        if index:
+            if depth == 0:
+                parts.append("\n")
+            elif previous != "(" and token != ")":
+                parts.append(" ")
+        parts.append(token)
         depth += 1 if token == "(" else -1 if token == ")" else 0
-        lowest = min(lowest, depth)
-    return depth, lowest
+        previous = token
+    return "".join(parts)
 
 
 class Codebook:
@@ -70,7 +105,9 @@ class Codebook:
         self.fragments = tuple(tuple(f) for f in fragments)
         self.params = dict(params or {})
         self._trie: dict[str, Any] = {}
-        self._profiles = [_depth_profile(f) for f in self.fragments]
+        self._decoded = [_Decoded.of(f) for f in self.fragments]
+        self._names = [code_name(i) for i in range(len(self.fragments))]
+        self._by_digits = {f"{i:03d}": d for i, d in enumerate(self._decoded)}
         for index, fragment in enumerate(self.fragments):
             node = self._trie
             for token in fragment:
@@ -87,35 +124,37 @@ class Codebook:
 
     def encode(self, text: str) -> str:
         """Encode printed canonical text (one or more expressions) into codes and literals."""
-        tokens = [token for token, _ in lex(text)]
+        # without strings a plain split is exact and much faster than the full lexer
+        tokens = _PLAIN.findall(text) if '"' not in text else [t for t, _ in lex(text)]
         pieces: list[str] = []
+        append = pieces.append
+        names = self._names
+        trie = self._trie
         previous_atom = False
         i, n = 0, len(tokens)
-        trie = self._trie
         while i < n:
-            node = trie
-            j = i
-            best = -1
-            best_end = i
-            while j < n:
-                child = node.get(tokens[j])
-                if child is None:
-                    break
-                node = child
-                j += 1
-                code = node.get(_END)
-                if code is not None:
-                    best, best_end = code, j
-            if best >= 0:
-                pieces.append(f"<E{best:03d}>")
-                previous_atom = False
-                i = best_end
-                continue
+            node = trie.get(tokens[i])
+            if node is not None:
+                best = node.get(_END)
+                j = best_end = i + 1
+                while j < n:
+                    node = node.get(tokens[j])
+                    if node is None:
+                        break
+                    j += 1
+                    code = node.get(_END)
+                    if code is not None:
+                        best, best_end = code, j
+                if best is not None:
+                    append(names[best])
+                    previous_atom = False
+                    i = best_end
+                    continue
             token = tokens[i]
             atom = token != "(" and token != ")"
             if atom and previous_atom:
-                pieces.append(" ")
-            pieces.append(token)
+                append(" ")
+            append(token)
             previous_atom = atom
             i += 1
         return "".join(pieces)
@@ -126,22 +165,62 @@ class Codebook:
 
     def decode(self, encoded: str) -> str:
         """Expand codes back to printed canonical text; errors name the position in `encoded`."""
-        tokens: list[str] = []
+        text = self._decode_fast(encoded)
+        return text if text is not None else self._decode_checked(encoded)
+
+    def _decode_fast(self, encoded: str) -> str | None:
+        """The common case at full speed; None on any problem, so the checked path reports it."""
+        out: list[str] = []
         depth = 0
-        pos, end = 0, len(encoded)
+        open_before = True  # the last token written was "(" (or nothing was written)
+        by_digits = self._by_digits
+        atom_ok = _ATOM.fullmatch
+        for code, paren, string, atom, bad in _ENCODED.findall(encoded):
+            if code:
+                fragment = by_digits.get(code)
+                if fragment is None or depth + fragment.lowest < 0:
+                    return None
+                if out:
+                    if depth == 0:
+                        out.append("\n")
+                    elif not open_before and not fragment.opens_with_close:
+                        out.append(" ")
+                if depth + fragment.lowest_boundary > 0:
+                    out.append(fragment.text)
+                else:
+                    out.append(_join_from(fragment.tokens, depth))
+                depth += fragment.delta
+                open_before = fragment.closes_with_open
+            elif paren == ")":
+                if depth == 0:
+                    return None
+                depth -= 1
+                out.append(")")
+                open_before = False
+            elif bad or (atom and atom_ok(atom) is None):
+                return None
+            else:
+                if out:
+                    if depth == 0:
+                        out.append("\n")
+                    elif not open_before:
+                        out.append(" ")
+                if paren:
+                    out.append("(")
+                    depth += 1
+                    open_before = True
+                else:
+                    out.append(atom or string)
+                    open_before = False
+        return None if depth else "".join(out)
+
+    def _decode_checked(self, encoded: str) -> str:
+        out: list[str] = []
+        depth = 0
+        previous = "("  # the last token written; "(" means no separator is due
         count = len(self.fragments)
-        while pos < end:
-            match = _ENCODED.match(encoded, pos)
-            if match is None:
-                if not encoded[pos:].strip():
-                    break
-                start = pos + len(encoded[pos:]) - len(encoded[pos:].lstrip())
-                raise DecodeError(
-                    "unterminated string: expected a closing '\"'", text=encoded, position=start
-                )
+        for match in _ENCODED.finditer(encoded):
             group = match.lastindex
-            start = match.start(group or 0)
-            pos = match.end()
             if group == 1:
                 index = int(match.group(1))
                 if index >= count:
@@ -150,54 +229,68 @@ class Codebook:
                         f"{code_name(0)}..{code_name(count - 1)}; decode with the codebook "
                         "that encoded the text",
                         text=encoded,
-                        position=start,
+                        position=match.start(),
                     )
-                delta, lowest = self._profiles[index]
-                if depth + lowest < 0:
+                fragment = self._decoded[index]
+                if depth + fragment.lowest < 0:
                     raise DecodeError(
                         f"code {code_name(index)} closes a list that was never opened",
                         text=encoded,
-                        position=start,
+                        position=match.start(),
                     )
-                depth += delta
-                tokens.extend(self.fragments[index])
-            elif group == 2:
-                depth += 1
-                tokens.append("(")
-            elif group == 3:
-                if depth == 0:
-                    raise DecodeError(
-                        "unexpected ')': no list is open here; remove it",
-                        text=encoded,
-                        position=start,
-                    )
-                depth -= 1
-                tokens.append(")")
-            elif group == 4:
-                tokens.append(match.group(4))
-            elif group == 5:
-                token = match.group(5)
-                if not _ATOM.fullmatch(token):
-                    raise DecodeError(
-                        f"malformed token {token!r}: expected a code like <E012>, a number, "
-                        "a symbol, a string or a parenthesis",
-                        text=encoded,
-                        position=start,
-                    )
-                tokens.append(token)
-            else:
+                if out:
+                    if depth == 0:
+                        out.append("\n")
+                    elif previous != "(" and not fragment.opens_with_close:
+                        out.append(" ")
+                if depth + fragment.lowest_boundary > 0:
+                    out.append(fragment.text)
+                else:  # a top-level boundary falls inside: newlines depend on where we are
+                    out.append(_join_from(fragment.tokens, depth))
+                depth += fragment.delta
+                previous = fragment.tokens[-1]
+                continue
+            token = match.group(group or 0)
+            if group == 2:
+                if token == ")":
+                    if depth == 0:
+                        raise DecodeError(
+                            "unexpected ')': no list is open here; remove it",
+                            text=encoded,
+                            position=match.start(),
+                        )
+                    depth -= 1
+                    out.append(")")
+                    previous = ")"
+                    continue
+            elif group == 4 and not _ATOM.fullmatch(token):
                 raise DecodeError(
-                    "malformed code: expected <E followed by three digits and >",
+                    f"malformed token {token!r}: expected a code like <E012>, a number, "
+                    "a symbol, a string or a parenthesis",
                     text=encoded,
-                    position=start,
+                    position=match.start(),
                 )
+            elif group == 5:
+                what = "code: expected <E followed by three digits and >"
+                if token == '"':
+                    what = "string: expected a closing '\"' on the same line"
+                raise DecodeError(f"malformed {what}", text=encoded, position=match.start())
+            if out:
+                if depth == 0:
+                    out.append("\n")
+                elif previous != "(":
+                    out.append(" ")
+            out.append(token)
+            previous = token
+            if token == "(":
+                depth += 1
         if depth > 0:
             raise DecodeError(
                 f"expected {depth} more ')' to close the open list(s)",
                 text=encoded,
-                position=end,
+                position=len(encoded),
             )
-        return join_tokens(tokens)
+        return "".join(out)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -328,16 +421,20 @@ def build_codebook(
 
     batch = max(8, size // 16)
     while len(fragments) < size:
-        counts: Counter[tuple[Unit, ...]] = Counter()
+        # one long list with None between examples: zip counts every run at C speed, and a
+        # run that crosses an example boundary contains None and is dropped when scored
+        joined: list[Unit | None] = []
         for seq in sequences:
-            n = len(seq)
-            for i in range(n - 1):
-                for j in range(i + 2, min(n, i + max_fragment) + 1):
-                    counts[tuple(seq[i:j])] += 1
+            joined.extend(seq)
+            joined.append(None)
+        counts: Counter[tuple[Unit | None, ...]] = Counter()
+        for length in range(2, max_fragment + 1):
+            counts.update(zip(*(joined[k:] for k in range(length)), strict=False))
         scored: list[tuple[int, str, tuple[Unit, ...]]] = []
-        for gram, freq in counts.items():
-            if freq < min_freq:
+        for run, freq in counts.items():
+            if freq < min_freq or None in run:
                 continue
+            gram = tuple(u for u in run if u is not None)
             flat = expand(gram)
             if len(flat) > max_fragment:
                 continue

@@ -5,8 +5,8 @@ Grammar (whitespace separates atoms and is otherwise ignored)::
     expr     := atom | "(" expr* ")"
     atom     := integer | rational | decimal | symbol | string
     integer  := [+-]? digits                     e.g. 42, -7
-    rational := [+-]? digits "/" digits          e.g. 3/4, -2/6   (read exactly, printed reduced)
-    decimal  := [+-]? digits "." digits          e.g. 0.5          (read exactly as 1/2, never a float)
+    rational := [+-]? digits "/" digits     e.g. 3/4, -2/6  (read exactly, printed reduced)
+    decimal  := [+-]? digits "." digits     e.g. 0.5        (read exactly as 1/2, never a float)
     symbol   := [A-Za-z_] [A-Za-z0-9_-]*         e.g. add, v1, some-not
     string   := '"' (char | '\\"' | '\\\\' | '\\n')* '"'
 
@@ -147,16 +147,18 @@ def read(text: str) -> Expr:
     if not exprs:
         raise ParseError("expected an expression, found only whitespace", text=text, position=0)
     if len(exprs) > 1:
-        second = lex(text)
-        depth, index = 0, 0
-        for index, (token, _) in enumerate(second):
+        tokens = lex(text)
+        depth, end = 0, 0
+        while True:  # find where the first expression ends
+            token = tokens[end][0]
             depth += 1 if token == "(" else -1 if token == ")" else 0
+            end += 1
             if depth == 0:
                 break
         raise ParseError(
             "expected the end of input after one expression; wrap several in a list",
             text=text,
-            position=second[index + 1][1],
+            position=tokens[end][1],
         )
     return exprs[0]
 

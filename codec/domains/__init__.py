@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from functools import lru_cache
+from pathlib import Path
 
 from codec.codebook import Codebook, build_codebook
 from codec.domains import arithmetic, selfcorrect, syllogism, word
@@ -16,6 +17,7 @@ from codec.problem import Problem, RenderSettings, Split
 DOMAINS: dict[str, Domain] = {
     d.name: d for d in (arithmetic.DOMAIN, word.DOMAIN, syllogism.DOMAIN, selfcorrect.DOMAIN)
 }
+DEFAULT_CODEBOOK = Path(__file__).resolve().parent.parent / "default_codebook.json"
 MAX_MISSES = 20_000  # consecutive draws of the wrong split before giving up
 
 
@@ -89,12 +91,24 @@ def canonical_corpus(count: int, seed: int = 0) -> list[str]:
     return [p.canonical_reasoning for p in mixed_problems(count, seed)]
 
 
-@lru_cache(maxsize=1)
-def default_codebook() -> Codebook:
-    """The codebook learned from the built-in domains under the whitespace counter."""
+def build_default_codebook() -> Codebook:
+    """Learn the default codebook from the built-in domains under the whitespace counter."""
     return build_codebook(
         canonical_corpus(1200, seed=0), size=256, min_freq=5, tokenizer_name="whitespace"
     )
+
+
+@lru_cache(maxsize=1)
+def default_codebook() -> Codebook:
+    """The default codebook: the versioned file shipped in the package (built if it is absent).
+
+    A model trained on encoded data must be decoded with the same codes, so the default is a
+    file under version control, not something rebuilt on the fly; a test checks that it still
+    matches `build_default_codebook()`.
+    """
+    if DEFAULT_CODEBOOK.exists():
+        return Codebook.load(DEFAULT_CODEBOOK)
+    return build_default_codebook()
 
 
 def sample_corpus(count: int, seed: int = 0) -> Iterator[str]:

@@ -106,6 +106,7 @@ def models(existential_import: bool) -> tuple[frozenset[int], ...]:
     return tuple(sorted(found, key=lambda m: (len(m), sorted(m))))
 
 
+@cache
 def countermodel(form: Form, existential_import: bool = False) -> frozenset[int] | None:
     """The smallest model where both premises hold and the conclusion fails, if any."""
     major, minor = form.premises

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from fractions import Fraction
 
 from codec.domains.base import Domain, Step, Worked, fmt, from_worked
@@ -42,6 +43,19 @@ def _operation(rng: random.Random, current: int) -> tuple[str, tuple[int, ...]] 
     return (kind, (rng.choice(divisors),)) if divisors else None
 
 
+def _apply(op: tuple[str, tuple[int, ...]], value: int) -> int:
+    kind, args = op
+    if kind == "gain":
+        return value + args[0]
+    if kind == "lose":
+        return value - args[0]
+    if kind == "times":
+        return value * args[0]
+    if kind == "share":
+        return value // args[0]
+    return value + args[0] * args[1]
+
+
 def _story(rng: random.Random, kind: str, args: tuple[int, ...], name: str, item: str) -> str:
     if kind == "gain":
         verb = rng.choice(("finds", "is given", "buys"))
@@ -55,77 +69,73 @@ def _story(rng: random.Random, kind: str, args: tuple[int, ...], name: str, item
     return f"{name} splits the {item} into {args[0]} equal piles and keeps only one pile."
 
 
+def _sayer(template: str, **values: object) -> Callable[[Fraction], str]:
+    """An English step sentence with its result filled in later (it may be a wrong value)."""
+    return lambda v: template.format(v=fmt(v), **values)
+
+
 def _steps(
     kind: str, args: tuple[int, ...], current: Expr, value: int, name: str, item: str, count: int
 ) -> tuple[list[Step], int]:
-    def var() -> str:
-        return f"v{count + 1}"
-
+    var = f"v{count + 1}"
+    common = {"name": name, "item": item, "value": value, "k": args[0]}
     if kind == "gain":
         new = value + args[0]
-        return [
-            Step(
-                var(),
-                (Sym("add"), current, args[0]),
-                Fraction(new),
-                lambda v: (
-                    f"{name} gets {args[0]} more, so {name} now has "
-                    f"{value} + {args[0]} = {fmt(v)} {item}."
-                ),
-            )
-        ], new
+        say = _sayer(
+            "{name} gets {k} more {item}, so we add them: "
+            "{name} now has {value} + {k} = {v} {item}.",
+            **common,
+        )
+        return [Step(var, (Sym("add"), current, args[0]), Fraction(new), say)], new
     if kind == "lose":
         new = value - args[0]
-        return [
-            Step(
-                var(),
-                (Sym("sub"), current, args[0]),
-                Fraction(new),
-                lambda v: f"Giving away {args[0]} leaves {value} - {args[0]} = {fmt(v)} {item}.",
-            )
-        ], new
+        say = _sayer(
+            "{name} gives away {k} {item}, so we subtract: {value} - {k} = {v} {item} are left.",
+            **common,
+        )
+        return [Step(var, (Sym("sub"), current, args[0]), Fraction(new), say)], new
     if kind == "times":
         new = value * args[0]
-        word = "Doubling" if args[0] == 2 else "Tripling"
-        return [
-            Step(
-                var(),
-                (Sym("mul"), current, args[0]),
-                Fraction(new),
-                lambda v: f"{word} the {item} gives {value} × {args[0]} = {fmt(v)}.",
-            )
-        ], new
+        word = "doubles" if args[0] == 2 else "triples"
+        say = _sayer(
+            "The number of {item} {word}, so we multiply by {k}: "
+            "{name} has {value} × {k} = {v} {item}.",
+            word=word,
+            **common,
+        )
+        return [Step(var, (Sym("mul"), current, args[0]), Fraction(new), say)], new
     if kind == "share":
         new = value // args[0]
-        return [
-            Step(
-                var(),
-                (Sym("div"), current, args[0]),
-                Fraction(new),
-                lambda v: (
-                    f"Splitting {value} {item} into {args[0]} equal piles gives "
-                    f"{value} ÷ {args[0]} = {fmt(v)} in each pile, and {name} keeps "
-                    f"one pile."
-                ),
-            )
-        ], new
+        say = _sayer(
+            "{name} splits the {value} {item} into {k} equal piles and keeps one pile, so we "
+            "divide: each pile has {value} ÷ {k} = {v} {item}.",
+            **common,
+        )
+        return [Step(var, (Sym("div"), current, args[0]), Fraction(new), say)], new
     packs, each = args
     bought = packs * each
     first = Step(
-        var(),
+        var,
         (Sym("mul"), packs, each),
         Fraction(bought),
-        lambda v: f"The {packs} packs hold {packs} × {each} = {fmt(v)} {item}.",
+        _sayer(
+            "{name} buys {packs} packs of {each} {item}, so we multiply to find how many "
+            "{item} that is: {packs} × {each} = {v} {item}.",
+            packs=packs,
+            each=each,
+            **common,
+        ),
     )
-    second_var = f"v{count + 2}"
     new = value + bought
     second = Step(
-        second_var,
-        (Sym("add"), current, Sym(first.var)),
+        f"v{count + 2}",
+        (Sym("add"), current, Sym(var)),
         Fraction(new),
-        lambda v: (
-            f"Together with the {value} {item} {name} already had, that makes "
-            f"{value} + {bought} = {fmt(v)}."
+        _sayer(
+            "Then we add them to the {value} {item} {name} already had: "
+            "{value} + {bought} = {v} {item}.",
+            bought=bought,
+            **common,
         ),
     )
     return [first, second], new
@@ -140,14 +150,7 @@ def worked(rng: random.Random, difficulty: int) -> Worked:
         op = _operation(rng, value)
         if op is None:
             continue
-        kind, args = op
-        value = {
-            "gain": lambda: value + args[0],
-            "lose": lambda: value - args[0],
-            "times": lambda: value * args[0],
-            "share": lambda: value // args[0],
-            "groups": lambda: value + args[0] * args[1],
-        }[kind]()
+        value = _apply(op, value)
         ops.append(op)
     story = [f"{name} has {start} {item}."]
     steps: list[Step] = []
@@ -159,7 +162,8 @@ def worked(rng: random.Random, difficulty: int) -> Worked:
         steps.extend(new_steps)
         current = Sym(steps[-1].var)
     question = " ".join(story) + f" How many {item} does {name} have now?"
-    spec: Expr = (Sym("word"), start, *((Sym(k), *a) for k, a in ops))
+    actions: list[Expr] = [(Sym(k), *a) for k, a in ops]
+    spec: Expr = (Sym("word"), start, *actions)
     return Worked(
         question=question,
         spec=spec,
