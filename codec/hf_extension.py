@@ -71,7 +71,10 @@ def add_codes(
     new_codes = [code for code in codes if code not in vocab]
     if new_codes:
         tokenizer.add_tokens([_code_token(code) for code in new_codes])
-    ids = [vocab[code] if code in vocab else tokenizer.get_vocab()[code] for code in codes]
+        # One lookup table after adding: get_vocab() copies the whole vocabulary (151k
+        # entries for Qwen3), so it must not run once per code.
+        vocab = tokenizer.get_vocab()
+    ids = [vocab[code] for code in codes]
 
     rows = int(_weight(model.get_input_embeddings(), "input embedding").shape[0])
     for code, fragment in fragments.items():

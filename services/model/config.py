@@ -15,13 +15,15 @@ class ModelSettings(BaseSettings):
     model: str | None = Field(
         default=None,
         description=(
-            "R3_MODEL: a local directory holding a Hugging Face causal LM and its tokenizer "
-            "(e.g. a Qwen3-0.6B snapshot). Unset: the embedded tiny model, built on first use."
+            "A local directory holding a Hugging Face causal LM and its tokenizer (e.g. a "
+            "Qwen3-0.6B snapshot); never downloaded. Unset: the embedded tiny CPU model, built "
+            "on first use under R3_DATA_DIR/models."
         ),
     )
     data_dir: Path = Field(
         default=Path("./data"),
-        description="R3_DATA_DIR: root of local state; the embedded model is cached in models/.",
+        description="Root of local state; the embedded model is cached in its models/ folder.",
+        json_schema_extra={"shown_default": "./data"},
     )
 
     @property

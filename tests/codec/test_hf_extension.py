@@ -200,3 +200,27 @@ def test_bad_codes_are_refused(tokenizer: PreTrainedTokenizerBase, model: Qwen3F
     with pytest.raises(CodebookError, match="non-empty"):
         add_codes(tokenizer, model, {"<E000>": ""})
     assert add_codes(tokenizer, model, {}) == []
+
+
+def test_default_codebook_end_to_end(
+    tokenizer: PreTrainedTokenizerBase, model: Qwen3ForCausalLM, embedded_dir: Path
+) -> None:
+    from codec.codebook import code_name
+    from codec.domains import default_codebook, sample_corpus
+
+    codebook = default_codebook()
+    codes = {code_name(i): codebook.fragment_text(i) for i in range(len(codebook))}
+    plain = AutoTokenizer.from_pretrained(embedded_dir, local_files_only=True)
+    ids = add_codes(tokenizer, model, codes)
+    assert len(set(ids)) == len(codes)
+    assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
+    encoded = [text for text in sample_corpus(40, seed=3) if "<E" in text]
+    assert encoded
+    for text in encoded:
+        token_ids = tokenizer.encode(text, add_special_tokens=False)
+        assert tokenizer.decode(token_ids, skip_special_tokens=True) == text
+        # Every code in the text became exactly one token.
+        assert sum(i in set(ids) for i in token_ids) == text.count("<E")
+    before = sum(len(plain.encode(t, add_special_tokens=False)) for t in encoded)
+    after = sum(len(tokenizer.encode(t, add_special_tokens=False)) for t in encoded)
+    assert after < before

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import torch
 
 from services.model.loading import load_model_and_tokenizer
@@ -20,6 +22,17 @@ EXAMPLES = [
 ]
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    # Tiny matmuls gain nothing from threads, and on a shared busy CPU two spinning OpenMP
+    # threads turned this 3 s test into 50 s.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_tiny_model_overfits_a_handful_of_chats(embedded_dir: Path) -> None:
     torch.manual_seed(0)
     model, tokenizer = load_model_and_tokenizer(embedded_dir)
