@@ -8,6 +8,8 @@ from __future__ import annotations
 # - each assistant turn's content and its closing <|im_end|> sit inside {% generation %}, so
 #   `return_assistant_tokens_mask=True` marks exactly the tokens the loss is taken on. The
 #   header `<|im_start|>assistant\n` and the newline after <|im_end|> stay unmasked.
+#   One edge: content that itself starts with a newline shares a BPE token with the header's
+#   newline (the pre-tokenizer keeps a newline run whole), so that one token is masked too.
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['content'] is not string -%}"

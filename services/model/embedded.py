@@ -88,8 +88,9 @@ def build_embedded_model(dest: Path, corpus: Iterable[str] | None = None) -> dic
     # torch RNG is left exactly as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
-        model = Qwen3ForCausalLM(config).to(torch.float32)
-    im_end, endoftext = tokenizer.convert_tokens_to_ids([IM_END, ENDOFTEXT])
+        model = Qwen3ForCausalLM(config).float()
+    im_end = tokenizer.convert_tokens_to_ids(IM_END)
+    endoftext = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
     # Qwen3-0.6B's sampling defaults; chat stops at <|im_end|> or <|endoftext|>.
     model.generation_config = GenerationConfig(
         bos_token_id=endoftext,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import torch
 from transformers import (
@@ -70,7 +71,9 @@ def check_model_dir(path: str | Path, *, need_weights: bool = True) -> Path:
 def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer of `path` (default: R3_MODEL, else the embedded model), from disk only."""
     directory = check_model_dir(resolve_model_dir(path), need_weights=False)
-    return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    return cast(
+        PreTrainedTokenizerBase, AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    )
 
 
 def load_default_tokenizer() -> PreTrainedTokenizerBase:
@@ -90,20 +93,22 @@ def load_model_and_tokenizer(
     (bf16 matmuls are slow there) and the checkpoint's own dtype elsewhere.
     """
     directory = check_model_dir(resolve_model_dir(path))
-    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    tokenizer = cast(
+        PreTrainedTokenizerBase, AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    )
     if dtype is None:
         on_cpu = torch.device(device).type == "cpu"
         chosen: torch.dtype | str = torch.float32 if on_cpu else "auto"
     else:
         chosen = dtype
     model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=chosen)
-    rows = model.get_input_embeddings().weight.shape[0]
+    rows = int(cast(torch.Tensor, model.get_input_embeddings().weight).shape[0])
     if rows < len(tokenizer):
         # Token ids past the last row would index out of range at the first forward pass.
         raise ModelError(
             f"{directory}: the tokenizer has {len(tokenizer)} tokens but the model only "
             f"{rows} embedding rows; save the model and tokenizer together (after resizing)."
         )
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers' stub types `to` wrongly
     model.eval()
     return model, tokenizer
