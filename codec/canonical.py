@@ -101,28 +101,67 @@ def _negate_or_invert(name: str, arg: Expr) -> Expr:
     return (Sym(name), arg)
 
 
-def _key(expr: Expr, anonymous: bool) -> tuple[Any, ...]:
+Colors = dict[str, int] | None  # variable -> refined color for the name-blind order; None: names
+
+
+def _key(expr: Expr, colors: Colors) -> tuple[Any, ...]:
     if isinstance(expr, int | Fraction):
         return (0, Fraction(expr), "")
     if isinstance(expr, Sym):
         match = _VARIABLE.fullmatch(expr.name)
         if match:
-            return (1, 0 if anonymous else int(match.group(1)), "")
+            return (1, int(match.group(1)) if colors is None else colors.get(expr.name, 0), "")
+        if colors is not None and expr.name in colors:
+            return (1, colors[expr.name], "")
         return (2, 0, expr.name)
     if isinstance(expr, Str):
         return (3, 0, expr.value)
-    return (4, len(expr), "", *(_key(e, anonymous) for e in expr))
+    return (4, len(expr), "", *(_key(e, colors) for e in expr))
 
 
-def _sort(expr: Expr, anonymous: bool) -> Expr:
+def _sort(expr: Expr, colors: Colors) -> Expr:
     if not isinstance(expr, tuple):
         return expr
     head = expr[0]
-    args = [_sort(a, anonymous) for a in expr[1:]]
+    args = [_sort(a, colors) for a in expr[1:]]
     assert isinstance(head, Sym)
     if OPERATORS[head.name].commutative:
-        args.sort(key=lambda e: _key(e, anonymous))
+        args.sort(key=lambda e: _key(e, colors))
     return (head, *args)
+
+
+def _colors(tree: Expr, variables: set[str], rounds: int = 3) -> dict[str, int]:
+    """Name-blind colors for variables (color refinement): a variable is known by the places
+    it occurs in, so the order of commutative arguments does not depend on the names."""
+    colors = dict.fromkeys(variables, 0)
+    for _ in range(rounds):
+        contexts: dict[str, list[tuple[Any, ...]]] = {v: [] for v in variables}
+
+        def walk(expr: Expr, path: tuple[tuple[Any, ...], ...]) -> None:
+            # an occurrence is known by every list above it and its place in each
+            # (no place inside a commutative list), all written with name-blind keys
+            if not isinstance(expr, tuple):
+                return
+            head = expr[0]
+            assert isinstance(head, Sym)
+            key = _key(expr, colors)
+            commutative = OPERATORS[head.name].commutative
+            for index, child in enumerate(expr[1:], start=1):
+                where = (*path, (0 if commutative else index, key))
+                if isinstance(child, Sym) and child.name in contexts:
+                    contexts[child.name].append(where)
+                walk(child, where)
+
+        walk(
+            _sort(tree, colors), ()
+        )  # sorted first, so a list's key does not depend on input order
+        signatures = {v: tuple(sorted(contexts[v])) for v in variables}
+        ranks = {sig: rank for rank, sig in enumerate(sorted(set(signatures.values())))}
+        refined = {v: ranks[signatures[v]] for v in variables}
+        if refined == colors:
+            break
+        colors = refined
+    return colors
 
 
 def _variables(expr: Expr, found: set[str]) -> None:
@@ -153,15 +192,16 @@ def _rename(expr: Expr, mapping: dict[str, str]) -> Expr:
 
 def _canonical_tree(expr: Expr) -> Expr:
     validate(expr)
-    tree = _sort(_normalize(expr), anonymous=True)
+    tree = _normalize(expr)
     variables: set[str] = set()
     _variables(tree, variables)
     if not variables:
-        return _sort(tree, anonymous=False)
+        return _sort(tree, None)
+    tree = _sort(tree, _colors(tree, variables))
     for _ in range(8):
         order: dict[str, str] = {}
         _first_use(tree, variables, order)
-        renamed = _sort(_rename(tree, order), anonymous=False)
+        renamed = _sort(_rename(tree, order), None)
         variables = set(order.values())
         if renamed == tree:
             break

@@ -40,7 +40,6 @@ MAX_CODES = 512
 _WORD = re.compile(r"<E\d{3}>|[+-]?\d+(?:/\d+)?|\w+|[^\w\s]")
 # code | paren | string | atom | anything else (an error); whitespace between matches is skipped
 _ENCODED = re.compile(r'<E(\d{3})>|([()])|("(?:[^"\\\n]|\\.)*")|([^\s()"<]+)|(\S)')
-_PLAIN = re.compile(r"[()]|[^\s()]+")
 _ATOM = re.compile(r"[+-]?\d+(?:/[1-9]\d*|\.\d+)?|[A-Za-z_][A-Za-z0-9_\-]*")
 _END = ""  # trie key marking the end of a fragment (no lexical token is empty)
 
@@ -107,7 +106,7 @@ class Codebook:
         self._trie: dict[str, Any] = {}
         self._decoded = [_Decoded.of(f) for f in self.fragments]
         self._names = [code_name(i) for i in range(len(self.fragments))]
-        self._by_digits = {f"{i:03d}": d for i, d in enumerate(self._decoded)}
+        self._by_name = dict(zip(self._names, self._decoded, strict=True))
         for index, fragment in enumerate(self.fragments):
             node = self._trie
             for token in fragment:
@@ -124,8 +123,11 @@ class Codebook:
 
     def encode(self, text: str) -> str:
         """Encode printed canonical text (one or more expressions) into codes and literals."""
-        # without strings a plain split is exact and much faster than the full lexer
-        tokens = _PLAIN.findall(text) if '"' not in text else [t for t, _ in lex(text)]
+        # without strings, splitting around parentheses is exact and much faster than the lexer
+        if '"' in text:
+            tokens = [t for t, _ in lex(text)]
+        else:
+            tokens = text.replace("(", " ( ").replace(")", " ) ").split()
         pieces: list[str] = []
         append = pieces.append
         names = self._names
@@ -170,47 +172,56 @@ class Codebook:
 
     def _decode_fast(self, encoded: str) -> str | None:
         """The common case at full speed; None on any problem, so the checked path reports it."""
+        if '"' in encoded:
+            return None
+        units = (
+            encoded.replace("<", " <")
+            .replace(">", "> ")
+            .replace("(", " ( ")
+            .replace(")", " ) ")
+            .split()
+        )
         out: list[str] = []
+        append = out.append
         depth = 0
         open_before = True  # the last token written was "(" (or nothing was written)
-        by_digits = self._by_digits
+        by_name = self._by_name
         atom_ok = _ATOM.fullmatch
-        for code, paren, string, atom, bad in _ENCODED.findall(encoded):
-            if code:
-                fragment = by_digits.get(code)
+        for unit in units:
+            if unit[0] == "<":
+                fragment = by_name.get(unit)
                 if fragment is None or depth + fragment.lowest < 0:
                     return None
                 if out:
                     if depth == 0:
-                        out.append("\n")
+                        append("\n")
                     elif not open_before and not fragment.opens_with_close:
-                        out.append(" ")
+                        append(" ")
                 if depth + fragment.lowest_boundary > 0:
-                    out.append(fragment.text)
+                    append(fragment.text)
                 else:
-                    out.append(_join_from(fragment.tokens, depth))
+                    append(_join_from(fragment.tokens, depth))
                 depth += fragment.delta
                 open_before = fragment.closes_with_open
-            elif paren == ")":
+            elif unit == ")":
                 if depth == 0:
                     return None
                 depth -= 1
-                out.append(")")
+                append(")")
                 open_before = False
-            elif bad or (atom and atom_ok(atom) is None):
-                return None
             else:
                 if out:
                     if depth == 0:
-                        out.append("\n")
+                        append("\n")
                     elif not open_before:
-                        out.append(" ")
-                if paren:
-                    out.append("(")
+                        append(" ")
+                append(unit)
+                if unit == "(":
                     depth += 1
                     open_before = True
+                elif atom_ok(unit) is None:
+                    return None
                 else:
-                    out.append(atom or string)
                     open_before = False
         return None if depth else "".join(out)
 

@@ -19,7 +19,7 @@ class ParseError(CodecError):
     def __init__(self, message: str, *, text: str, position: int) -> None:
         self.position = position
         self.text = text
-        super().__init__(f"{message} at {_where(text, position)}")
+        super().__init__(f"at {_where(text, position)}: {message}")
 
 
 class CanonicalError(CodecError):
@@ -27,7 +27,7 @@ class CanonicalError(CodecError):
 
     def __init__(self, message: str, *, path: str) -> None:
         self.path = path
-        super().__init__(f"{message} at {path}")
+        super().__init__(f"at {path}: {message}")
 
 
 class DecodeError(ParseError):

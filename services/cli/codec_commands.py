@@ -1,0 +1,208 @@
+"""`regime3 codec …`: build a codebook, encode and decode text, report compression."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+
+import click
+
+from codec.canonical import canonical_text
+from codec.codebook import MAX_CODES, Codebook, build_codebook, code_name, whitespace_count
+from codec.compression import DomainCompression, measure
+from codec.domains import default_codebook
+from codec.errors import CodecError
+from codec.evaluate import split_output
+
+
+def hf_token_counter(path: str, codebook: Codebook | None = None) -> Callable[[str], int]:
+    """Count tokens with the HF tokenizer at `path`; the codebook's codes become added tokens,
+    as they are when a model is trained on encoded data."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise click.BadParameter(
+            f"cannot load a tokenizer from {path}: {err}", param_hint="--tokenizer"
+        ) from None
+    if codebook is not None:
+        tokenizer.add_tokens([code_name(i) for i in range(len(codebook))])
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    return count
+
+
+def _load_codebook(path: str | None) -> Codebook:
+    try:
+        return Codebook.load(path) if path else default_codebook()
+    except CodecError as err:
+        raise click.BadParameter(str(err), param_hint="--codebook") from None
+
+
+def _corpus_texts(paths: tuple[str, ...]) -> Iterator[str]:
+    """Canonical texts from corpus files.
+
+    A line that is a chat JSON object contributes its assistant reasoning when that reasoning
+    is canonical (an S-expression); English reasoning is skipped. Any other non-empty line is
+    read as canonical text and must parse.
+    """
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                line = line.strip()
+                if not line:
+                    continue
+                if line.startswith("{"):
+                    try:
+                        messages = json.loads(line)["messages"]
+                        content = next(m["content"] for m in messages if m["role"] == "assistant")
+                    except (ValueError, KeyError, TypeError, StopIteration):
+                        raise click.BadParameter(
+                            f"{path}:{number}: not a chat line with an assistant message",
+                            param_hint="--corpus",
+                        ) from None
+                    parts = split_output(content)
+                    if parts is None or not parts[0].startswith("("):
+                        continue
+                    line = parts[0]
+                try:
+                    yield canonical_text(line)
+                except CodecError as err:
+                    raise click.BadParameter(
+                        f"{path}:{number}: {err}", param_hint="--corpus"
+                    ) from None
+
+
+@click.group("codec")
+def codec_group() -> None:
+    """Canonical reasoning: codebooks, encoding, decoding, compression reports."""
+
+
+@codec_group.command("build")
+@click.option(
+    "--corpus",
+    "corpus",
+    required=True,
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Corpus file (chat JSONL or one canonical text a line); repeat for more.",
+)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Codebook JSON.")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(1, MAX_CODES))
+@click.option("--min-freq", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-fragment", default=12, show_default=True, type=click.IntRange(min=2))
+@click.option(
+    "--tokenizer", type=click.Path(exists=True), help="HF tokenizer folder to score with."
+)
+def build_command(
+    corpus: tuple[str, ...],
+    out: str,
+    size: int,
+    min_freq: int,
+    max_fragment: int,
+    tokenizer: str | None,
+) -> None:
+    """Learn a codebook from canonical reasoning."""
+    texts = list(_corpus_texts(corpus))
+    if not texts:
+        raise click.BadParameter(
+            "no canonical reasoning found; generate some with "
+            "`regime3 data generate --mode canonical`",
+            param_hint="--corpus",
+        )
+    counter = hf_token_counter(tokenizer) if tokenizer else whitespace_count
+    try:
+        codebook = build_codebook(
+            texts,
+            size=size,
+            min_freq=min_freq,
+            max_fragment=max_fragment,
+            count_tokens=counter,
+            tokenizer_name=tokenizer or "whitespace",
+        )
+    except CodecError as err:
+        raise click.ClickException(str(err)) from None
+    codebook.save(out)
+    click.echo(f"wrote {out}: {len(codebook)} codes from {len(texts)} texts", err=True)
+
+
+def _inputs(texts: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+    if texts:
+        for index, text in enumerate(texts, start=1):
+            yield f"argument {index}", text
+        return
+    for number, line in enumerate(sys.stdin, start=1):
+        if line.strip():
+            yield f"stdin line {number}", line.rstrip("\n")
+
+
+@codec_group.command("encode")
+@click.argument("texts", nargs=-1)
+@click.option("--codebook", "codebook_path", type=click.Path(exists=True, dir_okay=False))
+def encode_command(texts: tuple[str, ...], codebook_path: str | None) -> None:
+    """Canonicalize and encode each TEXT (or each stdin line)."""
+    codebook = _load_codebook(codebook_path)
+    for where, text in _inputs(texts):
+        try:
+            click.echo(codebook.encode(canonical_text(text)))
+        except CodecError as err:
+            raise click.ClickException(f"{where}: {err}") from None
+
+
+@codec_group.command("decode")
+@click.argument("texts", nargs=-1)
+@click.option("--codebook", "codebook_path", type=click.Path(exists=True, dir_okay=False))
+def decode_command(texts: tuple[str, ...], codebook_path: str | None) -> None:
+    """Decode each encoded TEXT (or each stdin line) to canonical text."""
+    codebook = _load_codebook(codebook_path)
+    for where, text in _inputs(texts):
+        try:
+            click.echo(codebook.decode(text))
+        except CodecError as err:
+            raise click.ClickException(f"{where}: {err}") from None
+
+
+@codec_group.command("report")
+@click.option("--tokenizer", type=click.Path(exists=True), help="HF tokenizer folder.")
+@click.option("--codebook", "codebook_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--per-level", default=40, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def report_command(
+    tokenizer: str | None, codebook_path: str | None, per_level: int, seed: int, as_json: bool
+) -> None:
+    """Thinking tokens per example in each mode, and the ratios to English."""
+    codebook = _load_codebook(codebook_path)
+    counter = hf_token_counter(tokenizer, codebook) if tokenizer else whitespace_count
+    rows = measure(counter, codebook, per_level=per_level, seed=seed)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"tokenizer": tokenizer or "whitespace", "domains": [r.to_dict() for r in rows]},
+                indent=1,
+            )
+        )
+        return
+    click.echo(f"tokenizer: {tokenizer or 'whitespace'}")
+    click.echo(render_table(rows))
+
+
+def render_table(rows: list[DomainCompression]) -> str:
+    head = (
+        f"{'domain':12} {'n':>5} {'english':>8} {'canon':>8} {'encoded':>8} {'c/e':>6} {'x/e':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r.domain:12} {r.examples:5d} {r.english / r.examples:8.1f} "
+            f"{r.canonical / r.examples:8.1f} {r.encoded / r.examples:8.1f} "
+            f"{r.canonical_ratio:6.3f} {r.encoded_ratio:6.3f}"
+        )
+    return "\n".join(lines)
+
+
+__all__ = ["codec_group", "hf_token_counter", "render_table"]
