@@ -18,12 +18,27 @@ from rq import get_current_job
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
+from rq.timeouts import BaseDeathPenalty
 from rq.worker import SimpleWorker
 
 from bus.events import Event, JobFailed, JobFinished, JobProgress, JobStarted
 from bus.publish import Publisher
 
 log = logging.getLogger(__name__)
+
+
+class NoTimeLimit(BaseDeathPenalty):
+    """For workers whose jobs may rightly take hours (training a file): no timer kills them.
+
+    A job queued with `rq enqueue` and no `--timeout` gets RQ's 180 s default, which would
+    cut a training file short; liveness comes from the heartbeat instead.
+    """
+
+    def setup_death_penalty(self) -> None:
+        pass
+
+    def cancel_death_penalty(self) -> None:
+        pass
 
 
 def _one_line(exc: BaseException | None) -> str:
@@ -132,3 +147,9 @@ def report_progress(
             message=message,
         )
     )
+
+
+class LongJobWorker(EventWorker):
+    """The trainer's worker: a job runs as long as it needs; the heartbeat shows it alive."""
+
+    death_penalty_class = NoTimeLimit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 import click
@@ -56,7 +57,30 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
+START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
+
+
+def with_table(readme: str) -> str:
+    """`readme` with the text between the markers replaced by the current table."""
+    head, found, rest = readme.partition(START)
+    _, found_end, tail = rest.partition(END)
+    if not (found and found_end):
+        raise click.ClickException(f"the README has no {START} … {END} markers")
+    return f"{head}{START}\n{markdown_table()}\n{END}{tail}"
+
+
 @click.command("settings")
-def settings_command() -> None:
+@click.option(
+    "--update-readme",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Rewrite the table between the settings-table markers of this file.",
+)
+def settings_command(update_readme: Path | None) -> None:
     """Print every R3_* setting as a Markdown table (the one in the README)."""
-    click.echo(markdown_table())
+    if update_readme is None:
+        click.echo(markdown_table())
+        return
+    update_readme.write_text(
+        with_table(update_readme.read_text(encoding="utf-8")), encoding="utf-8"
+    )
+    click.echo(f"updated the settings table in {update_readme}", err=True)

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import redis
@@ -9,7 +12,7 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from bus import keys, queues
 from bus.broadcast import EARLIEST, BroadcastReader
-from bus.worker import EventWorker
+from bus.worker import EventWorker, LongJobWorker
 
 
 def job_events(r: redis.Redis) -> list:
@@ -116,3 +119,51 @@ def test_a_job_longer_than_the_worker_ttls_is_never_abandoned(r: redis.Redis) ->
     assert job.id not in FailedJobRegistry("train-normal", connection=r).get_job_ids()
     assert Job.fetch(job.id, connection=r).get_status() == JobStatus.FINISHED
     assert r.lrange("test:ran", 0, -1) == [b"long"]
+
+
+def test_rq_enqueue_by_dotted_path_reaches_a_worker(r: redis.Redis, redis_url: str) -> None:
+    """What the README shows: `rq enqueue --queue train-high <dotted path> key=value`."""
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "rq"),
+            "enqueue",
+            "--url",
+            redis_url,
+            "--queue",
+            "train-high",
+            "tests.fixtures.jobs.record",
+            "tag=from-cli",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    assert queues.depths(r)["train-high"] == 1
+    EventWorker(queues.queues(r, "train"), connection=r).work(burst=True)
+    assert r.lrange("test:ran", 0, -1) == [b"from-cli"]
+
+
+@pytest.mark.parametrize(
+    ("worker_class", "finished"), [(EventWorker, False), (LongJobWorker, True)]
+)
+def test_long_job_worker_never_kills_a_job_for_time(
+    r: redis.Redis, redis_url: str, worker_class: type[EventWorker], finished: bool
+) -> None:
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "rq"),
+            "enqueue",
+            "--url",
+            redis_url,
+            "--queue",
+            "train-normal",
+            "--timeout",
+            "1",
+            "tests.fixtures.jobs.slow",
+            "seconds:=2",
+            "tag=long",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    worker_class(queues.queues(r, "train"), connection=r).work(burst=True)
+    assert (r.lrange("test:ran", 0, -1) == [b"long"]) is finished
