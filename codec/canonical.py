@@ -130,31 +130,35 @@ def _sort(expr: Expr, colors: Colors) -> Expr:
     return (head, *args)
 
 
+def _occurrences(
+    expr: Expr,
+    path: tuple[tuple[Any, ...], ...],
+    colors: dict[str, int],
+    contexts: dict[str, list[tuple[Any, ...]]],
+) -> None:
+    """Record where each variable occurs: every list above it and its place in each (no place
+    inside a commutative list), all written with name-blind keys."""
+    if not isinstance(expr, tuple):
+        return
+    head = expr[0]
+    assert isinstance(head, Sym)
+    key = _key(expr, colors)
+    commutative = OPERATORS[head.name].commutative
+    for index, child in enumerate(expr[1:], start=1):
+        where = (*path, (0 if commutative else index, key))
+        if isinstance(child, Sym) and child.name in contexts:
+            contexts[child.name].append(where)
+        _occurrences(child, where, colors, contexts)
+
+
 def _colors(tree: Expr, variables: set[str], rounds: int = 3) -> dict[str, int]:
     """Name-blind colors for variables (color refinement): a variable is known by the places
     it occurs in, so the order of commutative arguments does not depend on the names."""
     colors = dict.fromkeys(variables, 0)
     for _ in range(rounds):
         contexts: dict[str, list[tuple[Any, ...]]] = {v: [] for v in variables}
-
-        def walk(expr: Expr, path: tuple[tuple[Any, ...], ...]) -> None:
-            # an occurrence is known by every list above it and its place in each
-            # (no place inside a commutative list), all written with name-blind keys
-            if not isinstance(expr, tuple):
-                return
-            head = expr[0]
-            assert isinstance(head, Sym)
-            key = _key(expr, colors)
-            commutative = OPERATORS[head.name].commutative
-            for index, child in enumerate(expr[1:], start=1):
-                where = (*path, (0 if commutative else index, key))
-                if isinstance(child, Sym) and child.name in contexts:
-                    contexts[child.name].append(where)
-                walk(child, where)
-
-        walk(
-            _sort(tree, colors), ()
-        )  # sorted first, so a list's key does not depend on input order
+        # sorted first, so a list's key does not depend on the input order
+        _occurrences(_sort(tree, colors), (), colors, contexts)
         signatures = {v: tuple(sorted(contexts[v])) for v in variables}
         ranks = {sig: rank for rank, sig in enumerate(sorted(set(signatures.values())))}
         refined = {v: ranks[signatures[v]] for v in variables}
