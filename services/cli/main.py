@@ -6,6 +6,8 @@ import logging
 
 import click
 
+from services.cli.codec_commands import codec_group
+from services.cli.data_commands import data_group
 from services.cli.enqueue import enqueue_command
 from services.cli.events import events_command
 from services.cli.settings_table import settings_command
@@ -29,11 +31,5 @@ cli.add_command(events_command)
 cli.add_command(up_command)
 cli.add_command(settings_command)
 
-try:  # the codec's commands (issue 3) register themselves when present
-    from services.cli.codec_commands import codec_group
-    from services.cli.data_commands import data_group
-
-    cli.add_command(codec_group)
-    cli.add_command(data_group)
-except ImportError:  # pragma: no cover - only while the codec is being built
-    pass
+cli.add_command(codec_group)
+cli.add_command(data_group)
