@@ -31,7 +31,7 @@ from typing import Any
 
 from codec.canonical import canonical_steps
 from codec.errors import CodebookError, DecodeError, ParseError
-from codec.sexpr import Expr, join_tokens, lex, read_atom, to_text
+from codec.sexpr import Expr, join_tokens, lex, read_all, read_atom, to_text
 
 TokenCounter = Callable[[str], int]
 SCHEMA = "regime3.codebook"
@@ -106,6 +106,9 @@ class Codebook:
         self._trie: dict[str, Any] = {}
         self._decoded = [_Decoded.of(f) for f in self.fragments]
         self._names = [code_name(i) for i in range(len(self.fragments))]
+        self._ok_atoms: set[str] = set()
+        self._deltas = [d.delta for d in self._decoded]
+        self._lowest = [d.lowest for d in self._decoded]
         self._by_name = dict(zip(self._names, self._decoded, strict=True))
         for index, fragment in enumerate(self.fragments):
             node = self._trie
@@ -122,7 +125,11 @@ class Codebook:
         return join_tokens(self.fragments[index], toplevel_newlines=False)
 
     def encode(self, text: str) -> str:
-        """Encode printed canonical text (one or more expressions) into codes and literals."""
+        """Encode printed canonical text (one or more expressions) into codes and literals.
+
+        Text that is not well formed raises ParseError with its position; canonicalize other
+        input first (`encode_expr`, or `codec.canonical.canonical_text`).
+        """
         # without strings, splitting around parentheses is exact and much faster than the lexer
         if '"' in text:
             tokens = [t for t, _ in lex(text)]
@@ -131,8 +138,13 @@ class Codebook:
         pieces: list[str] = []
         append = pieces.append
         names = self._names
+        deltas, lowest = self._deltas, self._lowest
         trie = self._trie
+        atom_ok = _ATOM.fullmatch
+        ok_atoms = self._ok_atoms
         previous_atom = False
+        depth = 0
+        malformed = False
         i, n = 0, len(tokens)
         while i < n:
             node = trie.get(tokens[i])
@@ -149,16 +161,36 @@ class Codebook:
                         best, best_end = code, j
                 if best is not None:
                     append(names[best])
+                    if depth + lowest[best] < 0:
+                        malformed = True
+                    depth += deltas[best]
                     previous_atom = False
                     i = best_end
                     continue
             token = tokens[i]
-            atom = token != "(" and token != ")"
-            if atom and previous_atom:
-                append(" ")
+            if token == "(":
+                depth += 1
+                previous_atom = False
+            elif token == ")":
+                depth -= 1
+                if depth < 0:
+                    malformed = True
+                previous_atom = False
+            else:
+                if previous_atom:
+                    append(" ")
+                if token in ok_atoms:
+                    pass
+                elif atom_ok(token) is None and token[0] != '"':
+                    malformed = True
+                elif len(ok_atoms) < 4096:  # small numbers and variable names repeat a lot
+                    ok_atoms.add(token)
+                previous_atom = True
             append(token)
-            previous_atom = atom
             i += 1
+        if malformed or depth:
+            read_all(text)  # raises a ParseError that names the position
+            raise ParseError("expected balanced parentheses", text=text, position=len(text))
         return "".join(pieces)
 
     def encode_expr(self, *steps: Expr) -> str:

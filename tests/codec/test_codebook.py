@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from codec.canonical import canonical, canonical_steps
 from codec.codebook import SCHEMA, SCHEMA_VERSION, Codebook, build_codebook, whitespace_count
 from codec.domains import build_default_codebook, canonical_corpus, default_codebook
-from codec.errors import CodebookError, DecodeError
+from codec.errors import CodebookError, DecodeError, ParseError
 from codec.sexpr import Expr, to_text, to_text_all
 from tests.codec.strategies import expressions, steps
 
@@ -153,3 +153,12 @@ def test_garbage_gives_a_decode_error_or_valid_text_never_a_crash(encoded: str) 
         CODEBOOK.decode(encoded)
     except DecodeError as err:
         assert 0 <= err.position <= len(encoded)
+
+
+@pytest.mark.parametrize(
+    ("text", "position"), [("(ans $)", 5), ("(ans 1", 6), ("(ans 1))", 7), (")(", 0)]
+)
+def test_encode_refuses_malformed_text_with_its_position(text: str, position: int) -> None:
+    with pytest.raises(ParseError) as info:
+        CODEBOOK.encode(text)
+    assert info.value.position == position
