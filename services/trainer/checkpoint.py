@@ -38,7 +38,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from bus.events import CheckpointReady
 from bus.publish import Publisher
 
-log = logging.getLogger("regime3.checkpoint")
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.sha256"

@@ -22,7 +22,7 @@ from bus.publish import Publisher
 from services.trainer.checkpoint import CheckpointInfo, CheckpointStore
 from services.trainer.checkpoint_config import CheckpointSettings
 
-log = logging.getLogger("regime3.retention")
+log = logging.getLogger(__name__)
 
 Reason = Literal["retention", "disk"]
 

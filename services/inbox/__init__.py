@@ -1,0 +1,1 @@
+"""The inbox service: files dropped into a folder become queued training jobs."""
