@@ -176,7 +176,12 @@ class Inbox:
         if not (drop.again or self.settings.inbox_requeue_duplicates):
             earlier = self.redis.hget(QUEUED_KEY, checked.sha256)
             if earlier is not None:
-                return self._duplicate(path, drop, checked.sha256, earlier.decode())
+                return self._duplicate(
+                    path,
+                    drop,
+                    checked.sha256,
+                    earlier.decode() if isinstance(earlier, bytes) else earlier,
+                )
         try:
             # Checked again on the copy in the store: what is queued is what was checked.
             stored = self.store.add(path, move=True)

@@ -18,6 +18,7 @@ has matched every size and sha256; a corrupt one is moved aside to `.corrupt-<id
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import logging
@@ -429,7 +430,7 @@ class CheckpointStore:
         raw = (path / MANIFEST).read_bytes()
         return Manifest.model_validate_json(raw), hashlib.sha256(raw).hexdigest()
 
-    def list(self) -> list[CheckpointInfo]:
+    def list(self) -> builtins.list[CheckpointInfo]:
         """Every checkpoint with a readable manifest, oldest first. Hashes nothing: cheap."""
         found = []
         for path in self._entries():
@@ -453,7 +454,7 @@ class CheckpointStore:
             raise CheckpointCorrupt(checkpoint, [f"manifest unreadable: {exc}"]) from None
         return self._info(path, manifest, digest)
 
-    def verify(self, checkpoint: str) -> list[str]:
+    def verify(self, checkpoint: str) -> builtins.list[str]:
         """Everything wrong with a checkpoint (empty: sound). Sizes first, then every sha256."""
         path = self.root / checkpoint
         if not path.is_dir():
@@ -513,12 +514,12 @@ class CheckpointStore:
 
     # -- removing -----------------------------------------------------------------------------
 
-    def recover(self) -> list[str]:
+    def recover(self) -> builtins.list[str]:
         """Remove what a crash left: half-written saves and half-finished deletions.
 
         Only the one writer may call this: another process's save in progress looks the same.
         """
-        removed = []
+        removed: builtins.list[str] = []
         if not self.root.is_dir():
             return removed
         for path in self.root.iterdir():
@@ -528,7 +529,7 @@ class CheckpointStore:
                 removed.append(path.name)
         return removed
 
-    def quarantine(self, checkpoint: str, problems: list[str]) -> Path:
+    def quarantine(self, checkpoint: str, problems: builtins.list[str]) -> Path:
         """Move a corrupt checkpoint out of the listing, kept (with why.txt) for a human."""
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         target = self.root / f"{CORRUPT_PREFIX}{checkpoint}-{stamp}-{secrets.token_hex(2)}"
@@ -537,7 +538,7 @@ class CheckpointStore:
         _fsync_dir(self.root)
         return target
 
-    def quarantined(self) -> list[Path]:
+    def quarantined(self) -> builtins.list[Path]:
         if not self.root.is_dir():
             return []
         return sorted(p for p in self.root.iterdir() if p.name.startswith(CORRUPT_PREFIX))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -18,7 +19,7 @@ from rq import Queue
 from bus import keys
 from bus.broadcast import EARLIEST, BroadcastReader
 from services.inbox.config import InboxSettings
-from services.inbox.watcher import QUEUED_KEY, Inbox
+from services.inbox.watcher import QUEUED_KEY, Inbox, Outcome
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,14 +77,14 @@ def drop(path: Path, data: bytes) -> Path:
     return path
 
 
-def take_stable(inbox: Inbox, clock: Clock) -> list:
+def take_stable(inbox: Inbox, clock: Clock) -> list[Outcome]:
     """Two passes: the first sees the files, the second (STABLE s later) takes them."""
     assert inbox.scan_once() == []
     clock.now += STABLE
     return inbox.scan_once()
 
 
-def queued(r: redis.Redis, priority: str) -> list[dict]:
+def queued(r: redis.Redis, priority: str) -> list[dict[str, Any]]:
     return [job.kwargs for job in Queue(f"train-{priority}", connection=r).jobs]
 
 
