@@ -57,13 +57,16 @@ def speed(codebook: Codebook, seconds: float) -> dict[str, Any]:
     steps = [line for text in reasonings for line in text.split("\n")]
     out: dict[str, Any] = {}
     for name, data in (("step_expressions", steps), ("whole_reasonings", reasonings)):
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
+        # CPU time of this process is the per-core rate even when other jobs share the CPU;
+        # the wall-clock rate is reported beside it
+        done, wall, cpu = 0, time.perf_counter(), time.process_time()
+        while time.process_time() - cpu < seconds:
             for text in data:
                 if codebook.decode(codebook.encode(text)) != text:
                     raise SystemExit(f"lossless round trip failed on {text!r}")
             done += len(data)
-        out[name] = round(done / (time.perf_counter() - start))
+        out[name] = round(done / (time.process_time() - cpu))
+        out[f"{name}_wall"] = round(done / (time.perf_counter() - wall))
     out["target_step_expressions_per_s"] = SPEED_TARGET
     out["pass"] = out["step_expressions"] >= SPEED_TARGET
     return out
@@ -109,10 +112,12 @@ def main() -> int:
         result["tokenizers"][name] = [r.to_dict() for r in rows]
     result["speed"] = speed(codebook, args.speed_seconds)
     all_pass &= result["speed"]["pass"]
+    fast = result["speed"]
     print(
-        f"\nencode+decode, one core: {result['speed']['step_expressions']:,} step expressions/s, "
-        f"{result['speed']['whole_reasonings']:,} whole reasonings/s "
-        f"(target {SPEED_TARGET:,} expressions/s)"
+        f"\nencode+decode, one core, per CPU second: {fast['step_expressions']:,} step "
+        f"expressions/s, {fast['whole_reasonings']:,} whole reasonings/s (wall clock: "
+        f"{fast['step_expressions_wall']:,} / {fast['whole_reasonings_wall']:,}); "
+        f"target {SPEED_TARGET:,} expressions/s"
     )
     for note in notes:
         print(f"note: {note}")
