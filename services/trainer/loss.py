@@ -32,20 +32,19 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         # Matmuls run in the activations' dtype (bf16 on GPU), softmax always in fp32.
         w = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)
-        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        entropy = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32, or fp64 if given
+        loss = torch.zeros((), dtype=acc, device=hidden.device)
+        entropy = torch.zeros((), dtype=acc, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = (
-            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-            if need_weight
-            else None
+            torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
         )
         # Autocast would recast inside; dtypes here are chosen on purpose.
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], chunk):
                 h = hidden[start : start + chunk]
                 t = targets[start : start + chunk]
-                logits = (h @ w.T).float()
+                logits = (h @ w.T).to(acc)
                 lse = torch.logsumexp(logits, dim=-1)
                 loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
                 if not (need_hidden or need_weight or want_entropy):
@@ -61,7 +60,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 if grad_hidden is not None:
                     grad_hidden[start : start + chunk] = probs.to(w.dtype) @ w
                 if grad_weight is not None:
-                    grad_weight.addmm_(probs.T, h.float())
+                    grad_weight.addmm_(probs.T, h.to(acc))
                 del probs
         ctx.save_for_backward(
             grad_hidden if grad_hidden is not None else torch.empty(0),

@@ -1,0 +1,110 @@
+"""Trainer test fixtures: the embedded tokenizer and model, offline, built once a session."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from services.model.config import get_model_settings
+from services.model.loading import load_tokenizer
+from services.trainer.config import TrainerSettings
+from services.trainer.tokenize import ChatTokenizer
+from tests.model.fixtures import embedded_model_dir
+
+Row = dict[str, Any] | str | bytes
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # Any attempt to reach a hub fails fast instead of hanging or downloading.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.delenv("R3_MODEL", raising=False)
+    get_model_settings.cache_clear()
+    yield
+    get_model_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def embedded_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return embedded_model_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedded_dir: Path) -> PreTrainedTokenizerBase:
+    return load_tokenizer(embedded_dir)
+
+
+@pytest.fixture(scope="session")
+def chat(tokenizer: PreTrainedTokenizerBase) -> ChatTokenizer:
+    return ChatTokenizer(tokenizer)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    # Tiny matmuls gain nothing from threads, and a shared busy CPU makes spinning threads slow.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def settings(**overrides: Any) -> TrainerSettings:
+    """Settings from defaults and `overrides` only, whatever R3_* the environment holds."""
+    return TrainerSettings.model_validate(overrides)
+
+
+def think(reasoning: str, answer: str, stops: int = 3) -> str:
+    """Assistant content in the users' format."""
+    return f"🤔🤔🤔🤔\n{reasoning}\n{'🛑' * stops}\n{answer}"
+
+
+def chat_line(question: str, reasoning: str, answer: str, **meta: Any) -> dict[str, Any]:
+    line: dict[str, Any] = {
+        "messages": [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": think(reasoning, answer)},
+        ]
+    }
+    if meta:
+        line["meta"] = meta
+    return line
+
+
+@pytest.fixture(scope="session")
+def codec_rows() -> list[dict[str, Any]]:
+    """300 users'-format examples from the codec domains, each with a unique meta.id."""
+    from codec.domains import default_codebook, mixed_problems
+    from codec.modes import RENDER_MODES
+
+    rng = random.Random(0)
+    codebook = default_codebook()
+    rows = []
+    for index, problem in enumerate(mixed_problems(300, seed=7)):
+        row = problem.render(RENDER_MODES[index % len(RENDER_MODES)], codebook, rng)
+        row["meta"]["id"] = f"ex-{index}"  # the domains repeat small problems
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture
+def write_jsonl(tmp_path: Path) -> Callable[..., Path]:
+    """Write rows (dicts as JSON, str/bytes verbatim) one a line to a file in tmp_path."""
+
+    def write(rows: list[Row], name: str = "data.jsonl") -> Path:
+        path = tmp_path / name
+        with path.open("wb") as f:
+            for row in rows:
+                if isinstance(row, dict):
+                    row = json.dumps(row, ensure_ascii=False)
+                f.write((row.encode() if isinstance(row, str) else row) + b"\n")
+        return path
+
+    return write
