@@ -59,7 +59,7 @@ def test_closed_operator_set(text: str, message: str) -> None:
     assert "at expr" in str(info.value)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(expressions)
 def test_idempotent(expr: Expr) -> None:
     once = canonical(expr)
@@ -122,7 +122,7 @@ def _renamed(expr: Expr, mapping: dict[str, str]) -> Expr:
     return expr
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(expressions, st.integers(0, 2**32))
 def test_equal_meaning_prints_identically(expr: Expr, seed: int) -> None:
     rng = random.Random(seed)

@@ -116,8 +116,8 @@ def test_seeded_and_reproducible(domain: str) -> None:
 @pytest.mark.parametrize("domain", sorted(DOMAINS))
 def test_heldout_never_overlaps_training(domain: str) -> None:
     level = DOMAINS[domain].levels[0]  # the smallest problem space collides most
-    train = {to_text(p.spec) for p in generate(domain, count=1500, difficulty=level, seed=0)}
-    heldout = [p for p in generate(domain, count=150, difficulty=level, seed=0, split="heldout")]
+    train = {to_text(p.spec) for p in generate(domain, count=800, difficulty=level, seed=0)}
+    heldout = [p for p in generate(domain, count=100, difficulty=level, seed=0, split="heldout")]
     assert all(p.split == "heldout" for p in heldout)
     assert train.isdisjoint(to_text(p.spec) for p in heldout)
 
