@@ -54,6 +54,9 @@ DEADLETTER_SEEN_TTL_S: Final = 86_400
 STATUS_TRAINING: Final = PREFIX + "status:training"  # the seed's TrainingStatus payload
 NODE_STATUS: Final = PREFIX + "node:{node}"  # one node: active model, version, telemetry time
 NODES: Final = PREFIX + "nodes"  # set of node names that have reported
+# dataset sha256 → RQ job id of every file the inbox queued; no TTL (a few hundred bytes a
+# file), so the same file dropped again months later is still recognized.
+INBOX_QUEUED: Final = PREFIX + "inbox:queued"
 
 
 def node_status_key(node: str) -> str:

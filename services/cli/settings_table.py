@@ -15,6 +15,7 @@ SETTINGS_CLASSES = (
     "bus.settings:BusSettings",
     "services.model.config:ModelSettings",
     "services.trainer.config:TrainerSettings",
+    "services.trainer.checkpoint_config:CheckpointSettings",
     "services.inbox.config:InboxSettings",
     "services.gateway.config:GatewaySettings",
     "services.node.config:NodeSettings",

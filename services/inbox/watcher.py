@@ -25,7 +25,7 @@ from typing import Literal
 
 import redis
 
-from bus import queues
+from bus import keys, queues
 from bus.events import Alert
 from bus.publish import Publisher
 from services.dataset_store import DatasetError, DatasetStore, StoredDataset, check_jsonl
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # Hash: dataset sha256 → id of the job the inbox queued for it. No TTL: one field per
 # distinct file a person dropped, so it stays small; deleting a field lets those bytes be
 # queued again. (To move into bus/keys.py with the other keys.)
-QUEUED_KEY = "r3:inbox:queued"
+QUEUED_KEY = keys.INBOX_QUEUED
 
 DUPLICATES = "duplicates"
 REJECTED = "rejected"
