@@ -161,6 +161,8 @@ def forward_loss(
 
     No attention mask is passed: from position ids that restart at 0 transformers (>= 4.53,
     torch >= 2.6) builds attention that does not cross documents (`find_packed_sequence_indices`).
+    It does so only without a KV cache, hence `use_cache=False`: with the model's default
+    (a cache) every document would silently attend to the ones before it in its row.
     """
     get_decoder = getattr(model, "get_decoder", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None

@@ -6,14 +6,17 @@ import bisect
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from services.trainer.config import TrainerSettings
 from services.trainer.dataset_reader import DataCursor
 from services.trainer.errors import DataChangedError
 from services.trainer.loss import IGNORE_INDEX
-from services.trainer.validate import ExampleId, TokenizedExample
+from services.trainer.tokenize import ChatTokenizer
+from services.trainer.validate import ExampleId, TokenizedExample, training_examples
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,29 @@ def pack_rows(
             docs = [buffer[i] for i in sorted(indices)]
             yield _row(docs, after)
         skip = 0
+
+
+def file_rows(
+    path: Path,
+    chat: ChatTokenizer,
+    settings: TrainerSettings,
+    *,
+    rejected_offsets: Sequence[int] = (),
+    start: DataCursor | None = None,
+    workers: int = 0,
+) -> Iterator[PackedRow]:
+    """The packed rows of a validated file from a cursor: the reader and the packer both
+    start from `start`, which is what makes a row's `cursor_after` resume exactly."""
+    examples = training_examples(
+        path, chat, settings, rejected_offsets=rejected_offsets, start=start, workers=workers
+    )
+    return pack_rows(
+        examples,
+        max_length=settings.max_length,
+        buffer_examples=settings.pack_buffer_examples,
+        seed=settings.seed,
+        start=start,
+    )
 
 
 @dataclass

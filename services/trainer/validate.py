@@ -37,7 +37,7 @@ _THINK_RUN = re.compile(f"{THINK}+")
 _STOP_RUN = re.compile(f"{STOP}+")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class ExampleId:
     """Stable identity of an example: its line, that line's byte offset, and its split piece."""
 
