@@ -22,15 +22,26 @@ class Publisher:
 
     def __init__(self, connection: redis.Redis, *, settings: BusSettings | None = None) -> None:
         self.redis = connection
-        self.settings = settings or get_bus_settings()
+        self.settings = settings = settings or get_bus_settings()
+        unknown = settings.stream_maxlen_overrides.keys() - keys.STREAMS.keys()
+        if unknown:
+            raise ValueError(
+                f"R3_STREAM_MAXLEN_OVERRIDES names unknown streams {sorted(unknown)}; "
+                f"use short names from: {', '.join(sorted(keys.STREAMS))}"
+            )
+        # Resolved once: publish() runs every training step.
+        self._maxlen = {
+            key: settings.stream_maxlen_overrides.get(
+                short,
+                settings.stream_maxlen_training
+                if key == keys.STREAM_TRAINING
+                else settings.stream_maxlen_default,
+            )
+            for short, key in keys.STREAMS.items()
+        }
 
     def maxlen(self, stream: str) -> int:
-        short = next((name for name, key in keys.STREAMS.items() if key == stream), stream)
-        if short in self.settings.stream_maxlen_overrides:
-            return self.settings.stream_maxlen_overrides[short]
-        if stream == keys.STREAM_TRAINING:
-            return self.settings.stream_maxlen_training
-        return self.settings.stream_maxlen_default
+        return self._maxlen.get(stream, self.settings.stream_maxlen_default)
 
     def fields(self, event: Event) -> dict[Any, Any]:
         """The entry for `event`, with this host and run stamped where the event has none.

@@ -96,3 +96,28 @@ def test_trimming_keeps_a_stream_bounded(r: redis.Redis, monkeypatch) -> None:
     length = r.xlen(keys.STREAM_ALERTS)
     # Approximate trimming works in whole macro nodes (100 entries by default).
     assert 1000 <= length <= 1200, length
+
+
+def test_a_client_that_decodes_responses_reads_and_dead_letters_too(redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    Publisher(r).publish(step(7))
+    bad = r.xadd(keys.STREAM_TRAINING, {"type": "nope"})
+    reader = BroadcastReader(r, {keys.STREAM_TRAINING: EARLIEST})
+    assert [d.event.current_step for d in reader.read(block_ms=0)] == [7]
+    [letter] = BroadcastReader(r, {keys.STREAM_DEADLETTER: EARLIEST}).read(block_ms=0)
+    assert letter.event.source_id == bad
+    assert (
+        BroadcastReader(r, {keys.STREAM_TRAINING: LATEST}).positions[keys.STREAM_TRAINING]
+        == reader.positions[keys.STREAM_TRAINING]
+    )
+
+
+def test_a_cap_for_an_unknown_stream_is_refused(r: redis.Redis, monkeypatch) -> None:
+    import pytest
+
+    from bus.settings import get_bus_settings
+
+    monkeypatch.setenv("R3_STREAM_MAXLEN_OVERRIDES", '{"telemetery": 10}')
+    get_bus_settings.cache_clear()
+    with pytest.raises(ValueError, match=r"unknown streams \['telemetery'\]"):
+        Publisher(r)
