@@ -23,26 +23,37 @@ import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bus.events import CheckpointReady
 from bus.publish import Publisher
+from services.trainer.manifest import (
+    ARTIFACTS_PREFIX,
+    MANIFEST,
+    MANIFEST_DIGEST,
+    FileEntry,
+    JobCursor,
+    Manifest,
+    checkpoint_id,
+    fsync_dir,
+    hash_and_sync,
+    parse_id,
+    sha256_file,
+    write_synced,
+)
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-MANIFEST_DIGEST = "manifest.sha256"
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.pt"
 SCHEDULER = "scheduler.pt"
@@ -52,12 +63,9 @@ RNG_STATE = "rng_state.pt"
 VALIDATION = "validation.json"
 UNLISTED = frozenset({MANIFEST, MANIFEST_DIGEST, VALIDATION})
 
-ARTIFACTS_PREFIX = "/artifacts/checkpoints"  # where the gateway serves `<root>`
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 CORRUPT_PREFIX = ".corrupt-"
-ID_PATTERN = re.compile(r"^step-(\d{8,})(?:-r(\d+))?$")
-CHUNK = 1 << 20
 
 
 class CheckpointError(Exception):
@@ -69,51 +77,6 @@ class CheckpointCorrupt(CheckpointError):
         self.checkpoint_id = checkpoint_id
         self.problems = problems
         super().__init__(f"checkpoint {checkpoint_id} failed verification: {'; '.join(problems)}")
-
-
-class JobCursor(BaseModel):
-    """Where training stands in its current file, so a resume skips no example and repeats none.
-
-    `byte_offset`, `line` and `rows_done` are `services.trainer.dataset_reader.DataCursor`'s
-    `offset`, `line` and `rows_done`; `job_id` and `dataset_sha256` say which file they are in.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    job_id: str | None = None
-    dataset_sha256: str
-    byte_offset: int = Field(ge=0)  # of the next unread line
-    line: int = Field(1, ge=1)  # its 1-based line number
-    rows_done: int = Field(0, ge=0)  # packed rows of that line's pack buffer already trained
-    examples_done: int = Field(0, ge=0)
-
-
-class FileEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    path: str  # relative to the checkpoint directory, '/'-separated
-    size: int
-    sha256: str
-
-
-class Manifest(BaseModel):
-    """`manifest.json`. Raise `version` on an incompatible change; readers refuse newer ones."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    format: Literal["regime3.checkpoint"] = "regime3.checkpoint"
-    version: int = 1
-    id: str
-    step: int
-    revision: int = 0
-    created: datetime
-    model_name: str
-    cursor: JobCursor | None = None
-    trainer_config: dict[str, Any] = Field(default_factory=dict)
-    val_loss: float | None = None
-    meta: dict[str, Any] = Field(default_factory=dict)
-    files: list[FileEntry]
-    total_bytes: int
 
 
 @dataclass(frozen=True)
@@ -141,55 +104,6 @@ class CheckpointInfo:
     def order(self) -> tuple[int, int]:
         """Newest is largest: by step, then by the revision of a same-step re-save."""
         return (self.step, self.revision)
-
-
-def checkpoint_id(step: int, revision: int = 0) -> str:
-    base = f"step-{step:08d}"
-    return base if revision == 0 else f"{base}-r{revision}"
-
-
-def parse_id(name: str) -> tuple[int, int] | None:
-    """(step, revision) of a checkpoint directory name, or None for anything else."""
-    match = ID_PATTERN.match(name)
-    if match is None:
-        return None
-    return int(match.group(1)), int(match.group(2) or 0)
-
-
-# --- files -----------------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _hash_and_sync(path: Path) -> str:
-    """sha256 of the file, then fsync it: one open, and the pages are hot from the write."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-        os.fsync(f.fileno())
-    return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with path.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _json_bytes(value: Any, what: str) -> bytes:
@@ -343,12 +257,12 @@ class CheckpointStore:
             if scheduler is not None:
                 torch.save(scheduler.state_dict(), tmp / SCHEDULER)
             torch.save(_rng_state(), tmp / RNG_STATE)
-            _write_synced(tmp / TRAINER_STATE, state_bytes)
+            write_synced(tmp / TRAINER_STATE, state_bytes)
             files = [
                 FileEntry(
                     path=p.relative_to(tmp).as_posix(),
                     size=p.stat().st_size,
-                    sha256=_hash_and_sync(p),
+                    sha256=hash_and_sync(p),
                 )
                 for p in sorted(tmp.rglob("*"))
                 if p.is_file()
@@ -368,15 +282,15 @@ class CheckpointStore:
                 total_bytes=sum(f.size for f in files),
             )
             manifest_bytes = (manifest.model_dump_json(indent=2) + "\n").encode()
-            _write_synced(tmp / MANIFEST, manifest_bytes)
+            write_synced(tmp / MANIFEST, manifest_bytes)
             digest = hashlib.sha256(manifest_bytes).hexdigest()
-            _write_synced(tmp / MANIFEST_DIGEST, f"{digest}  {MANIFEST}\n".encode())
+            write_synced(tmp / MANIFEST_DIGEST, f"{digest}  {MANIFEST}\n".encode())
             for sub in sorted({p.parent for p in tmp.rglob("*") if p.is_file()}, reverse=True):
-                _fsync_dir(sub)
+                fsync_dir(sub)
             final = self.root / checkpoint
             # rename(2) refuses a non-empty target, so an existing id is never overwritten.
             os.rename(tmp, final)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -394,7 +308,7 @@ class CheckpointStore:
         if not (path / MANIFEST).is_file():
             raise CheckpointError(f"no checkpoint {checkpoint} under {self.root}")
         tmp = path / f".{VALIDATION}.{secrets.token_hex(4)}"
-        _write_synced(tmp, _json_bytes({"val_loss": val_loss}, "val_loss"))
+        write_synced(tmp, _json_bytes({"val_loss": val_loss}, "val_loss"))
         os.replace(tmp, path / VALIDATION)
 
     # -- reading ------------------------------------------------------------------------------
@@ -485,7 +399,7 @@ class CheckpointStore:
         if problems:
             return problems
         for entry in manifest.files:
-            if _sha256(path / entry.path) != entry.sha256:
+            if sha256_file(path / entry.path) != entry.sha256:
                 problems.append(f"{entry.path}: sha256 differs from the manifest")
         return problems
 
@@ -535,7 +449,7 @@ class CheckpointStore:
         target = self.root / f"{CORRUPT_PREFIX}{checkpoint}-{stamp}-{secrets.token_hex(2)}"
         os.rename(self.root / checkpoint, target)
         (target / "why.txt").write_text("\n".join(problems) + "\n")
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return target
 
     def quarantined(self) -> builtins.list[Path]:
@@ -562,7 +476,7 @@ class CheckpointStore:
     def _remove_tree(self, path: Path) -> int:
         trash = self.root / f"{TRASH_PREFIX}{path.name}-{secrets.token_hex(4)}"
         os.rename(path, trash)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         freed = _tree_bytes(trash)
         shutil.rmtree(trash)
         return freed

@@ -1,0 +1,116 @@
+"""The checkpoint manifest: its schema, checkpoint ids, and hashing files the same way everywhere.
+
+No torch here: the gateway (serving artifacts) and the node (verifying a download) read
+manifests too, and must not pay for importing the training stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST = "manifest.json"
+MANIFEST_DIGEST = "manifest.sha256"
+ARTIFACTS_PREFIX = "/artifacts/checkpoints"  # where the gateway serves the checkpoint root
+ID_PATTERN = re.compile(r"^step-(\d{8,})(?:-r(\d+))?$")
+CHUNK = 1 << 20
+
+
+class JobCursor(BaseModel):
+    """Where training stands in its current file, so a resume skips no example and repeats none.
+
+    `byte_offset`, `line` and `rows_done` are `services.trainer.dataset_reader.DataCursor`'s
+    `offset`, `line` and `rows_done`; `job_id` and `dataset_sha256` say which file they are in.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: str | None = None
+    dataset_sha256: str
+    byte_offset: int = Field(ge=0)  # of the next unread line
+    line: int = Field(1, ge=1)  # its 1-based line number
+    rows_done: int = Field(0, ge=0)  # packed rows of that line's pack buffer already trained
+    examples_done: int = Field(0, ge=0)
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str  # relative to the checkpoint directory, '/'-separated
+    size: int
+    sha256: str
+
+
+class Manifest(BaseModel):
+    """`manifest.json`. Raise `version` on an incompatible change; readers refuse newer ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["regime3.checkpoint"] = "regime3.checkpoint"
+    version: int = 1
+    id: str
+    step: int
+    revision: int = 0
+    created: datetime
+    model_name: str
+    cursor: JobCursor | None = None
+    trainer_config: dict[str, Any] = Field(default_factory=dict)
+    val_loss: float | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+    files: list[FileEntry]
+    total_bytes: int
+
+
+def checkpoint_id(step: int, revision: int = 0) -> str:
+    base = f"step-{step:08d}"
+    return base if revision == 0 else f"{base}-r{revision}"
+
+
+def parse_id(name: str) -> tuple[int, int] | None:
+    """(step, revision) of a checkpoint directory name, or None for anything else."""
+    match = ID_PATTERN.match(name)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def hash_and_sync(path: Path) -> str:
+    """sha256 of the file, then fsync it: one open, and the pages are hot from the write."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+        os.fsync(f.fileno())
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
