@@ -121,22 +121,15 @@ def test_a_job_longer_than_the_worker_ttls_is_never_abandoned(r: redis.Redis) ->
     assert r.lrange("test:ran", 0, -1) == [b"long"]
 
 
+def rq_enqueue(redis_url: str, *args: str) -> None:
+    """RQ's own CLI, as a user runs it."""
+    rq = str(Path(sys.executable).parent / "rq")
+    subprocess.run([rq, "enqueue", "--url", redis_url, *args], check=True, capture_output=True)
+
+
 def test_rq_enqueue_by_dotted_path_reaches_a_worker(r: redis.Redis, redis_url: str) -> None:
     """What the README shows: `rq enqueue --queue train-high <dotted path> key=value`."""
-    subprocess.run(
-        [
-            str(Path(sys.executable).parent / "rq"),
-            "enqueue",
-            "--url",
-            redis_url,
-            "--queue",
-            "train-high",
-            "tests.fixtures.jobs.record",
-            "tag=from-cli",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    rq_enqueue(redis_url, "--queue", "train-high", "tests.fixtures.jobs.record", "tag=from-cli")
     assert queues.depths(r)["train-high"] == 1
     EventWorker(queues.queues(r, "train"), connection=r).work(burst=True)
     assert r.lrange("test:ran", 0, -1) == [b"from-cli"]
@@ -148,22 +141,15 @@ def test_rq_enqueue_by_dotted_path_reaches_a_worker(r: redis.Redis, redis_url: s
 def test_long_job_worker_never_kills_a_job_for_time(
     r: redis.Redis, redis_url: str, worker_class: type[EventWorker], finished: bool
 ) -> None:
-    subprocess.run(
-        [
-            str(Path(sys.executable).parent / "rq"),
-            "enqueue",
-            "--url",
-            redis_url,
-            "--queue",
-            "train-normal",
-            "--timeout",
-            "1",
-            "tests.fixtures.jobs.slow",
-            "seconds:=2",
-            "tag=long",
-        ],
-        check=True,
-        capture_output=True,
+    rq_enqueue(
+        redis_url,
+        "--queue",
+        "train-normal",
+        "--timeout",
+        "1",
+        "tests.fixtures.jobs.slow",
+        "seconds:=2",
+        "tag=long",
     )
     worker_class(queues.queues(r, "train"), connection=r).work(burst=True)
     assert (r.lrange("test:ran", 0, -1) == [b"long"]) is finished
