@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from transformers import PreTrainedTokenizerBase
 
 from services.trainer.errors import TemplateError, TrainerError
+
+if TYPE_CHECKING:
+    # Only for types: tokenizing worker processes import transformers without torch.
+    from transformers import PreTrainedTokenizerBase
 
 Message = dict[str, str]
 Method = Literal["generation", "spans"]

@@ -32,7 +32,16 @@ def test_a_clean_codec_file_is_accepted_whole(
     chat: ChatTokenizer, codec_rows: list[dict[str, Any]], write_jsonl: Write, tmp_path: Path
 ) -> None:
     path = write_jsonl(codec_rows)
-    report = validate_file(path, chat, settings(), rejects_path=tmp_path / "rejects.jsonl")
+    seen: list[int] = []
+    report = validate_file(
+        path,
+        chat,
+        settings(),
+        rejects_path=tmp_path / "rejects.jsonl",
+        on_progress=lambda so_far: seen.append(so_far.accepted_lines + so_far.rejected),
+        progress_every=100,
+    )
+    assert seen == [99, 199, 299]  # counted before the 100th, 200th, 300th line lands
     assert (report.lines, report.accepted_lines, report.rejected) == (300, 300, 0)
     assert report.examples == 300 and report.tokens > report.loss_tokens > 0
     assert report.bytes_read == path.stat().st_size
