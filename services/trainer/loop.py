@@ -1,0 +1,579 @@
+"""The Trainer: one model, optimizer and schedule kept in memory, training one file per call."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+import torch
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bus import queues
+from bus.events import Alert, TrainLayers, TrainSample, TrainStep
+from bus.keys import TRAIN_QUEUES
+from bus.publish import Publisher
+from bus.status import StatusStore
+from bus.worker import report_progress
+from services.model.loading import load_model_and_tokenizer
+from services.trainer.checkpoint import CheckpointStore, JobCursor, publish_ready
+from services.trainer.checkpoint_config import CheckpointSettings, get_checkpoint_settings
+from services.trainer.config import TrainerSettings, get_trainer_settings
+from services.trainer.dataset_reader import DataCursor
+from services.trainer.errors import DataChangedError, TrainerError
+from services.trainer.gpu import GpuMeter, GpuSample
+from services.trainer.layer_monitor import LayerMonitor
+from services.trainer.loss import forward_loss
+from services.trainer.metrics import Accuracy, LossStats, Throughput, estimate_total_steps
+from services.trainer.oom import Backoff, run_with_backoff
+from services.trainer.packing import StepRows, file_rows, optimizer_steps
+from services.trainer.retention import RetentionPolicy, apply_retention
+from services.trainer.sampling import Sampler
+from services.trainer.tokenize import ChatTokenizer
+from services.trainer.validate import validate_file
+
+log = logging.getLogger(__name__)
+HASH_CHUNK = 1 << 20
+
+
+class LoopSettings(BaseSettings):
+    """The training loop's own settings (the job's are in services.trainer.config)."""
+
+    model_config = SettingsConfigDict(env_prefix="R3_", extra="ignore")
+
+    lr_decay_steps: int = Field(
+        10_000,
+        ge=1,
+        description="Optimizer steps over which the cosine or linear schedule decays to "
+        "R3_MIN_LR_RATIO after warmup; training is continuous across files, so the horizon is "
+        "a number of steps, not a file's length. Past it the rate stays at the minimum.",
+    )
+    sample_max_new_tokens: int = Field(
+        256, ge=1, description="Most tokens the in-loop sample may generate (greedy)."
+    )
+    rejects_dir: Path | None = Field(
+        None,
+        description="Where each file's rejected lines are written (JSONL with line, reason and "
+        "text).",
+        json_schema_extra={"shown_default": "$R3_DATA_DIR/rejects"},
+    )
+    train_ledger: Path | None = Field(
+        None,
+        description="For tests and audits: append (fsync'd) the example ids of every optimizer "
+        "step to this JSONL file.",
+    )
+
+
+class TrainingInterrupted(TrainerError):
+    """A stop was asked for (SIGTERM): the step finished and a checkpoint holds the cursor."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def lr_factor(settings: TrainerSettings, decay_steps: int) -> Callable[[int], float]:
+    """The schedule as a multiplier of the peak rate: linear warmup, then decay or constant."""
+    warmup, floor = settings.warmup_steps, settings.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if settings.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, decay_steps - warmup))
+        if settings.lr_schedule == "linear":
+            return floor + (1 - floor) * (1 - progress)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _now_iso() -> str:
+    return datetime.now().isoformat(timespec="seconds")
+
+
+class Trainer:
+    """Built once per worker process. At construction it loads the newest checkpoint (weights,
+    optimizer, schedule, RNG, step counters) or, without one, the configured model; then every
+    `train_file` continues the same run, so training is continuous across jobs."""
+
+    def __init__(
+        self,
+        connection: redis.Redis,
+        *,
+        settings: TrainerSettings | None = None,
+        loop_settings: LoopSettings | None = None,
+        checkpoint_settings: CheckpointSettings | None = None,
+        model_path: str | Path | None = None,
+        device: str | None = None,
+    ) -> None:
+        self.settings = settings or get_trainer_settings()
+        self.loop = loop_settings or LoopSettings()
+        self.ckpt_settings = checkpoint_settings or get_checkpoint_settings()
+        self.connection = connection
+        self.publisher = Publisher(connection)
+        self.status = StatusStore(connection)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.store = CheckpointStore(self.ckpt_settings.checkpoints_path)
+        torch.manual_seed(self.settings.seed)
+        latest = self.store.load_latest()
+        # fp32 master weights everywhere; bf16 comes from autocast (see `_autocast`).
+        if latest is not None:
+            self.model, self.tokenizer = latest.load_model(device=self.device, dtype=torch.float32)
+            self.model_name = latest.info.model_name
+        else:
+            self.model, self.tokenizer = load_model_and_tokenizer(
+                model_path, device=self.device, dtype=torch.float32
+            )
+            self.model_name = Path(str(self.model.name_or_path or "model")).name
+        self.model.train()
+        if self.settings.activation_checkpointing:
+            self.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        self.chat = ChatTokenizer(self.tokenizer)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
+        self.optimizer = self._build_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_factor(self.settings, self.loop.lr_decay_steps)
+        )
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler(enabled=self.amp_dtype == torch.float16)
+        self.global_step = 0
+        self.files_taken = 0
+        self.loss_stats = LossStats()
+        self.accuracy = Accuracy()
+        self.throughput = Throughput()
+        # The cursor of an unfinished job found at startup; resume.py sets it (requeue_unfinished).
+        self.pending_resume: JobCursor | None = None
+        self.latest_cursor: JobCursor | None = None
+        self.resumed_state: dict[str, Any] = {}  # trainer_state of the checkpoint loaded
+        if latest is not None:
+            latest.restore(optimizer=self.optimizer, scheduler=self.scheduler, rng=True)
+            state = self.resumed_state = latest.trainer_state()
+            self.global_step = int(state.get("global_step", latest.info.step))
+            self.files_taken = int(state.get("files_taken", 0))
+            for loss in state.get("train_loss_history", []):
+                self.loss_stats.add(float(loss))
+            self.latest_cursor = latest.info.cursor
+            log.info("resumed weights and optimizer from checkpoint %s", latest.info.id)
+        self.layers = LayerMonitor(self.model, self.settings.layer_monitor_steps)
+        self.sampler = Sampler(
+            self.tokenizer,
+            count=self.settings.eval_examples,
+            max_new_tokens=self.loop.sample_max_new_tokens,
+            seed=self.settings.seed,
+        )
+        self.gpu = GpuMeter() if self.device.type == "cuda" else None
+        self.rows_per_batch = self.settings.rows_per_micro_batch
+        self._stop = threading.Event()
+        self.status.update(
+            status="idle",
+            model_name=self.model_name,
+            context_window=self.settings.max_length,
+            current_step=self.global_step,
+            timestamp=_now_iso(),
+        )
+
+    # -- construction ----------------------------------------------------------------------
+
+    def _build_optimizer(self) -> torch.optim.AdamW:
+        decay, no_decay = [], []
+        for param in self.model.parameters():
+            if param.requires_grad:
+                # Norm weights and biases are 1-D: decaying them only fights the data.
+                (decay if param.dim() >= 2 else no_decay).append(param)
+        s = self.settings
+        return torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": s.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=s.learning_rate,
+            betas=(s.adam_beta1, s.adam_beta2),
+            eps=s.adam_eps,
+        )
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        precision = self.settings.precision
+        if self.device.type != "cuda" or precision == "fp32":
+            return None  # CPU: fp32 (bf16 matmuls are slow there and gain nothing)
+        if precision == "fp16":
+            return torch.float16
+        if precision == "bf16" or torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop after the current optimizer step, with a checkpoint."""
+        self._stop.set()
+
+    # -- one optimizer step ----------------------------------------------------------------
+
+    def _micro_batches(self, step: StepRows, rows_per_batch: int) -> tuple[float, float, int]:
+        total_loss_tokens = max(1, step.loss_tokens)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        entropy_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        tokens = 0
+        for batch in step.micro_batches(rows_per_batch, self.pad_id):
+            batch = batch.to(self.device)
+            with self._autocast():
+                out = forward_loss(
+                    self.model,
+                    batch.input_ids,
+                    batch.position_ids,
+                    batch.labels,
+                    chunk_tokens=self.settings.loss_chunk_tokens,
+                    with_entropy=True,
+                )
+            # Token-weighted over the whole step: each micro-batch's summed loss over the
+            # step's loss tokens, so the accumulated gradient is that of one big batch.
+            self.scaler.scale(out.loss_sum / total_loss_tokens).backward()
+            loss_sum += out.loss_sum.detach().double()
+            if out.entropy_sum is not None:
+                entropy_sum += out.entropy_sum.double()
+            tokens += out.tokens
+        tokens = max(1, tokens)
+        return float(loss_sum) / tokens, float(entropy_sum) / tokens, tokens
+
+    def _alert_oom(self, backoff: Backoff) -> None:
+        self.publisher.publish(
+            Alert(
+                level="warning",
+                source="trainer",
+                code="oom_recovered",
+                message=(
+                    f"step {backoff.step}: out of memory; micro-batch halved from "
+                    f"{backoff.rows_before} to {backoff.rows_after} rows (accumulation doubled, "
+                    "same global batch) and the step retried"
+                ),
+            )
+        )
+
+    def _optimizer_step(self, step: StepRows) -> dict[str, Any]:
+        number = self.global_step + 1
+        (loss, entropy, _), self.rows_per_batch = run_with_backoff(
+            lambda rows: self._micro_batches(step, rows),
+            self.rows_per_batch,
+            step=number,
+            reset=lambda: self.optimizer.zero_grad(set_to_none=True),
+            on_backoff=self._alert_oom,
+        )
+        self.scaler.unscale_(self.optimizer)
+        clip = self.settings.grad_clip if self.settings.grad_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        monitored = self.layers.due(number)
+        if monitored:
+            self.layers.before_step()
+        lr = float(self.scheduler.get_last_lr()[0])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step = number
+        summary = self.layers.after_step() if monitored else None
+        return {
+            "loss": loss,
+            "entropy": entropy,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "layers": summary,
+        }
+
+    # -- one file --------------------------------------------------------------------------
+
+    def _rejects_path(self, name: str, digest: str) -> Path:
+        root = self.loop.rejects_dir or self.ckpt_settings.data_dir / "rejects"
+        return root / f"{Path(name).stem}.{digest[:12]}.rejects.jsonl"
+
+    def _start_cursor(self, job_id: str | None, digest: str) -> JobCursor | None:
+        pending, self.pending_resume = self.pending_resume, None
+        if pending is None or job_id is None or pending.job_id != job_id:
+            if pending is not None:
+                self.pending_resume = pending  # it belongs to another job: keep it for that one
+            return None
+        if pending.dataset_sha256 != digest:
+            self.publisher.publish(
+                Alert(
+                    level="warning",
+                    source="trainer",
+                    code="resume_discarded",
+                    message=f"job {job_id}: the file changed since checkpoint (sha256 "
+                    f"{pending.dataset_sha256[:12]} → {digest[:12]}); training it from the start",
+                )
+            )
+            return None
+        return pending
+
+    def train_file(
+        self,
+        path: Path,
+        *,
+        job_id: str | None = None,
+        sha256: str | None = None,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """Validate `path`, then train on it to the end (from the pending resume cursor when
+        it names this job and file), checkpointing every R3_SAVE_STEPS and at the end."""
+        path = Path(path)
+        name = name or path.name
+        self._stop.clear()
+        self.rows_per_batch = self.settings.rows_per_micro_batch  # each file tries full size
+        digest = file_sha256(path)
+        if sha256 is not None and sha256 != digest:
+            raise DataChangedError(
+                f"{path}: sha256 is {digest[:12]}…, the job was queued for {sha256[:12]}…; the "
+                "file changed after it was queued. Queue it again."
+            )
+        self.files_taken += 1
+        self.status.update(
+            status="training",
+            current_file=name,
+            batch_number=self.files_taken,
+            batch_step=0,
+            batch_total_steps=None,
+            timestamp=_now_iso(),
+        )
+        report = validate_file(
+            path, self.chat, self.settings, rejects_path=self._rejects_path(name, digest)
+        )
+        resume = self._start_cursor(job_id, digest)
+        state = _FileState(
+            job_id=job_id,
+            digest=digest,
+            name=name,
+            total_examples=report.examples * self.settings.epochs,
+        )
+        start: DataCursor | None = None
+        if resume is not None:
+            start = DataCursor(resume.byte_offset, resume.line, resume.rows_done)
+            state.examples_done = resume.examples_done
+            state.cursor = start
+            state.epoch = int(self.resumed_state.get("epoch", 0))
+            state.file_step = int(self.resumed_state.get("file_step", 0))
+            log.info(
+                "job %s: resuming %s at byte %d (line %d)", job_id, name, start.offset, start.line
+            )
+        try:
+            for epoch in range(state.epoch, self.settings.epochs):
+                state.epoch = epoch
+                rows = file_rows(
+                    path,
+                    self.chat,
+                    self.settings,
+                    rejected_offsets=report.rejected_offsets,
+                    start=start,
+                )
+                start = None
+                for step in optimizer_steps(rows, self.settings.tokens_per_step):
+                    self._after_step(step, state)
+            if self.global_step != state.saved_at:
+                self._save(state, at_end=True)
+        except TrainingInterrupted:
+            self.status.update(status="idle", timestamp=_now_iso())
+            raise
+        except Exception:
+            self.status.update(status="crashed", timestamp=_now_iso())
+            raise
+        self.status.update(
+            status="completed",
+            batch_step=state.file_step,
+            batch_total_steps=state.file_step,
+            timestamp=_now_iso(),
+        )
+        return {
+            "file": name,
+            "sha256": digest,
+            "steps": state.file_step,
+            "global_step": self.global_step,
+            "examples": state.examples_done,
+            "rejected": report.rejected,
+            "final_loss": self.loss_stats.window[-1] if self.loss_stats.window else None,
+        }
+
+    def _after_step(self, step: StepRows, state: _FileState) -> None:
+        self.throughput.start()
+        result = self._optimizer_step(step)
+        self.throughput.stop(step.tokens)
+        state.file_step += 1
+        state.examples_done += len(step.examples)
+        state.cursor = step.cursor_after
+        self._ledger(state.job_id, step)
+        self.loss_stats.add(result["loss"], result["entropy"])
+        self._report_step(step, state, result)
+        if self.global_step % self.settings.save_steps == 0:
+            self._save(state)
+        if self.global_step % self.settings.eval_steps == 0:
+            self._sample()
+        if self._stop.is_set():
+            if state.saved_at != self.global_step:
+                self._save(state)
+            raise TrainingInterrupted(
+                f"stopped on request after step {self.global_step} of {state.name}; the "
+                "checkpoint holds the data cursor and the job resumes when the trainer restarts"
+            )
+
+    def _ledger(self, job_id: str | None, step: StepRows) -> None:
+        if self.loop.train_ledger is None:
+            return
+        record = {
+            "job": job_id,
+            "step": self.global_step,
+            "examples": [[e.line, e.offset, e.part] for e in step.examples],
+        }
+        with self.loop.train_ledger.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def _report_step(self, step: StepRows, state: _FileState, result: dict[str, Any]) -> None:
+        fraction = state.examples_done / state.total_examples if state.total_examples else 0.0
+        file_total = estimate_total_steps(state.file_step, fraction)
+        steps_left = file_total - state.file_step if file_total is not None else None
+        eta = self.throughput.eta_seconds(steps_left)
+        waiting = queues.depths(self.connection)
+        queue_size = sum(waiting[q] for q in TRAIN_QUEUES)
+        gpu = self.gpu.read() if self.gpu is not None else GpuSample()
+        stats = self.loss_stats
+        fields: dict[str, Any] = {
+            "current_step": self.global_step,
+            "total_steps": self.global_step + steps_left if steps_left is not None else None,
+            "epoch": state.epoch,
+            "loss": result["loss"],
+            "learning_rate": result["lr"],
+            "streaming_ce": stats.streaming_ce,
+            "loss_variance": stats.loss_variance,
+            "token_entropy": stats.token_entropy,
+            "tokens_per_sec": self.throughput.tokens_per_sec,
+            "eta_seconds": eta,
+            "batch_step": state.file_step,
+            "batch_total_steps": file_total,
+            "batch_number": self.files_taken,
+            "batch_queue_size": queue_size,
+            "current_file": state.name,
+            **gpu.as_fields(),
+        }
+        if self.global_step % self.settings.log_steps == 0:
+            self.publisher.publish(
+                TrainStep(
+                    **fields,
+                    grad_norm=result["grad_norm"],
+                    tokens=step.loss_tokens,
+                    micro_batch=self.rows_per_batch,
+                    grad_accum=math.ceil(len(step.rows) / self.rows_per_batch),
+                )
+            )
+        if result["layers"] is not None:
+            self.publisher.publish(
+                TrainLayers(current_step=self.global_step, layer_activity_summary=result["layers"])
+            )
+            fields["layer_activity_summary"] = result["layers"]
+        self.status.update(
+            **fields,
+            status="training",
+            loss_trend=stats.loss_trend,
+            train_loss_history=list(stats.history),
+            timestamp=_now_iso(),
+        )
+        if state.file_step % 10 == 0:
+            report_progress(state.file_step, file_total, unit="steps")
+
+    def _sample(self) -> None:
+        result = self.sampler.sample(self.model, self._autocast())
+        self.accuracy.add(result.matches)
+        figures = self.accuracy.fields()
+        self.publisher.publish(
+            TrainSample(
+                current_step=self.global_step,
+                current_prompt=result.prompt,
+                golden_answer=result.golden,
+                model_answer=result.answer,
+                answer_matches=result.matches,
+                parse_failed=result.parse_failed,
+                canonical_answer=result.canonical_answer,
+                **figures,  # type: ignore[arg-type]
+            )
+        )
+        self.status.update(
+            current_prompt=result.prompt,
+            golden_answer=result.golden,
+            model_answer=result.answer,
+            answer_matches=result.matches,
+            accuracy_history=list(self.accuracy.history),
+            **figures,
+        )
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _save(self, state: _FileState, *, at_end: bool = False) -> None:
+        cursor = state.cursor
+        job_cursor = JobCursor(
+            job_id=state.job_id,
+            dataset_sha256=state.digest,
+            byte_offset=cursor.offset,
+            line=cursor.line,
+            rows_done=cursor.rows_done,
+            examples_done=state.examples_done,
+        )
+        info = self.store.save(
+            self.model,
+            self.tokenizer,
+            step=self.global_step,
+            trainer_state={
+                "global_step": self.global_step,
+                "files_taken": self.files_taken,
+                "file_step": state.file_step,
+                "epoch": state.epoch,
+                "file_done": at_end,
+                "train_loss_history": list(self.loss_stats.history),
+            },
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            cursor=job_cursor,
+            trainer_config=self.settings.model_dump(mode="json"),
+            model_name=self.model_name,
+        )
+        state.saved_at = self.global_step
+        self.latest_cursor = job_cursor
+        publish_ready(self.publisher, info)
+        apply_retention(
+            self.store, RetentionPolicy.from_settings(self.ckpt_settings), publisher=self.publisher
+        )
+
+
+class _FileState:
+    """Progress through the current file: what a checkpoint's cursor and the status report."""
+
+    def __init__(self, *, job_id: str | None, digest: str, name: str, total_examples: int) -> None:
+        self.job_id = job_id
+        self.digest = digest
+        self.name = name
+        self.total_examples = total_examples
+        self.epoch = 0
+        self.file_step = 0
+        self.examples_done = 0
+        self.cursor = DataCursor()
+        self.saved_at = -1

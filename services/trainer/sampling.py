@@ -1,0 +1,89 @@
+"""The in-loop sample: a greedy answer to a held-out codec problem, judged canonically."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from codec.domains import mixed_problems
+from codec.evaluate import evaluate_output
+from codec.problem import Problem
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    prompt: str
+    golden: str
+    answer: str  # the model's raw assistant text
+    matches: bool
+    parse_failed: bool
+    canonical_answer: str | None  # the answer in canonical form when it parsed
+
+
+def validation_problems(count: int, seed: int = 0) -> list[Problem]:
+    """`count` held-out problems cycling over every domain and level: never trained on,
+    since the codec's split is a hash of the problem (see codec.problem.split_of)."""
+    return list(islice(mixed_problems(count, seed=seed, split="heldout"), count))
+
+
+class Sampler:
+    """Answers the validation prompts in turn, one per call, greedily and bounded."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        count: int,
+        max_new_tokens: int,
+        seed: int = 0,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.problems = validation_problems(count, seed)
+        self.max_new_tokens = max_new_tokens
+        self.next_index = 0
+        end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.eos_id: int | None = end if isinstance(end, int) else tokenizer.eos_token_id
+
+    @torch.no_grad()
+    def sample(self, model: PreTrainedModel, autocast: Any = None) -> SampleResult:
+        """Generate for the next prompt; the model is left in the mode it was found in."""
+        problem = self.problems[self.next_index % len(self.problems)]
+        self.next_index += 1
+        messages = [{"role": "user", "content": problem.question}]
+        ids = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_tensors="pt"
+        )
+        input_ids = (ids["input_ids"] if isinstance(ids, dict) else ids).to(model.device)
+        was_training = model.training
+        model.eval()  # also switches activation checkpointing off, which generation needs
+        try:
+            with autocast if autocast is not None else contextlib.nullcontext():
+                out = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    max_new_tokens=self.max_new_tokens,
+                    # Greedy, whatever sampling defaults the model's generation config has.
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    eos_token_id=self.eos_id,
+                    pad_token_id=self.tokenizer.pad_token_id or self.eos_id,
+                )
+        finally:
+            model.train(was_training)
+        answer = self.tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True)
+        verdict = evaluate_output(answer, problem.golden_text)
+        return SampleResult(
+            prompt=problem.question,
+            golden=problem.golden_text,
+            answer=answer,
+            matches=verdict.match,
+            parse_failed=verdict.parse_failed,
+            canonical_answer=verdict.predicted,
+        )

@@ -1,0 +1,164 @@
+"""The training loop on the real tiny model, CPU, real Redis: metrics, status, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from bus import keys
+from bus.broadcast import EARLIEST, BroadcastReader
+from bus.status import StatusStore
+from services.trainer.checkpoint import CheckpointStore
+from services.trainer.checkpoint_config import CheckpointSettings
+from services.trainer.config import TrainerSettings
+from services.trainer.errors import RejectThresholdError
+from services.trainer.loop import LoopSettings, Trainer, lr_factor
+
+SMALL = {
+    "max_length": 256,
+    "micro_batch_tokens": 512,
+    "tokens_per_step": 512,
+    "pack_buffer_examples": 16,
+    "learning_rate": 3e-3,
+    "lr_schedule": "constant",
+    "warmup_steps": 0,
+    "activation_checkpointing": False,
+    "eval_steps": 10,
+    "eval_examples": 4,
+    "layer_monitor_steps": 5,
+    "save_steps": 1000,
+}
+
+
+def make_trainer(r: redis.Redis, model_dir: Path, tmp: Path, **overrides: Any) -> Trainer:
+    """A Trainer on the embedded model with small, fast settings and its own checkpoint dir."""
+    return Trainer(
+        r,
+        settings=TrainerSettings.model_validate({**SMALL, **overrides}),
+        loop_settings=LoopSettings(sample_max_new_tokens=12, rejects_dir=tmp / "rejects"),
+        checkpoint_settings=CheckpointSettings(
+            data_dir=tmp, checkpoint_dir=tmp / "ckpt", min_free_disk_bytes=0
+        ),
+        model_path=model_dir,
+        device="cpu",
+    )
+
+
+def events(r: redis.Redis, stream: str) -> list[Any]:
+    return [d.event for d in BroadcastReader(r, {stream: EARLIEST}).read(0)]
+
+
+@pytest.fixture
+def repetitive(codec_rows: list[dict[str, Any]], write_jsonl: Callable[..., Path]) -> Path:
+    """A few dozen steps of data that repeats the same 12 problems (unique ids, so no line is
+    a duplicate): loss must fall quickly on it."""
+    rows = []
+    for i in range(120):
+        row = json.loads(json.dumps(codec_rows[i % 12]))
+        row["meta"]["id"] = f"rep-{i}"
+        rows.append(row)
+    return write_jsonl(rows, "repetitive.jsonl")
+
+
+def test_a_short_run_learns_and_reports_every_step(
+    r: redis.Redis, embedded_dir: Path, tmp_path: Path, repetitive: Path, one_thread: None
+) -> None:
+    trainer = make_trainer(r, embedded_dir, tmp_path)
+    result = trainer.train_file(repetitive, job_id="job-1", name="repetitive.jsonl")
+    steps = result["steps"]
+    assert steps >= 20 and result["global_step"] == steps
+    assert result["examples"] == 120
+
+    training = events(r, keys.STREAM_TRAINING)
+    step_events = [e for e in training if e.type == "train.step"]
+    assert [e.current_step for e in step_events] == list(range(1, steps + 1))
+    losses = [e.loss for e in step_events]
+    assert all(math.isfinite(x) for x in losses)
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5  # falling, clearly
+    last = step_events[-1]
+    assert last.batch_step == steps and last.batch_total_steps == steps
+    assert last.current_file == "repetitive.jsonl" and last.batch_number == 1
+    assert last.tokens_per_sec and last.tokens_per_sec > 0 and last.eta_seconds == 0
+    assert last.streaming_ce is not None and last.loss_variance is not None
+    assert last.token_entropy is not None and last.grad_norm is not None
+    assert last.batch_queue_size == 0 and last.gpu_temp_c is None  # CPU: no GPU readings
+
+    samples = [e for e in training if e.type == "train.sample"]
+    assert [e.current_step for e in samples] == list(range(10, steps + 1, 10))
+    assert samples[-1].total_evals == len(samples) and samples[0].golden_answer
+    layers = [e for e in training if e.type == "train.layers"]
+    assert [e.current_step for e in layers] == list(range(5, steps + 1, 5))
+    summary = layers[0].layer_activity_summary
+    assert {"layer_00", "layer_03", "embed"} <= summary.keys()
+    assert summary["layer_00"]["grad_norm"] > 0 and summary["layer_00"]["update_norm"] > 0
+
+    status = StatusStore(r).read()
+    assert status.status == "completed" and status.current_step == steps
+    assert status.context_window == 256 and status.model_name
+    assert status.loss == pytest.approx(losses[-1])
+    assert len(status.train_loss_history) == steps  # the trend rule: test_metrics.py
+    assert status.total_evals == len(samples) and status.accuracy_percent is not None
+    assert status.golden_answer and status.current_prompt and status.timestamp
+    assert status.layer_activity_summary and status.tokens_per_sec
+
+    # The file's end is checkpointed with a cursor past its last line.
+    ready = events(r, keys.STREAM_CHECKPOINTS)
+    assert [e.step for e in ready if e.type == "checkpoint.ready"] == [steps]
+    latest = CheckpointStore(tmp_path / "ckpt").load_latest()
+    assert latest is not None and latest.info.cursor is not None
+    assert latest.info.cursor.byte_offset == repetitive.stat().st_size
+    assert latest.info.cursor.job_id == "job-1" and latest.info.cursor.examples_done == 120
+
+
+def test_a_file_over_the_reject_threshold_fails_before_any_step(
+    r: redis.Redis,
+    embedded_dir: Path,
+    tmp_path: Path,
+    codec_rows: list[dict[str, Any]],
+    write_jsonl: Callable[..., Path],
+    one_thread: None,
+) -> None:
+    bad = write_jsonl([*codec_rows[:20], "not json", {"messages": []}], "bad.jsonl")
+    trainer = make_trainer(r, embedded_dir, tmp_path)
+    with pytest.raises(RejectThresholdError, match="line 21: not valid JSON"):
+        trainer.train_file(bad)
+    assert trainer.global_step == 0
+    assert events(r, keys.STREAM_TRAINING) == []
+    assert (tmp_path / "rejects").is_dir()
+
+
+def test_a_new_trainer_continues_from_the_newest_checkpoint(
+    r: redis.Redis,
+    embedded_dir: Path,
+    tmp_path: Path,
+    codec_rows: list[dict[str, Any]],
+    write_jsonl: Callable[..., Path],
+    one_thread: None,
+) -> None:
+    small = write_jsonl(codec_rows[:12], "small.jsonl")
+    first = make_trainer(r, embedded_dir, tmp_path, eval_steps=1000, layer_monitor_steps=0)
+    done = first.train_file(small, job_id="a")["global_step"]
+    again = make_trainer(r, embedded_dir, tmp_path)
+    assert again.global_step == done and again.files_taken == 1
+    assert again.latest_cursor is not None and again.latest_cursor.job_id == "a"
+    state = again.optimizer.state_dict()["state"]
+    assert state and int(next(iter(state.values()))["step"]) == done  # AdamW moments restored
+
+
+def test_the_schedule_warms_up_then_decays_to_its_floor() -> None:
+    settings = TrainerSettings.model_validate(
+        {"warmup_steps": 10, "lr_schedule": "cosine", "min_lr_ratio": 0.1}
+    )
+    factor = lr_factor(settings, decay_steps=110)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(10) == pytest.approx(1.0)
+    assert factor(60) == pytest.approx(0.55)
+    assert factor(110) == pytest.approx(0.1) and factor(10_000) == pytest.approx(0.1)
+    constant = lr_factor(settings.model_copy(update={"lr_schedule": "constant"}), 110)
+    assert constant(500) == 1.0
