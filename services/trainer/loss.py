@@ -21,7 +21,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         hidden: torch.Tensor,
         weight: torch.Tensor,
@@ -71,7 +71,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         return loss, entropy
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, grad_loss: torch.Tensor, _grad_entropy: torch.Tensor
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None]:
         grad_hidden, grad_weight = ctx.saved_tensors
@@ -104,7 +104,8 @@ def chunked_cross_entropy(
         )
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens={chunk_tokens}: need at least 1 (R3_LOSS_CHUNK_TOKENS)")
-    out: tuple[torch.Tensor, torch.Tensor] = _ChunkedCrossEntropy.apply(
+    apply = _ChunkedCrossEntropy.apply  # untyped in torch's stubs
+    out: tuple[torch.Tensor, torch.Tensor] = apply(  # type: ignore[no-untyped-call]
         hidden, weight, targets, chunk_tokens, with_entropy
     )
     return out
@@ -165,8 +166,9 @@ def forward_loss(
     (a cache) every document would silently attend to the ones before it in its row.
     """
     get_decoder = getattr(model, "get_decoder", None)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if get_decoder is None or not isinstance(head, nn.Linear):
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if not callable(get_decoder) or not isinstance(head, nn.Linear):
         raise TypeError(
             f"{type(model).__name__}: need a causal LM with a decoder and a linear head"
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -134,6 +134,7 @@ class ChatTokenizer:
                 return_dict=True,
                 return_assistant_tokens_mask=True,
             )
+            assert isinstance(out, Mapping)  # return_dict=True gives a BatchEncoding
             ids = np.asarray(out["input_ids"], dtype=np.int32)
             mask = np.asarray(out["assistant_masks"], dtype=bool)
         else:

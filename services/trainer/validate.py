@@ -205,6 +205,12 @@ def process_line(raw: RawLine, chat: ChatTokenizer, settings: TrainerSettings) -
             )
         except ExampleRejected as err:
             raise _Reject(err.kind, str(err)) from None
+        except Exception as err:
+            # A template may raise on content it rejects (raise_exception in Jinja): that is
+            # this line's problem, reported with its number, not a crash of the whole job.
+            raise _Reject(
+                "template", f"the chat template failed: {type(err).__name__}: {err}"
+            ) from None
     except _Reject as rej:
         return Rejection(raw.line, raw.offset, rej.kind, rej.reason), None
     examples = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -320,3 +321,16 @@ def test_worker_processes_give_the_same_report(
     pooled = validate_file(path, chat, s, workers=1)
     assert inline.to_dict() | {"seconds": 0} == pooled.to_dict() | {"seconds": 0}
     assert list(inline.rejected_offsets) == list(pooled.rejected_offsets)
+
+
+def test_a_template_error_on_one_line_rejects_that_line(tokenizer: Any, write_jsonl: Write) -> None:
+    picky = pickle.loads(pickle.dumps(tokenizer))
+    picky.chat_template = (
+        "{%- for m in messages -%}{%- if 'forbidden' in m['content'] -%}"
+        "{{- raise_exception('no forbidden words') -}}{%- endif -%}{%- endfor -%}"
+        + tokenizer.chat_template
+    )
+    path = write_jsonl([good(0), chat_line("a forbidden question", "r", "a"), good(1)])
+    report = validate_file(path, ChatTokenizer(picky), settings(reject_threshold=1.0))
+    assert [(r.line, r.kind) for r in report.first_rejects] == [(2, "template")]
+    assert "no forbidden words" in report.first_rejects[0].reason
