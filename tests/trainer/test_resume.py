@@ -1,0 +1,141 @@
+"""Kill -9 the trainer mid-file: the restarted trainer resumes the same job from its cursor."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+
+from bus import queues
+from services.trainer.checkpoint import CheckpointStore
+from services.trainer.dataset_reader import read_lines
+from services.trainer.loop import file_sha256
+
+ROOT = Path(__file__).resolve().parents[2]
+SAVE_STEPS = 3
+
+
+def trainer_env(redis_url: str, model_dir: Path, tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("R3_")}
+    env.update(
+        {
+            "R3_REDIS_URL": redis_url,
+            "R3_MODEL": str(model_dir),
+            "R3_DATA_DIR": str(tmp / "data"),
+            "R3_CHECKPOINT_DIR": str(tmp / "ckpt"),
+            "R3_MIN_FREE_DISK_BYTES": "0",
+            "R3_TRAIN_LEDGER": str(tmp / "ledger.jsonl"),
+            "R3_SAVE_STEPS": str(SAVE_STEPS),
+            "R3_MAX_LENGTH": "384",
+            "R3_MICRO_BATCH_TOKENS": "384",
+            "R3_TOKENS_PER_STEP": "384",
+            "R3_PACK_BUFFER_EXAMPLES": "8",
+            "R3_EVAL_STEPS": "100000",
+            "R3_LAYER_MONITOR_STEPS": "0",
+            "R3_ACTIVATION_CHECKPOINTING": "false",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
+    )
+    return env
+
+
+def start_trainer(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.trainer"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def ledger_steps(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float, log: Path, job: Job) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if job.get_status(refresh=True) == JobStatus.FAILED:
+            raise AssertionError(f"the job failed: {job.exc_info}\ntrainer log:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; trainer log:\n{log.read_text()}")
+        time.sleep(0.05)
+
+
+def test_kill_9_mid_file_resumes_the_job_with_nothing_skipped(
+    r: redis.Redis,
+    redis_url: str,
+    embedded_dir: Path,
+    tmp_path: Path,
+    codec_rows: list[dict[str, Any]],
+    write_jsonl: Callable[..., Path],
+) -> None:
+    data = write_jsonl(codec_rows[:72], "resume.jsonl")
+    env = trainer_env(redis_url, embedded_dir, tmp_path)
+    log = tmp_path / "trainer.log"
+    ledger = tmp_path / "ledger.jsonl"
+    job = queues.enqueue(
+        r,
+        queues.TRAIN_FILE,
+        kind="train",
+        kwargs={"path": str(data), "name": data.name, "sha256": file_sha256(data)},
+    )
+
+    first = start_trainer(env, log)
+    try:
+        # Past two checkpoints and into the third interval, then no chance to clean up.
+        wait_for("7 steps", lambda: len(ledger_steps(ledger)) >= 2 * SAVE_STEPS + 1, 90, log, job)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        first.kill()
+    killed_at = len(ledger_steps(ledger))
+    assert job.get_status(refresh=True) == JobStatus.STARTED  # the dead worker's, as RQ sees it
+    assert CheckpointStore(tmp_path / "ckpt").list(), "no checkpoint before the kill"
+
+    second = start_trainer(env, log)
+    try:
+        wait_for(
+            "the job to finish",
+            lambda: Job.fetch(job.id, connection=r).get_status() == JobStatus.FINISHED,
+            90,
+            log,
+            job,
+        )
+        second.send_signal(signal.SIGTERM)  # idle now: a clean, prompt exit
+        assert second.wait(30) == 0, log.read_text()
+    finally:
+        second.kill()
+
+    steps = ledger_steps(ledger)
+    assert len(steps) > killed_at and {s["job"] for s in steps} == {job.id}
+    seen = Counter(tuple(e) for s in steps for e in s["examples"])
+    expected = {(raw.line, raw.offset, 0) for raw in read_lines(data) if not raw.blank}
+    assert set(seen) == expected  # nothing skipped, nothing invented
+    most_per_step = max(len(s["examples"]) for s in steps)
+    reworked = sum(n - 1 for n in seen.values())
+    assert reworked <= SAVE_STEPS * most_per_step
+    numbers = [s["step"] for s in steps]
+    restarted = numbers[killed_at]  # the restarted trainer's first step follows its checkpoint
+    assert restarted <= killed_at and (restarted - 1) % SAVE_STEPS == 0
+    assert numbers[killed_at:] == list(range(restarted, restarted + len(steps) - killed_at))
+    assert not StartedJobRegistry("train-normal", connection=r).get_job_ids(cleanup=False)
+    assert "resumes at byte" in log.read_text()
