@@ -51,7 +51,8 @@ def forget_dead_workers(connection: redis.Redis) -> list[str]:
 
 
 def _interrupted(job: Job) -> bool:
-    text = job.exc_info or ""
+    result = job.latest_result()
+    text = (result.exc_string if result is not None else None) or ""
     return any(name in text for name in INTERRUPTIONS)
 
 

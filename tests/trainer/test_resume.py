@@ -15,12 +15,16 @@ from typing import Any
 
 import redis
 from rq.job import Job, JobStatus
+from rq.queue import Queue
 from rq.registry import StartedJobRegistry
+from rq.worker import Worker
 
 from bus import queues
-from services.trainer.checkpoint import CheckpointStore
+from bus.worker import EventWorker, LongJobWorker
+from services.trainer.checkpoint import CheckpointStore, JobCursor
 from services.trainer.dataset_reader import read_lines
 from services.trainer.loop import file_sha256
+from services.trainer.resume import forget_dead_workers, requeue_unfinished
 
 ROOT = Path(__file__).resolve().parents[2]
 SAVE_STEPS = 3
@@ -139,3 +143,38 @@ def test_kill_9_mid_file_resumes_the_job_with_nothing_skipped(
     assert numbers[killed_at:] == list(range(restarted, restarted + len(steps) - killed_at))
     assert not StartedJobRegistry("train-normal", connection=r).get_job_ids(cleanup=False)
     assert "resumes at byte" in log.read_text()
+
+
+def test_only_jobs_cut_short_are_requeued_and_to_the_front(r: redis.Redis) -> None:
+    broken = queues.enqueue(
+        r, "tests.fixtures.jobs.fail", kind="train", kwargs={"message": "a real error"}
+    )
+    done = queues.enqueue(r, "tests.fixtures.jobs.record", kind="train", kwargs={"tag": "a"})
+    EventWorker(queues.queues(r, "train"), connection=r).work(burst=True)
+    waiting = queues.enqueue(r, "tests.fixtures.jobs.record", kind="train", kwargs={"tag": "b"})
+    queues.enqueue(r, "tests.fixtures.jobs.record", kind="train", kwargs={"tag": "c"})
+
+    def cursor(job: Job) -> JobCursor:
+        return JobCursor(job_id=job.id, dataset_sha256="0" * 64, byte_offset=10)
+
+    assert requeue_unfinished(r, cursor(broken)) == []  # failed for a reason of its own
+    assert requeue_unfinished(r, cursor(done)) == []
+    assert requeue_unfinished(r, cursor(waiting), file_done=True) == []
+    assert [j.id for j in requeue_unfinished(r, cursor(waiting))] == [waiting.id]
+    assert Queue("train-normal", connection=r).job_ids[0] == waiting.id
+
+
+def test_a_dead_workers_registration_is_removed(r: redis.Redis) -> None:
+    dead = LongJobWorker(queues.queues(r, "train"), connection=r, name="dead-trainer")
+    dead.register_birth()
+    r.hset(dead.key, "pid", str(_exited_pid()))
+    alive = LongJobWorker(queues.queues(r, "train"), connection=r, name="live-trainer")
+    alive.register_birth()
+    assert forget_dead_workers(r) == ["dead-trainer"]
+    assert {w.name for w in Worker.all(connection=r)} == {"live-trainer"}
+
+
+def _exited_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

@@ -1,0 +1,82 @@
+"""A real LongJobWorker runs train jobs high first, on one Trainer, past a failing file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
+
+from bus import keys, queues
+from bus.worker import LongJobWorker
+from services.trainer import jobs
+from services.trainer.loop import file_sha256
+from tests.trainer.test_loop import events, make_trainer
+
+
+@pytest.fixture
+def no_process_trainer() -> Iterator[None]:
+    yield
+    jobs.set_trainer(None)
+
+
+def enqueue(r: redis.Redis, path: Path, priority: str) -> Job:
+    return queues.enqueue(
+        r,
+        queues.TRAIN_FILE,
+        kind="train",
+        priority=priority,
+        kwargs={"path": str(path), "name": path.name, "sha256": file_sha256(path)},
+    )
+
+
+def test_the_worker_trains_files_in_priority_order_on_one_trainer(
+    r: redis.Redis,
+    embedded_dir: Path,
+    tmp_path: Path,
+    codec_rows: list[dict[str, Any]],
+    write_jsonl: Callable[..., Path],
+    one_thread: None,
+    no_process_trainer: None,
+) -> None:
+    trainer = make_trainer(r, embedded_dir, tmp_path, eval_steps=1000, layer_monitor_steps=0)
+    model = trainer.model
+    jobs.set_trainer(trainer)
+    normal = write_jsonl(codec_rows[:10], "normal.jsonl")
+    bad = write_jsonl([*codec_rows[10:14], "{broken", '{"messages": "x"}'], "bad.jsonl")
+    high = write_jsonl(codec_rows[20:30], "high.jsonl")
+    # Queued in the worst order: the normal file first.
+    normal_job = enqueue(r, normal, "normal")
+    bad_job = enqueue(r, bad, "high")
+    high_job = enqueue(r, high, "high")
+
+    LongJobWorker(queues.queues(r, "train"), connection=r).work(burst=True)
+
+    started = [e.job_id for e in events(r, keys.STREAM_JOBS) if e.type == "job.started"]
+    assert started == [bad_job.id, high_job.id, normal_job.id]
+
+    # The bad file failed before any step, with the first bad lines in RQ and on the bus.
+    assert bad_job.get_status(refresh=True) == JobStatus.FAILED
+    assert bad_job.id in FailedJobRegistry("train-high", connection=r)
+    result = bad_job.latest_result()
+    assert result is not None and "line 5: not valid JSON" in (result.exc_string or "")
+    failed = [e for e in events(r, keys.STREAM_JOBS) if e.type == "job.failed"]
+    assert len(failed) == 1 and failed[0].exc_type == "RejectThresholdError"
+    assert "First bad lines: line 5" in failed[0].reason
+
+    # The next jobs still ran, on the same model, with one step counter across files.
+    first, second = high_job.return_value(), normal_job.return_value()
+    assert high_job.get_status() == normal_job.get_status() == JobStatus.FINISHED
+    assert first["file"] == "high.jsonl" and second["file"] == "normal.jsonl"
+    assert second["global_step"] == first["global_step"] + second["steps"]
+    assert jobs.get_trainer() is trainer and trainer.model is model
+    steps = [e for e in events(r, keys.STREAM_TRAINING) if e.type == "train.step"]
+    assert [e.current_step for e in steps] == list(range(1, second["global_step"] + 1))
+    by_file = {e.current_file: e for e in steps}
+    assert by_file["high.jsonl"].batch_queue_size == 1  # the normal file was waiting
+    assert by_file["normal.jsonl"].batch_queue_size == 0
+    assert by_file["normal.jsonl"].batch_number == 3  # the bad file was taken too
