@@ -36,12 +36,16 @@ SMALL = {
 }
 
 
-def make_trainer(r: redis.Redis, model_dir: Path, tmp: Path, **overrides: Any) -> Trainer:
+def make_trainer(
+    r: redis.Redis, model_dir: Path, tmp: Path, *, ledger: Path | None = None, **overrides: Any
+) -> Trainer:
     """A Trainer on the embedded model with small, fast settings and its own checkpoint dir."""
     return Trainer(
         r,
         settings=TrainerSettings.model_validate({**SMALL, **overrides}),
-        loop_settings=LoopSettings(sample_max_new_tokens=12, rejects_dir=tmp / "rejects"),
+        loop_settings=LoopSettings(
+            sample_max_new_tokens=12, rejects_dir=tmp / "rejects", train_ledger=ledger
+        ),
         checkpoint_settings=CheckpointSettings(
             data_dir=tmp, checkpoint_dir=tmp / "ckpt", min_free_disk_bytes=0
         ),

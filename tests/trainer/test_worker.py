@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,11 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
 from bus import keys, queues
+from bus.status import StatusStore
 from bus.worker import LongJobWorker
 from services.trainer import jobs
 from services.trainer.loop import file_sha256
+from services.trainer.resume import requeue_unfinished
 from tests.trainer.test_loop import events, make_trainer
 
 
@@ -80,3 +83,50 @@ def test_the_worker_trains_files_in_priority_order_on_one_trainer(
     assert by_file["high.jsonl"].batch_queue_size == 1  # the normal file was waiting
     assert by_file["normal.jsonl"].batch_queue_size == 0
     assert by_file["normal.jsonl"].batch_number == 3  # the bad file was taken too
+
+
+def test_a_stop_request_checkpoints_the_step_and_the_requeued_job_resumes_there(
+    r: redis.Redis,
+    embedded_dir: Path,
+    tmp_path: Path,
+    codec_rows: list[dict[str, Any]],
+    write_jsonl: Callable[..., Path],
+    one_thread: None,
+    no_process_trainer: None,
+) -> None:
+    ledger = tmp_path / "ledger.jsonl"
+    trainer = make_trainer(
+        r, embedded_dir, tmp_path, ledger=ledger, eval_steps=1000, layer_monitor_steps=0
+    )
+    jobs.set_trainer(trainer)
+    data = write_jsonl(codec_rows[:24], "stop.jsonl")
+    job = enqueue(r, data, "normal")
+    forwards: list[int] = []
+
+    def stop_on_third_forward(*_: Any) -> None:
+        forwards.append(1)
+        if len(forwards) == 3:
+            trainer.request_stop()  # what SIGTERM does in python -m services.trainer
+
+    handle = trainer.model.get_decoder().register_forward_pre_hook(stop_on_third_forward)
+    LongJobWorker(queues.queues(r, "train"), connection=r).work(burst=True)
+    handle.remove()
+
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    failed = [e for e in events(r, keys.STREAM_JOBS) if e.type == "job.failed"]
+    assert failed[-1].exc_type == "TrainingInterrupted" and "resumes" in failed[-1].reason
+    cursor = trainer.latest_cursor
+    assert cursor is not None and cursor.job_id == job.id and cursor.examples_done > 0
+    stopped_at = trainer.global_step
+    assert StatusStore(r).read().status == "idle"
+
+    assert [j.id for j in requeue_unfinished(r, cursor)] == [job.id]
+    trainer.pending_resume = cursor
+    LongJobWorker(queues.queues(r, "train"), connection=r).work(burst=True)
+
+    assert job.get_status(refresh=True) == JobStatus.FINISHED
+    steps = [json.loads(line) for line in ledger.read_text().splitlines()]
+    seen = [tuple(e) for s in steps for e in s["examples"]]
+    assert len(seen) == len(set(seen)) == 24  # the stop step was saved: no rework at all
+    assert [s["step"] for s in steps] == list(range(1, len(steps) + 1))
+    assert stopped_at < len(steps)
