@@ -26,7 +26,7 @@ from bus.publish import Publisher
 from bus.status import StatusStore
 from bus.worker import report_progress
 from services.model.loading import load_model_and_tokenizer
-from services.trainer.checkpoint import CheckpointStore, JobCursor, publish_ready
+from services.trainer.checkpoint import CheckpointStore, publish_ready
 from services.trainer.checkpoint_config import CheckpointSettings, get_checkpoint_settings
 from services.trainer.config import TrainerSettings, get_trainer_settings
 from services.trainer.dataset_reader import DataCursor
@@ -34,6 +34,7 @@ from services.trainer.errors import DataChangedError, TrainerError
 from services.trainer.gpu import GpuMeter, GpuSample
 from services.trainer.layer_monitor import LayerMonitor
 from services.trainer.loss import forward_loss
+from services.trainer.manifest import JobCursor
 from services.trainer.metrics import Accuracy, LossStats, Throughput, estimate_total_steps
 from services.trainer.oom import Backoff, run_with_backoff
 from services.trainer.packing import StepRows, file_rows, optimizer_steps
@@ -143,7 +144,7 @@ class Trainer:
             self.model_name = Path(str(self.model.name_or_path or "model")).name
         self.model.train()
         if self.settings.activation_checkpointing:
-            self.model.gradient_checkpointing_enable(
+            self.model.gradient_checkpointing_enable(  # type: ignore[no-untyped-call]
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
         self.chat = ChatTokenizer(self.tokenizer)
@@ -194,7 +195,8 @@ class Trainer:
     # -- construction ----------------------------------------------------------------------
 
     def _build_optimizer(self) -> torch.optim.AdamW:
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for param in self.model.parameters():
             if param.requires_grad:
                 # Norm weights and biases are 1-D: decaying them only fights the data.
@@ -249,7 +251,7 @@ class Trainer:
                 )
             # Token-weighted over the whole step: each micro-batch's summed loss over the
             # step's loss tokens, so the accumulated gradient is that of one big batch.
-            self.scaler.scale(out.loss_sum / total_loss_tokens).backward()
+            self.scaler.scale(out.loss_sum / total_loss_tokens).backward()  # type: ignore[no-untyped-call]
             loss_sum += out.loss_sum.detach().double()
             if out.entropy_sum is not None:
                 entropy_sum += out.entropy_sum.double()
@@ -514,7 +516,7 @@ class Trainer:
                 answer_matches=result.matches,
                 parse_failed=result.parse_failed,
                 canonical_answer=result.canonical_answer,
-                **figures,  # type: ignore[arg-type]
+                **figures,
             )
         )
         self.status.update(

@@ -16,7 +16,7 @@ from rq.worker import Worker
 from bus.events import JobQueued
 from bus.keys import TRAIN_QUEUES
 from bus.publish import Publisher
-from services.trainer.checkpoint import JobCursor
+from services.trainer.manifest import JobCursor
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def forget_dead_workers(connection: redis.Redis) -> list[str]:
         if worker.hostname != host or not set(worker.queue_names()) & set(TRAIN_QUEUES):
             continue
         if worker.pid and not _alive(int(worker.pid)):
-            worker.register_death()
+            worker.register_death()  # type: ignore[no-untyped-call]
             dead.append(worker.name)
             log.warning("unregistered dead worker %s (pid %s)", worker.name, worker.pid)
     return dead
@@ -79,7 +79,7 @@ def _to_front(connection: redis.Redis, job: Job) -> Job | None:
             queue=queue.name,
             func=job.func_name,
             description=job.description,
-            priority=queue.name.removeprefix("train-"),  # type: ignore[arg-type]
+            priority=queue.name.removeprefix("train-"),
         )
     )
     log.info("job %s requeued at the front of %s", job.id, queue.name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -55,15 +55,18 @@ class Sampler:
         problem = self.problems[self.next_index % len(self.problems)]
         self.next_index += 1
         messages = [{"role": "user", "content": problem.question}]
-        ids = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_tensors="pt"
+        # Rendered as text, then tokenized: one return type whatever the transformers version.
+        text = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
         )
-        input_ids = (ids["input_ids"] if isinstance(ids, dict) else ids).to(model.device)
-        was_training = model.training
-        model.eval()  # also switches activation checkpointing off, which generation needs
+        encoded = self.tokenizer(str(text), add_special_tokens=False, return_tensors="pt")
+        input_ids = cast(torch.Tensor, encoded["input_ids"]).to(model.device)
+        module = cast(torch.nn.Module, model)
+        was_training = module.training
+        module.train(False)  # also switches activation checkpointing off, as generation needs
         try:
             with autocast if autocast is not None else contextlib.nullcontext():
-                out = model.generate(
+                out = cast(Any, model).generate(
                     input_ids=input_ids,
                     attention_mask=torch.ones_like(input_ids),
                     max_new_tokens=self.max_new_tokens,
@@ -76,7 +79,7 @@ class Sampler:
                     pad_token_id=self.tokenizer.pad_token_id or self.eos_id,
                 )
         finally:
-            model.train(was_training)
+            module.train(was_training)
         answer = self.tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True)
         verdict = evaluate_output(answer, problem.golden_text)
         return SampleResult(

@@ -21,9 +21,10 @@ from rq.worker import Worker
 
 from bus import queues
 from bus.worker import EventWorker, LongJobWorker
-from services.trainer.checkpoint import CheckpointStore, JobCursor
+from services.trainer.checkpoint import CheckpointStore
 from services.trainer.dataset_reader import read_lines
 from services.trainer.loop import file_sha256
+from services.trainer.manifest import JobCursor
 from services.trainer.resume import forget_dead_workers, requeue_unfinished
 
 ROOT = Path(__file__).resolve().parents[2]
