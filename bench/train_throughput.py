@@ -103,7 +103,7 @@ def peak_gib() -> float | None:
 def run_regime3(cfg: dict[str, Any], examples: list[Example], args: argparse.Namespace,
                 device: str) -> dict[str, Any]:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = Qwen3ForCausalLM(Qwen3Config(**cfg, attn_implementation="sdpa")).to(device, dtype)
+    model = Qwen3ForCausalLM(Qwen3Config(**cfg, attn_implementation=args.attn)).to(device, dtype)
     model.train()
     if args.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -118,7 +118,7 @@ def run_regime3(cfg: dict[str, Any], examples: list[Example], args: argparse.Nam
         steps = steps[: args.warmup + args.steps]
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    timed_tokens, t0, ooms, losses = 0, None, 0, []
+    timed_tokens, t0, ooms, losses, opt_seconds = 0, None, 0, [], 0.0
     for n, step_rows in enumerate(steps):
         if n == args.warmup:
             gpu_sync()
@@ -143,15 +143,23 @@ def run_regime3(cfg: dict[str, Any], examples: list[Example], args: argparse.Nam
                     raise
                 micro //= 2
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if n >= args.warmup:
+            gpu_sync()
+            t_opt = time.perf_counter()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if n >= args.warmup:
+            gpu_sync()
+            opt_seconds += time.perf_counter() - t_opt
         losses.append(total / loss_tokens)
         if n >= args.warmup:
             timed_tokens += sum(len(r["input_ids"]) for r in step_rows)
     gpu_sync()
     seconds = time.perf_counter() - (t0 or time.perf_counter())
     return {
-        "setup": "regime3", "steps_timed": len(steps) - args.warmup,
+        "setup": "regime3", "attn": args.attn, "checkpointing": args.checkpointing,
+        "loss_chunk": args.loss_chunk, "steps_timed": len(steps) - args.warmup,
+        "optimizer_share": round(opt_seconds / seconds, 3) if seconds else None,
         "tokens_per_step": args.tokens_per_step, "micro_rows_final": micro, "ooms": ooms,
         "tokens_per_sec": round(timed_tokens / seconds) if seconds else None,
         "peak_gib": round(peak_gib(), 2) if peak_gib() is not None else None,
@@ -241,11 +249,14 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=4096)
     ap.add_argument("--tokens-per-step", type=int, default=32_768)
     ap.add_argument("--micro-rows", type=int, default=2)
-    ap.add_argument("--loss-chunk", type=int, default=4096)
+    ap.add_argument("--loss-chunk", type=int, default=1024)
+    ap.add_argument("--attn", default="sdpa", help="sdpa | flex_attention | eager")
     ap.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     ap.add_argument("--cap-gib", type=float, default=None,
                     help="cap this process's GPU memory (set_per_process_memory_fraction)")
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--profile", default=None,
+                    help="write a torch.profiler table of the timed steps' CUDA kernels here")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
@@ -261,7 +272,15 @@ def main() -> None:
             "examples": len(examples)}
     print(json.dumps(info), flush=True)
     results = []
-    if args.only in (None, "regime3"):
+    if args.only in (None, "regime3") and args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            results.append(run_regime3(cfg, examples, args, device))
+        with open(args.profile, "w") as f:
+            f.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40,
+                                              max_name_column_width=90))
+    elif args.only in (None, "regime3"):
         results.append(run_regime3(cfg, examples, args, device))
         print(json.dumps(results[-1]), flush=True)
     if args.only in (None, "baseline"):
