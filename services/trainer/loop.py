@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
-import os
 import threading
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +16,22 @@ import torch
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bus import queues
-from bus.events import Alert, TrainLayers, TrainSample, TrainStep
-from bus.keys import TRAIN_QUEUES
+from bus.events import Alert
 from bus.publish import Publisher
-from bus.status import StatusStore
-from bus.worker import report_progress
 from services.model.loading import load_model_and_tokenizer
 from services.trainer.checkpoint import CheckpointStore, publish_ready
 from services.trainer.checkpoint_config import CheckpointSettings, get_checkpoint_settings
 from services.trainer.config import TrainerSettings, get_trainer_settings
 from services.trainer.dataset_reader import DataCursor
 from services.trainer.errors import DataChangedError, TrainerError
-from services.trainer.gpu import GpuMeter, GpuSample
+from services.trainer.gpu import GpuMeter
 from services.trainer.layer_monitor import LayerMonitor
 from services.trainer.loss import forward_loss
 from services.trainer.manifest import JobCursor
-from services.trainer.metrics import Accuracy, LossStats, Throughput, estimate_total_steps
+from services.trainer.metrics import Reporter, StepFigures
 from services.trainer.oom import Backoff, run_with_backoff
 from services.trainer.packing import StepRows, file_rows, optimizer_steps
+from services.trainer.resume import FileProgress, append_ledger
 from services.trainer.retention import RetentionPolicy, apply_retention
 from services.trainer.sampling import Sampler
 from services.trainer.tokenize import ChatTokenizer
@@ -104,10 +98,6 @@ def lr_factor(settings: TrainerSettings, decay_steps: int) -> Callable[[int], fl
     return factor
 
 
-def _now_iso() -> str:
-    return datetime.now().isoformat(timespec="seconds")
-
-
 class Trainer:
     """Built once per worker process. At construction it loads the newest checkpoint (weights,
     optimizer, schedule, RNG, step counters) or, without one, the configured model; then every
@@ -128,7 +118,6 @@ class Trainer:
         self.ckpt_settings = checkpoint_settings or get_checkpoint_settings()
         self.connection = connection
         self.publisher = Publisher(connection)
-        self.status = StatusStore(connection)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.store = CheckpointStore(self.ckpt_settings.checkpoints_path)
         torch.manual_seed(self.settings.seed)
@@ -158,9 +147,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(enabled=self.amp_dtype == torch.float16)
         self.global_step = 0
         self.files_taken = 0
-        self.loss_stats = LossStats()
-        self.accuracy = Accuracy()
-        self.throughput = Throughput()
+        self.report = Reporter(
+            connection,
+            log_steps=self.settings.log_steps,
+            gpu=GpuMeter() if self.device.type == "cuda" else None,
+            publisher=self.publisher,
+        )
         # The cursor of an unfinished job found at startup; resume.py sets it (requeue_unfinished).
         self.pending_resume: JobCursor | None = None
         self.latest_cursor: JobCursor | None = None
@@ -171,7 +163,7 @@ class Trainer:
             self.global_step = int(state.get("global_step", latest.info.step))
             self.files_taken = int(state.get("files_taken", 0))
             for loss in state.get("train_loss_history", []):
-                self.loss_stats.add(float(loss))
+                self.report.loss.add(float(loss))
             self.latest_cursor = latest.info.cursor
             log.info("resumed weights and optimizer from checkpoint %s", latest.info.id)
         self.layers = LayerMonitor(self.model, self.settings.layer_monitor_steps)
@@ -181,15 +173,13 @@ class Trainer:
             max_new_tokens=self.loop.sample_max_new_tokens,
             seed=self.settings.seed,
         )
-        self.gpu = GpuMeter() if self.device.type == "cuda" else None
         self.rows_per_batch = self.settings.rows_per_micro_batch
         self._stop = threading.Event()
-        self.status.update(
-            status="idle",
+        self.report.set_status(
+            "idle",
             model_name=self.model_name,
             context_window=self.settings.max_length,
             current_step=self.global_step,
-            timestamp=_now_iso(),
         )
 
     # -- construction ----------------------------------------------------------------------
@@ -348,20 +338,24 @@ class Trainer:
                 f"{path}: sha256 is {digest[:12]}…, the job was queued for {sha256[:12]}…; the "
                 "file changed after it was queued. Queue it again."
             )
-        self.files_taken += 1
-        self.status.update(
-            status="training",
+        resume = self._start_cursor(job_id, digest)
+        if resume is None:
+            self.files_taken += 1  # a resumed file was counted when it was first taken
+        self.report.set_status(
+            "training",
             current_file=name,
             batch_number=self.files_taken,
             batch_step=0,
             batch_total_steps=None,
-            timestamp=_now_iso(),
         )
-        report = validate_file(
-            path, self.chat, self.settings, rejects_path=self._rejects_path(name, digest)
-        )
-        resume = self._start_cursor(job_id, digest)
-        state = _FileState(
+        try:
+            report = validate_file(
+                path, self.chat, self.settings, rejects_path=self._rejects_path(name, digest)
+            )
+        except Exception:
+            self.report.set_status("idle")  # a bad file is not a crash of the trainer
+            raise
+        state = FileProgress(
             job_id=job_id,
             digest=digest,
             name=name,
@@ -393,16 +387,13 @@ class Trainer:
             if self.global_step != state.saved_at:
                 self._save(state, at_end=True)
         except TrainingInterrupted:
-            self.status.update(status="idle", timestamp=_now_iso())
+            self.report.set_status("idle")
             raise
         except Exception:
-            self.status.update(status="crashed", timestamp=_now_iso())
+            self.report.set_status("crashed")
             raise
-        self.status.update(
-            status="completed",
-            batch_step=state.file_step,
-            batch_total_steps=state.file_step,
-            timestamp=_now_iso(),
+        self.report.set_status(
+            "completed", batch_step=state.file_step, batch_total_steps=state.file_step
         )
         return {
             "file": name,
@@ -411,23 +402,41 @@ class Trainer:
             "global_step": self.global_step,
             "examples": state.examples_done,
             "rejected": report.rejected,
-            "final_loss": self.loss_stats.window[-1] if self.loss_stats.window else None,
+            "final_loss": self.report.loss.history[-1] if self.report.loss.history else None,
         }
 
-    def _after_step(self, step: StepRows, state: _FileState) -> None:
-        self.throughput.start()
+    def _after_step(self, step: StepRows, state: FileProgress) -> None:
+        self.report.throughput.start()
         result = self._optimizer_step(step)
-        self.throughput.stop(step.tokens)
+        self.report.throughput.stop(step.tokens)
         state.file_step += 1
         state.examples_done += len(step.examples)
         state.cursor = step.cursor_after
-        self._ledger(state.job_id, step)
-        self.loss_stats.add(result["loss"], result["entropy"])
-        self._report_step(step, state, result)
+        if self.loop.train_ledger is not None:
+            append_ledger(self.loop.train_ledger, state.job_id, self.global_step, step.examples)
+        self.report.step(
+            StepFigures(
+                step=self.global_step,
+                epoch=state.epoch + 1,
+                loss=result["loss"],
+                learning_rate=result["lr"],
+                grad_norm=result["grad_norm"],
+                entropy=result["entropy"],
+                loss_tokens=step.loss_tokens,
+                rows=len(step.rows),
+                rows_per_batch=self.rows_per_batch,
+                file_step=state.file_step,
+                examples_done=state.examples_done,
+                total_examples=state.total_examples,
+                files_taken=self.files_taken,
+                current_file=state.name,
+                layers=result["layers"],
+            )
+        )
         if self.global_step % self.settings.save_steps == 0:
             self._save(state)
         if self.global_step % self.settings.eval_steps == 0:
-            self._sample()
+            self.report.sample(self.global_step, self.sampler.sample(self.model, self._autocast()))
         if self._stop.is_set():
             if state.saved_at != self.global_step:
                 self._save(state)
@@ -436,110 +445,10 @@ class Trainer:
                 "checkpoint holds the data cursor and the job resumes when the trainer restarts"
             )
 
-    def _ledger(self, job_id: str | None, step: StepRows) -> None:
-        if self.loop.train_ledger is None:
-            return
-        record = {
-            "job": job_id,
-            "step": self.global_step,
-            "examples": [[e.line, e.offset, e.part] for e in step.examples],
-        }
-        with self.loop.train_ledger.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    # -- reporting -------------------------------------------------------------------------
-
-    def _report_step(self, step: StepRows, state: _FileState, result: dict[str, Any]) -> None:
-        fraction = state.examples_done / state.total_examples if state.total_examples else 0.0
-        file_total = estimate_total_steps(state.file_step, fraction)
-        steps_left = file_total - state.file_step if file_total is not None else None
-        eta = self.throughput.eta_seconds(steps_left)
-        waiting = queues.depths(self.connection)
-        queue_size = sum(waiting[q] for q in TRAIN_QUEUES)
-        gpu = self.gpu.read() if self.gpu is not None else GpuSample()
-        stats = self.loss_stats
-        fields: dict[str, Any] = {
-            "current_step": self.global_step,
-            "total_steps": self.global_step + steps_left if steps_left is not None else None,
-            "epoch": state.epoch,
-            "loss": result["loss"],
-            "learning_rate": result["lr"],
-            "streaming_ce": stats.streaming_ce,
-            "loss_variance": stats.loss_variance,
-            "token_entropy": stats.token_entropy,
-            "tokens_per_sec": self.throughput.tokens_per_sec,
-            "eta_seconds": eta,
-            "batch_step": state.file_step,
-            "batch_total_steps": file_total,
-            "batch_number": self.files_taken,
-            "batch_queue_size": queue_size,
-            "current_file": state.name,
-            **gpu.as_fields(),
-        }
-        if self.global_step % self.settings.log_steps == 0:
-            self.publisher.publish(
-                TrainStep(
-                    **fields,
-                    grad_norm=result["grad_norm"],
-                    tokens=step.loss_tokens,
-                    micro_batch=self.rows_per_batch,
-                    grad_accum=math.ceil(len(step.rows) / self.rows_per_batch),
-                )
-            )
-        if result["layers"] is not None:
-            self.publisher.publish(
-                TrainLayers(current_step=self.global_step, layer_activity_summary=result["layers"])
-            )
-            fields["layer_activity_summary"] = result["layers"]
-        self.status.update(
-            **fields,
-            status="training",
-            loss_trend=stats.loss_trend,
-            train_loss_history=list(stats.history),
-            timestamp=_now_iso(),
-        )
-        if state.file_step % 10 == 0:
-            report_progress(state.file_step, file_total, unit="steps")
-
-    def _sample(self) -> None:
-        result = self.sampler.sample(self.model, self._autocast())
-        self.accuracy.add(result.matches)
-        figures = self.accuracy.fields()
-        self.publisher.publish(
-            TrainSample(
-                current_step=self.global_step,
-                current_prompt=result.prompt,
-                golden_answer=result.golden,
-                model_answer=result.answer,
-                answer_matches=result.matches,
-                parse_failed=result.parse_failed,
-                canonical_answer=result.canonical_answer,
-                **figures,
-            )
-        )
-        self.status.update(
-            current_prompt=result.prompt,
-            golden_answer=result.golden,
-            model_answer=result.answer,
-            answer_matches=result.matches,
-            accuracy_history=list(self.accuracy.history),
-            **figures,
-        )
-
     # -- checkpoints -----------------------------------------------------------------------
 
-    def _save(self, state: _FileState, *, at_end: bool = False) -> None:
-        cursor = state.cursor
-        job_cursor = JobCursor(
-            job_id=state.job_id,
-            dataset_sha256=state.digest,
-            byte_offset=cursor.offset,
-            line=cursor.line,
-            rows_done=cursor.rows_done,
-            examples_done=state.examples_done,
-        )
+    def _save(self, state: FileProgress, *, at_end: bool = False) -> None:
+        job_cursor = state.job_cursor()
         info = self.store.save(
             self.model,
             self.tokenizer,
@@ -550,7 +459,7 @@ class Trainer:
                 "file_step": state.file_step,
                 "epoch": state.epoch,
                 "file_done": at_end,
-                "train_loss_history": list(self.loss_stats.history),
+                "train_loss_history": list(self.report.loss.history),
             },
             optimizer=self.optimizer,
             scheduler=self.scheduler,
@@ -564,18 +473,3 @@ class Trainer:
         apply_retention(
             self.store, RetentionPolicy.from_settings(self.ckpt_settings), publisher=self.publisher
         )
-
-
-class _FileState:
-    """Progress through the current file: what a checkpoint's cursor and the status report."""
-
-    def __init__(self, *, job_id: str | None, digest: str, name: str, total_examples: int) -> None:
-        self.job_id = job_id
-        self.digest = digest
-        self.name = name
-        self.total_examples = total_examples
-        self.epoch = 0
-        self.file_step = 0
-        self.examples_done = 0
-        self.cursor = DataCursor()
-        self.saved_at = -1

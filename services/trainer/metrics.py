@@ -1,4 +1,5 @@
-"""Streaming training figures: CE EMA, loss variance, throughput, ETA, running accuracy, trends.
+"""Training metrics: streaming figures (CE EMA, variance, throughput, ETA, accuracy, trends) and
+their publication each step (train.step, train.layers, train.sample, the status hash).
 
 Trend rule (both `loss_trend` and `accuracy_trend`): compare the mean of the latest window
 with the mean of the window just before it (`TREND_WINDOW` values each; `None` until both are
@@ -14,7 +15,19 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
+
+import redis
+
+from bus import queues
+from bus.events import TrainLayers, TrainSample, TrainStep
+from bus.keys import TRAIN_QUEUES
+from bus.publish import Publisher
+from bus.status import StatusStore
+from bus.worker import report_progress
+from services.trainer.gpu import GpuMeter, GpuSample
+from services.trainer.sampling import SampleResult
 
 Trend = Literal["improving", "stable", "degrading"]
 
@@ -174,3 +187,128 @@ class Accuracy:
             "accuracy_last_50": self.last_50,
             "accuracy_trend": self.trend,
         }
+
+
+@dataclass(frozen=True)
+class StepFigures:
+    """What the loop knows about one optimizer step it has just taken."""
+
+    step: int  # the global step number
+    epoch: int  # 1-based pass over the current file
+    loss: float
+    learning_rate: float
+    grad_norm: float
+    entropy: float
+    loss_tokens: int
+    rows: int
+    rows_per_batch: int
+    file_step: int
+    examples_done: int
+    total_examples: int  # of the file (times epochs), from validation
+    files_taken: int
+    current_file: str
+    layers: dict[str, dict[str, float]] | None = None
+
+
+def _now_iso() -> str:
+    return datetime.now().isoformat(timespec="seconds")
+
+
+class Reporter:
+    """Turns each step into a `train.step` event (every `log_steps`), `train.layers` when the
+    layer monitor ran, `train.sample` for each in-loop sample, and keeps the status hash
+    current. Holds the streaming figures, so they continue across files."""
+
+    def __init__(
+        self,
+        connection: redis.Redis,
+        *,
+        log_steps: int = 1,
+        gpu: GpuMeter | None = None,
+        publisher: Publisher | None = None,
+    ) -> None:
+        self.connection = connection
+        self.publisher = publisher or Publisher(connection)
+        self.status = StatusStore(connection)
+        self.log_steps = log_steps
+        self.gpu = gpu
+        self.loss = LossStats()
+        self.accuracy = Accuracy()
+        self.throughput = Throughput()
+
+    def step(self, f: StepFigures) -> None:
+        self.loss.add(f.loss, f.entropy)
+        fraction = f.examples_done / f.total_examples if f.total_examples else 0.0
+        file_total = estimate_total_steps(f.file_step, fraction)
+        steps_left = file_total - f.file_step if file_total is not None else None
+        waiting = queues.depths(self.connection)
+        gpu = self.gpu.read() if self.gpu is not None else GpuSample()
+        fields: dict[str, Any] = {
+            "current_step": f.step,
+            "total_steps": f.step + steps_left if steps_left is not None else None,
+            "epoch": f.epoch,
+            "loss": f.loss,
+            "learning_rate": f.learning_rate,
+            "streaming_ce": self.loss.streaming_ce,
+            "loss_variance": self.loss.loss_variance,
+            "token_entropy": self.loss.token_entropy,
+            "tokens_per_sec": self.throughput.tokens_per_sec,
+            "eta_seconds": self.throughput.eta_seconds(steps_left),
+            "batch_step": f.file_step,
+            "batch_total_steps": file_total,
+            "batch_number": f.files_taken,
+            "batch_queue_size": sum(waiting[q] for q in TRAIN_QUEUES),
+            "current_file": f.current_file,
+            **gpu.as_fields(),
+        }
+        if f.step % self.log_steps == 0:
+            self.publisher.publish(
+                TrainStep(
+                    **fields,
+                    grad_norm=f.grad_norm,
+                    tokens=f.loss_tokens,
+                    micro_batch=f.rows_per_batch,
+                    grad_accum=math.ceil(f.rows / f.rows_per_batch),
+                )
+            )
+        if f.layers is not None:
+            self.publisher.publish(
+                TrainLayers(current_step=f.step, layer_activity_summary=f.layers)
+            )
+            fields["layer_activity_summary"] = f.layers
+        self.status.update(
+            **fields,
+            status="training",
+            loss_trend=self.loss.loss_trend,
+            train_loss_history=list(self.loss.history),
+            timestamp=_now_iso(),
+        )
+        if f.file_step % 10 == 0:
+            report_progress(f.file_step, file_total, unit="steps")
+
+    def sample(self, step: int, result: SampleResult) -> None:
+        self.accuracy.add(result.matches)
+        figures = self.accuracy.fields()
+        self.publisher.publish(
+            TrainSample(
+                current_step=step,
+                current_prompt=result.prompt,
+                golden_answer=result.golden,
+                model_answer=result.answer,
+                answer_matches=result.matches,
+                parse_failed=result.parse_failed,
+                canonical_answer=result.canonical_answer,
+                **figures,
+            )
+        )
+        self.status.update(
+            current_prompt=result.prompt,
+            golden_answer=result.golden,
+            model_answer=result.answer,
+            answer_matches=result.matches,
+            accuracy_history=list(self.accuracy.history),
+            **figures,
+        )
+
+    def set_status(self, status: str, **fields: Any) -> None:
+        self.status.update(status=status, timestamp=_now_iso(), **fields)

@@ -1,10 +1,15 @@
-"""After a crash: requeue, at the front, the unfinished job the newest checkpoint names."""
+"""Resuming a file: the cursor each checkpoint records, an audit ledger of trained examples,
+and, after a crash, the cut job requeued at the front of its queue."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import redis
 from rq.exceptions import NoSuchJobError
@@ -16,13 +21,54 @@ from rq.worker import Worker
 from bus.events import JobQueued
 from bus.keys import TRAIN_QUEUES
 from bus.publish import Publisher
+from services.trainer.dataset_reader import DataCursor
 from services.trainer.manifest import JobCursor
+from services.trainer.validate import ExampleId
 
 log = logging.getLogger(__name__)
 
 # A failed job is resumed only when it failed by being cut short, never for a real error
 # (that would requeue a broken file on every restart).
 INTERRUPTIONS = ("AbandonedJobError", "TrainingInterrupted")
+
+
+@dataclass
+class FileProgress:
+    """Progress through the file being trained: what a checkpoint's cursor records."""
+
+    job_id: str | None
+    digest: str  # the file's sha256
+    name: str
+    total_examples: int  # from validation, times epochs: the base of the step estimate
+    epoch: int = 0
+    file_step: int = 0
+    examples_done: int = 0
+    cursor: DataCursor = field(default_factory=DataCursor)  # after the last optimizer step
+    saved_at: int = -1  # the global step of the last checkpoint written for this file
+
+    def job_cursor(self) -> JobCursor:
+        return JobCursor(
+            job_id=self.job_id,
+            dataset_sha256=self.digest,
+            byte_offset=self.cursor.offset,
+            line=self.cursor.line,
+            rows_done=self.cursor.rows_done,
+            examples_done=self.examples_done,
+        )
+
+
+def append_ledger(path: Path, job_id: str | None, step: int, examples: Sequence[ExampleId]) -> None:
+    """Append the example ids of one optimizer step, fsync'd so a kill -9 cannot lose a line
+    that was written: the evidence that no example is skipped across a crash."""
+    record = {
+        "job": job_id,
+        "step": step,
+        "examples": [[e.line, e.offset, e.part] for e in examples],
+    }
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _alive(pid: int) -> bool:
