@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, cast
@@ -43,17 +44,32 @@ class Sampler:
         seed: int = 0,
     ) -> None:
         self.tokenizer = tokenizer
-        self.problems = validation_problems(count, seed)
+        # Drawn as they are first needed: held-out problems are a tenth of the draws, so the
+        # whole set up front would cost seconds at every trainer start.
+        self.count = count
+        self.problems: list[Problem] = []
+        self._source: Iterator[Problem] = mixed_problems(count, seed=seed, split="heldout")
         self.max_new_tokens = max_new_tokens
         self.next_index = 0
         end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.eos_id: int | None = end if isinstance(end, int) else tokenizer.eos_token_id
 
+    def next_problem(self) -> Problem:
+        """The validation prompts in a fixed order, cycling after `count`."""
+        if len(self.problems) < self.count:
+            fresh = next(self._source, None)
+            if fresh is not None:
+                self.problems.append(fresh)
+                self.next_index += 1
+                return fresh
+        problem = self.problems[self.next_index % len(self.problems)]
+        self.next_index += 1
+        return problem
+
     @torch.no_grad()
     def sample(self, model: PreTrainedModel, autocast: Any = None) -> SampleResult:
         """Generate for the next prompt; the model is left in the mode it was found in."""
-        problem = self.problems[self.next_index % len(self.problems)]
-        self.next_index += 1
+        problem = self.next_problem()
         messages = [{"role": "user", "content": problem.question}]
         # Rendered as text, then tokenized: one return type whatever the transformers version.
         text = self.tokenizer.apply_chat_template(

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+from transformers import PreTrainedTokenizerBase
 
 from bus import keys
 from bus.broadcast import EARLIEST, BroadcastReader
@@ -19,6 +20,7 @@ from services.trainer.checkpoint_config import CheckpointSettings
 from services.trainer.config import TrainerSettings
 from services.trainer.errors import RejectThresholdError
 from services.trainer.loop import LoopSettings, Trainer, lr_factor
+from services.trainer.sampling import Sampler, validation_problems
 
 SMALL = {
     "max_length": 256,
@@ -166,3 +168,14 @@ def test_the_schedule_warms_up_then_decays_to_its_floor() -> None:
     assert factor(110) == pytest.approx(0.1) and factor(10_000) == pytest.approx(0.1)
     constant = lr_factor(settings.model_copy(update={"lr_schedule": "constant"}), 110)
     assert constant(500) == 1.0
+
+
+def test_sample_prompts_are_held_out_problems_of_every_domain_in_a_fixed_cycle(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    sampler = Sampler(tokenizer, count=16, max_new_tokens=4)
+    drawn = [sampler.next_problem() for _ in range(20)]
+    assert drawn[16:] == drawn[:4]  # cycles after `count`, same order
+    assert {p.split for p in drawn} == {"heldout"}  # never a training problem
+    assert len({p.domain for p in drawn}) >= 3
+    assert drawn[:16] == validation_problems(16)
