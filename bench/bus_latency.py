@@ -48,14 +48,14 @@ def reader(url: str, start_id: str, expected: int, ready: mp.Event, out: mp.Queu
     rd = BroadcastReader(r, {STREAM: start_id}, block_ms=1000, count=2000)
     latencies: list[float] = []
     ready.set()
-    last = time.time()
-    while len(latencies) < expected and time.time() - last < 10:
-        batch = rd.read()
+    last = time.time()  # when the last entry arrived: the drain time, not the exit time
+    while len(latencies) < expected and time.time() - last < 3:
+        batch = rd.read(block_ms=500)
         now = datetime.now(UTC)
         if batch:
             last = time.time()
         latencies.extend((now - d.event.time).total_seconds() * 1000 for d in batch)
-    out.put((latencies, time.time()))
+    out.put((latencies, last))
 
 
 def percentile(values: list[float], p: float) -> float:
