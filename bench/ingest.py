@@ -151,7 +151,13 @@ def ingest(file: Path, tokenizer_path: str | None, workers: int) -> dict[str, An
     sampler = RssSampler()
     sampler.start()
     settings = TrainerSettings()
-    tokenizer = load_tokenizer(tokenizer_path)
+    if tokenizer_path is None:
+        tokenizer = load_tokenizer(None)
+    else:
+        # A tokenizer directory needs no model config: load it on its own, from disk only.
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
     chat = ChatTokenizer(tokenizer)
     rejects = Path("/tmp") / f"{file.stem}.rejects.jsonl"
     result: dict[str, Any] = {
