@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bus.events import Alert
 from bus.publish import Publisher
+from bus.worker import report_progress
 from services.model.loading import load_model_and_tokenizer
 from services.trainer.checkpoint import CheckpointStore, publish_ready
 from services.trainer.checkpoint_config import CheckpointSettings, get_checkpoint_settings
@@ -61,6 +62,12 @@ class LoopSettings(BaseSettings):
         description="Where each file's rejected lines are written (JSONL with line, reason and "
         "text).",
         json_schema_extra={"shown_default": "$R3_DATA_DIR/rejects"},
+    )
+    data_workers: int = Field(
+        0,
+        ge=0,
+        description="Processes that parse and tokenize a file's lines (validation and "
+        "training); 0 does it in the trainer process. A few help on a large file.",
     )
     train_ledger: Path | None = Field(
         None,
@@ -275,11 +282,24 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         clip = self.settings.grad_clip if self.settings.grad_clip > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
-        monitored = self.layers.due(number)
+        if not math.isfinite(grad_norm) and self.amp_dtype != torch.float16:
+            # One NaN/inf step would poison every weight it touches; skip it and say so.
+            # (Under fp16 the GradScaler skips such steps itself and lowers its scale.)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.publisher.publish(
+                Alert(
+                    level="warning",
+                    source="trainer",
+                    code="nonfinite_gradients",
+                    message=f"step {number}: gradient norm {grad_norm}; the update was skipped "
+                    "(weights unchanged). Repeated, lower R3_LEARNING_RATE or check the data.",
+                )
+            )
+        monitored = self.layers.due(number) and math.isfinite(grad_norm)
         if monitored:
             self.layers.before_step()
         lr = float(self.scheduler.get_last_lr()[0])
-        self.scaler.step(self.optimizer)
+        self.scaler.step(self.optimizer)  # a no-op for parameters whose gradient is None
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -350,7 +370,14 @@ class Trainer:
         )
         try:
             report = validate_file(
-                path, self.chat, self.settings, rejects_path=self._rejects_path(name, digest)
+                path,
+                self.chat,
+                self.settings,
+                rejects_path=self._rejects_path(name, digest),
+                workers=self.loop.data_workers,
+                on_progress=lambda r: report_progress(
+                    r.lines, None, unit="lines", message="validating"
+                ),
             )
         except Exception:
             self.report.set_status("idle")  # a bad file is not a crash of the trainer
@@ -380,6 +407,7 @@ class Trainer:
                     self.settings,
                     rejected_offsets=report.rejected_offsets,
                     start=start,
+                    workers=self.loop.data_workers,
                 )
                 start = None
                 for step in optimizer_steps(rows, self.settings.tokens_per_step):

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from bus import keys
@@ -179,3 +180,27 @@ def test_sample_prompts_are_held_out_problems_of_every_domain_in_a_fixed_cycle(
     assert {p.split for p in drawn} == {"heldout"}  # never a training problem
     assert len({p.domain for p in drawn}) >= 3
     assert drawn[:16] == validation_problems(16)
+
+
+def test_a_step_with_non_finite_gradients_leaves_the_weights_alone(
+    r: redis.Redis,
+    embedded_dir: Path,
+    tmp_path: Path,
+    codec_rows: list[dict[str, Any]],
+    write_jsonl: Callable[..., Path],
+    one_thread: None,
+) -> None:
+    data = write_jsonl(codec_rows[:3], "nan.jsonl")
+    trainer = make_trainer(r, embedded_dir, tmp_path, eval_steps=1000, layer_monitor_steps=0)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    def poison(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        output.last_hidden_state = output.last_hidden_state * float("nan")
+        return output
+
+    trainer.model.get_decoder().register_forward_hook(poison)
+    trainer.train_file(data)
+    alerts = [a for a in events(r, keys.STREAM_ALERTS) if a.code == "nonfinite_gradients"]
+    assert len(alerts) == trainer.global_step >= 1
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
