@@ -97,7 +97,7 @@ def run(url: str, *, rate: int | None, readers: int, seconds: float, batch: int)
             sent += batch
     publish_seconds = time.perf_counter() - t0
     publish_end_wall = time.time()
-    results = [out.get(timeout=120) for _ in procs]
+    results = [out.get(timeout=120) for _ in procs] or [([], time.time())]
     for p in procs:
         p.join(timeout=10)
         if p.is_alive():
@@ -112,8 +112,10 @@ def run(url: str, *, rate: int | None, readers: int, seconds: float, batch: int)
         "batch": None if rate else batch,
         "published": sent,
         "publish_rate": round(sent / publish_seconds),
-        "delivered_min": min(delivered),
-        "delivered_rate_per_reader": round(min(delivered) / max(drain, publish_seconds)),
+        "delivered_min": min(delivered) if readers else None,
+        "delivered_rate_per_reader": (
+            round(min(delivered) / max(drain, publish_seconds)) if readers else None
+        ),
         "p50_ms": round(percentile(all_lat, 50), 3) if all_lat else None,
         "p99_ms": round(percentile(all_lat, 99), 3) if all_lat else None,
         "max_ms": round(max(all_lat), 3) if all_lat else None,
@@ -126,7 +128,7 @@ def run(url: str, *, rate: int | None, readers: int, seconds: float, batch: int)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rates", default="1000,5000", help="paced rates, events/s")
-    ap.add_argument("--readers", default="1,10")
+    ap.add_argument("--readers", default="0,1,10", help="0: publish only, nobody reading")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--batch", type=int, default=200, help="pipeline size for the unpaced run")
     args = ap.parse_args()
