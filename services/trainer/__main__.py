@@ -34,9 +34,9 @@ def main() -> None:
     jobs.set_trainer(trainer)
     forget_dead_workers(conn)
     cursor = trainer.latest_cursor
-    requeued = requeue_unfinished(
-        conn, cursor, file_done=bool(trainer.resumed_state.get("file_done"))
-    )
+    # Even a cursor at the end of its file counts: killed between the last checkpoint and
+    # RQ's bookkeeping, the job resumes at the end, trains nothing and is marked finished.
+    requeued = requeue_unfinished(conn, cursor)
     if cursor is not None and any(job.id == cursor.job_id for job in requeued):
         trainer.pending_resume = cursor
         log.info("job %s resumes at byte %d of its file", cursor.job_id, cursor.byte_offset)

@@ -395,6 +395,8 @@ class Trainer:
             state.cursor = start
             state.epoch = int(self.resumed_state.get("epoch", 0))
             state.file_step = int(self.resumed_state.get("file_step", 0))
+            if self.global_step == self.resumed_state.get("global_step"):
+                state.saved_at = self.global_step  # the checkpoint resumed from is this state
             log.info(
                 "job %s: resuming %s at byte %d (line %d)", job_id, name, start.offset, start.line
             )

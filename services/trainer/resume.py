@@ -132,9 +132,7 @@ def _to_front(connection: redis.Redis, job: Job) -> Job | None:
     return job
 
 
-def requeue_unfinished(
-    connection: redis.Redis, cursor: JobCursor | None, *, file_done: bool = False
-) -> list[Job]:
+def requeue_unfinished(connection: redis.Redis, cursor: JobCursor | None) -> list[Job]:
     """Put every train job a dead trainer left unfinished back at the front of its queue:
     the job the newest checkpoint's `cursor` names (resumed from that cursor: the caller sets
     `Trainer.pending_resume`), and any train job still marked started (cut before its first
@@ -146,7 +144,7 @@ def requeue_unfinished(
     ids: list[str] = []
     for name in TRAIN_QUEUES:
         ids.extend(StartedJobRegistry(name, connection=connection).get_job_ids(cleanup=False))
-    if cursor is not None and cursor.job_id is not None and not file_done:
+    if cursor is not None and cursor.job_id is not None:
         ids.insert(0, cursor.job_id)
     requeued: list[Job] = []
     # Reversed, so after each goes to the front the checkpoint's job is first in line.

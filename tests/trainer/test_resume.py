@@ -176,7 +176,6 @@ def test_only_jobs_cut_short_are_requeued_and_to_the_front(r: redis.Redis) -> No
 
     assert requeue_unfinished(r, cursor(broken)) == []  # failed for a reason of its own
     assert requeue_unfinished(r, cursor(done)) == []
-    assert requeue_unfinished(r, cursor(waiting), file_done=True) == []
     assert [j.id for j in requeue_unfinished(r, cursor(waiting))] == [waiting.id]
     assert Queue("train-normal", connection=r).job_ids[0] == waiting.id
 
