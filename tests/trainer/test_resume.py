@@ -194,3 +194,37 @@ def _exited_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def _taken_by_a_worker_that_dies(r: redis.Redis) -> Job:
+    """A train job in the state a killed worker leaves: started, its execution registered."""
+    worker = LongJobWorker(queues.queues(r, "train"), connection=r)
+    worker.register_birth()
+    taken = worker.dequeue_job_and_maintain_ttl(timeout=1)
+    assert taken is not None
+    worker.prepare_execution(taken[0])
+    worker.prepare_job_execution(taken[0])
+    return taken[0]
+
+
+def test_a_dead_workers_started_and_abandoned_jobs_are_requeued(r: redis.Redis) -> None:
+    first = queues.enqueue(r, "tests.fixtures.jobs.record", kind="train", kwargs={"tag": "1"})
+    second = queues.enqueue(r, "tests.fixtures.jobs.record", kind="train", kwargs={"tag": "2"})
+    assert _taken_by_a_worker_that_dies(r).id == first.id
+    assert _taken_by_a_worker_that_dies(r).id == second.id
+    # The first one's heartbeat ran out: RQ calls it abandoned and fails it.
+    registry = StartedJobRegistry("train-normal", connection=r)
+    entries = registry.get_job_and_execution_ids(cleanup=False)
+    r.zadd(registry.key, {f"{j}:{e}": 0 for j, e in entries if j == first.id})
+    registry.cleanup(timestamp=1)
+    assert first.get_status(refresh=True) == JobStatus.FAILED
+    assert second.get_status(refresh=True) == JobStatus.STARTED
+
+    cursor = JobCursor(job_id=first.id, dataset_sha256="0" * 64, byte_offset=10)
+    requeued = requeue_unfinished(r, cursor)
+    assert {j.id for j in requeued} == {first.id, second.id}
+    # The checkpoint's job first in line, the one cut before any checkpoint next.
+    assert Queue("train-normal", connection=r).job_ids == [first.id, second.id]
+    assert not registry.get_job_ids(cleanup=False)
+    EventWorker(queues.queues(r, "train"), connection=r).work(burst=True)
+    assert [t.decode() for t in r.lrange("test:ran", 0, -1)] == ["1", "2"]
