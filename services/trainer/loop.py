@@ -9,7 +9,7 @@ import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import redis
 import torch
@@ -31,6 +31,7 @@ from services.trainer.loss import forward_loss
 from services.trainer.manifest import JobCursor
 from services.trainer.metrics import Reporter, StepFigures
 from services.trainer.oom import Backoff, run_with_backoff
+from services.trainer.optim import BF16AdamW
 from services.trainer.packing import StepRows, file_rows, optimizer_steps
 from services.trainer.resume import FileProgress, append_ledger
 from services.trainer.retention import RetentionPolicy, apply_retention
@@ -62,6 +63,13 @@ class LoopSettings(BaseSettings):
         description="Where each file's rejected lines are written (JSONL with line, reason and "
         "text).",
         json_schema_extra={"shown_default": "$R3_DATA_DIR/rejects"},
+    )
+    weights: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Dtype of the trained weights. `fp32`: fp32 weights, torch AdamW, bf16 "
+        "autocast on a GPU. `bf16`: bf16 weights and moments with BF16AdamW (stochastic "
+        "rounding): half the memory, what the 8 GiB target needs for Qwen3-0.6B. `auto`: bf16 "
+        "on a GPU that supports it, else fp32.",
     )
     data_workers: int = Field(
         0,
@@ -129,13 +137,15 @@ class Trainer:
         self.store = CheckpointStore(self.ckpt_settings.checkpoints_path)
         torch.manual_seed(self.settings.seed)
         latest = self.store.load_latest()
-        # fp32 master weights everywhere; bf16 comes from autocast (see `_autocast`).
+        self.weights_dtype = self._weights_dtype()
         if latest is not None:
-            self.model, self.tokenizer = latest.load_model(device=self.device, dtype=torch.float32)
+            self.model, self.tokenizer = latest.load_model(
+                device=self.device, dtype=self.weights_dtype
+            )
             self.model_name = latest.info.model_name
         else:
             self.model, self.tokenizer = load_model_and_tokenizer(
-                model_path, device=self.device, dtype=torch.float32
+                model_path, device=self.device, dtype=self.weights_dtype
             )
             self.model_name = Path(str(self.model.name_or_path or "model")).name
         self.model.train()
@@ -191,7 +201,16 @@ class Trainer:
 
     # -- construction ----------------------------------------------------------------------
 
-    def _build_optimizer(self) -> torch.optim.AdamW:
+    def _weights_dtype(self) -> torch.dtype:
+        choice = self.loop.weights
+        if self.settings.precision in ("fp16", "fp32"):
+            choice = "fp32"  # fp16 autocast needs fp32 weights under its scaler; fp32 is fp32
+        if choice == "auto":
+            bf16_gpu = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+            choice = "bf16" if bf16_gpu else "fp32"
+        return torch.bfloat16 if choice == "bf16" else torch.float32
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
         decay: list[torch.nn.Parameter] = []
         no_decay: list[torch.nn.Parameter] = []
         for param in self.model.parameters():
@@ -199,20 +218,20 @@ class Trainer:
                 # Norm weights and biases are 1-D: decaying them only fights the data.
                 (decay if param.dim() >= 2 else no_decay).append(param)
         s = self.settings
-        return torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": s.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=s.learning_rate,
-            betas=(s.adam_beta1, s.adam_beta2),
-            eps=s.adam_eps,
-        )
+        groups = [
+            {"params": decay, "weight_decay": s.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        betas = (s.adam_beta1, s.adam_beta2)
+        if self.weights_dtype == torch.bfloat16:
+            # Plain AdamW on bf16 weights rounds most small updates away; see optim.py.
+            return BF16AdamW(groups, lr=s.learning_rate, betas=betas, eps=s.adam_eps)
+        return torch.optim.AdamW(groups, lr=s.learning_rate, betas=betas, eps=s.adam_eps)
 
     def _amp_dtype(self) -> torch.dtype | None:
         precision = self.settings.precision
         if self.device.type != "cuda" or precision == "fp32":
-            return None  # CPU: fp32 (bf16 matmuls are slow there and gain nothing)
+            return None  # CPU: no autocast (bf16 matmuls are slow there and gain nothing)
         if precision == "fp16":
             return torch.float16
         if precision == "bf16" or torch.cuda.is_bf16_supported():

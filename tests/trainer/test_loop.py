@@ -21,6 +21,7 @@ from services.trainer.checkpoint_config import CheckpointSettings
 from services.trainer.config import TrainerSettings
 from services.trainer.errors import RejectThresholdError
 from services.trainer.loop import LoopSettings, Trainer, lr_factor
+from services.trainer.optim import BF16AdamW
 from services.trainer.sampling import Sampler, validation_problems
 
 SMALL = {
@@ -40,14 +41,23 @@ SMALL = {
 
 
 def make_trainer(
-    r: redis.Redis, model_dir: Path, tmp: Path, *, ledger: Path | None = None, **overrides: Any
+    r: redis.Redis,
+    model_dir: Path,
+    tmp: Path,
+    *,
+    ledger: Path | None = None,
+    weights: str = "auto",
+    **overrides: Any,
 ) -> Trainer:
     """A Trainer on the embedded model with small, fast settings and its own checkpoint dir."""
     return Trainer(
         r,
         settings=TrainerSettings.model_validate({**SMALL, **overrides}),
         loop_settings=LoopSettings(
-            sample_max_new_tokens=12, rejects_dir=tmp / "rejects", train_ledger=ledger
+            sample_max_new_tokens=12,
+            rejects_dir=tmp / "rejects",
+            train_ledger=ledger,
+            weights=weights,  # type: ignore[arg-type]
         ),
         checkpoint_settings=CheckpointSettings(
             data_dir=tmp, checkpoint_dir=tmp / "ckpt", min_free_disk_bytes=0
@@ -204,3 +214,30 @@ def test_a_step_with_non_finite_gradients_leaves_the_weights_alone(
     assert len(alerts) == trainer.global_step >= 1
     after = trainer.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bf16_weights_train_with_bf16_adamw_and_resume(
+    r: redis.Redis,
+    embedded_dir: Path,
+    tmp_path: Path,
+    codec_rows: list[dict[str, Any]],
+    write_jsonl: Callable[..., Path],
+    one_thread: None,
+) -> None:
+    data = write_jsonl(codec_rows[:16], "bf16.jsonl")
+    quiet = {"eval_steps": 1000, "layer_monitor_steps": 0}
+    trainer = make_trainer(r, embedded_dir, tmp_path, weights="bf16", **quiet)
+    assert isinstance(trainer.optimizer, BF16AdamW)
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.bfloat16}
+    before = next(trainer.model.parameters()).detach().clone()
+    result = trainer.train_file(data)
+    assert math.isfinite(result["final_loss"])
+    assert not torch.equal(before, next(trainer.model.parameters()))
+
+    again = make_trainer(r, embedded_dir, tmp_path, weights="bf16", **quiet)
+    assert again.global_step == result["global_step"]
+    state = again.optimizer.state_dict()["state"]
+    assert next(iter(state.values()))["exp_avg"].dtype == torch.bfloat16
+    # On the CPU, auto means fp32 weights and torch's AdamW.
+    plain = make_trainer(r, embedded_dir, tmp_path / "fp32", **quiet)
+    assert isinstance(plain.optimizer, torch.optim.AdamW) and plain.weights_dtype == torch.float32
