@@ -37,11 +37,14 @@ def generate(
     difficulty: int,
     seed: int,
     split: Split = "train",
+    unique: bool = True,
 ) -> Iterator[Problem]:
     """`count` problems of one domain and difficulty, reproducible for a seed.
 
     Problems whose canonical statement hashes into the other split are skipped, so the
-    train and held-out outputs never share a problem.
+    train and held-out outputs never share a problem. With `unique` (the default) no problem
+    repeats within one call: a training file with the same problem twice is rejected by the
+    trainer's duplicate-id check, and a small level (arithmetic level 1) repeats often.
     """
     spec = get_domain(domain)
     if difficulty not in spec.levels:
@@ -55,40 +58,67 @@ def generate(
         raise DomainError(f"count {count} must not be negative")
     rng = random.Random(f"{domain}:{difficulty}:{seed}")
     made = misses = 0
+    seen: set[str] = set()
     while made < count:
         problem = spec.make(rng, difficulty)
-        if problem.split != split:
+        if problem.split != split or (unique and problem.id in seen):
             misses += 1
             if misses > MAX_MISSES:
                 raise DomainError(
-                    f"{domain} level {difficulty}: no {split} problem in {MAX_MISSES} draws"
+                    f"{domain} level {difficulty}: no new {split} problem in {MAX_MISSES} "
+                    f"draws after {made} of the {count} asked for; this level has run out of "
+                    "distinct problems: ask for fewer, or a higher --difficulty"
                 )
             continue
         misses = 0
         made += 1
+        if unique:
+            seen.add(problem.id)
         yield problem
 
 
-def mixed_problems(count: int, seed: int, split: Split = "train") -> Iterator[Problem]:
-    """Problems cycling over every domain and difficulty level, reproducible for a seed."""
+def mixed_problems(
+    count: int, seed: int, split: Split = "train", *, unique: bool = True
+) -> Iterator[Problem]:
+    """Problems cycling over every domain and difficulty level, reproducible for a seed.
+
+    A level that runs out of distinct problems (arithmetic level 1 holds ~40 held-out ones)
+    leaves the cycle and the others go on; only when all have run out is it an error.
+    """
     pairs = [(name, level) for name, d in DOMAINS.items() for level in d.levels]
-    per_pair = -(-count // len(pairs)) if count > 0 else 0
+    # Each stream is lazy, so asking each for `count` costs nothing until drawn.
     streams = [
-        generate(name, count=per_pair, difficulty=level, seed=seed, split=split)
+        generate(name, count=count, difficulty=level, seed=seed, split=split, unique=unique)
         for name, level in pairs
     ]
     made = 0
+    seen: set[str] = set()  # a problem can recur at another level of its domain
     while made < count:
-        for stream in streams:
+        if not streams:
+            raise DomainError(
+                f"every domain and level ran out of distinct {split} problems after {made} "
+                f"of the {count} asked for"
+            )
+        for stream in list(streams):
             if made == count:
                 return
-            yield next(stream)
+            try:
+                problem = next(stream)
+            except DomainError:
+                streams.remove(stream)
+                continue
+            if unique:
+                if problem.id in seen:
+                    continue
+                seen.add(problem.id)
+            yield problem
             made += 1
 
 
 def canonical_corpus(count: int, seed: int = 0) -> list[str]:
     """Printed canonical reasoning of `count` problems over all domains (a codebook corpus)."""
-    return [p.canonical_reasoning for p in mixed_problems(count, seed)]
+    # unique=False: the shipped codebook was learned from exactly this stream.
+    return [p.canonical_reasoning for p in mixed_problems(count, seed, unique=False)]
 
 
 def build_default_codebook() -> Codebook:
@@ -119,7 +149,8 @@ def sample_corpus(count: int, seed: int = 0) -> Iterator[str]:
     """
     rng = random.Random(f"sample-corpus:{seed}")
     codebook = default_codebook()
-    for index, problem in enumerate(mixed_problems(count, seed)):
+    # unique=False: the embedded tokenizer (embedded-v1) was trained on exactly this stream.
+    for index, problem in enumerate(mixed_problems(count, seed, unique=False)):
         mode: Mode = RENDER_MODES[index % len(RENDER_MODES)]
         content = problem.assistant_content(mode, codebook, rng, RenderSettings())
         yield f"{problem.question}\n{content}"

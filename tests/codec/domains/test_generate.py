@@ -116,8 +116,16 @@ def test_seeded_and_reproducible(domain: str) -> None:
 @pytest.mark.parametrize("domain", sorted(DOMAINS))
 def test_heldout_never_overlaps_training(domain: str) -> None:
     level = DOMAINS[domain].levels[0]  # the smallest problem space collides most
-    train = {to_text(p.spec) for p in generate(domain, count=800, difficulty=level, seed=0)}
-    heldout = [p for p in generate(domain, count=100, difficulty=level, seed=0, split="heldout")]
+    # unique=False: draw more than the level holds, so collisions would surely show.
+    train = {
+        to_text(p.spec) for p in generate(domain, count=800, difficulty=level, seed=0, unique=False)
+    }
+    heldout = [
+        p
+        for p in generate(
+            domain, count=100, difficulty=level, seed=0, split="heldout", unique=False
+        )
+    ]
     assert all(p.split == "heldout" for p in heldout)
     assert train.isdisjoint(to_text(p.spec) for p in heldout)
 
@@ -145,3 +153,22 @@ def test_sample_corpus_is_deterministic_and_covers_everything() -> None:
     for needle in ("🤔🤔🤔🤔\n", "🛑🛑", "<E", "(let", "Premise 1:", "Let me check", "Calculate"):
         assert needle in joined
     assert len(list(islice(sample_corpus(10), 3))) == 3
+
+
+def test_no_problem_repeats_within_a_run_even_on_a_small_level() -> None:
+    # Level 1 has about 380 distinct training problems; without the check ~40% repeat.
+    problems = list(generate("arithmetic", count=350, difficulty=1, seed=1))
+    assert len({p.id for p in problems}) == 350
+
+
+def test_a_level_that_runs_out_of_problems_says_so() -> None:
+    with pytest.raises(DomainError, match=r"after 3\d\d of the 400 asked for; this level has run"):
+        list(generate("arithmetic", count=400, difficulty=1, seed=1))
+
+
+def test_mixed_problems_go_on_when_a_small_level_runs_out() -> None:
+    from codec.domains import mixed_problems
+
+    # 2,000 held-out problems need ~100 a level; arithmetic level 1 has only ~40.
+    problems = list(mixed_problems(2000, seed=0, split="heldout"))
+    assert len(problems) == 2000 and len({p.id for p in problems}) == 2000
