@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -130,8 +131,12 @@ def generate_command(
         raise click.BadParameter(
             f"folder {Path(out).parent} does not exist; create it first", param_hint="--out"
         )
-    stream: TextIO = sys.stdout if out == "-" else open(out, "w", encoding="utf-8")  # noqa: SIM115
+    # Written under a temporary name and renamed when complete: a run that fails midway
+    # (a level running out of problems, Ctrl-C) never leaves a short file that looks whole.
+    partial = Path(f"{out}.part")
+    stream: TextIO = sys.stdout if out == "-" else open(partial, "w", encoding="utf-8")  # noqa: SIM115
     step = max(count // 10, PROGRESS_FROM)
+    complete = False
     try:
         for index, problem in enumerate(problems):
             line = problem.render(schedule.mode_for(index, rng), codebook, rng, settings)
@@ -139,8 +144,13 @@ def generate_command(
             done = index + 1
             if count >= PROGRESS_FROM and (done % step == 0 or done == count):
                 click.echo(f"data generate: {done}/{count} examples", err=True)
+        complete = True
     except CodecError as err:
-        raise click.ClickException(str(err)) from None
+        raise click.ClickException(f"{err}. Nothing was written to {out}.") from None
     finally:
         if stream is not sys.stdout:
             stream.close()
+            if complete:
+                os.replace(partial, out)
+            else:
+                partial.unlink(missing_ok=True)

@@ -133,3 +133,34 @@ def test_report_prints_ratios() -> None:
 def test_report_refuses_a_missing_tokenizer(tmp_path: Path) -> None:
     result = CliRunner().invoke(codec_group, ["report", "--tokenizer", str(tmp_path)])
     assert result.exit_code == 2 and "cannot load a tokenizer" in result.output
+
+
+def test_a_generate_that_fails_midway_leaves_no_file(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from services.cli.data_commands import data_group
+
+    out = tmp_path / "a1.jsonl"
+    result = CliRunner().invoke(
+        data_group,
+        [
+            "generate",
+            "--domain",
+            "arithmetic",
+            "--count",
+            "400",
+            "--difficulty",
+            "1",
+            "--mode",
+            "canonical",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 1
+    assert (
+        "run out of distinct problems" in result.output and "Nothing was written" in result.output
+    )
+    assert list(tmp_path.iterdir()) == []
