@@ -130,14 +130,20 @@ def test_adding_twice_changes_nothing(
     more = {**CODES, "<E004>": "(ans "}
     ids = add_codes(tokenizer, model, more)
     assert ids[:4] == first and ids[4] == length
-    assert torch.equal(model.get_input_embeddings().weight[: length], weight[:length])
+    assert torch.equal(model.get_input_embeddings().weight[:length], weight[:length])
 
 
 def test_untied_model_sets_both_matrices(tokenizer: PreTrainedTokenizerBase) -> None:
     rows = len(tokenizer) // 128 * 128 + 128
     config = Qwen3Config(
-        vocab_size=rows, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, tie_word_embeddings=False,
+        vocab_size=rows,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(config)
