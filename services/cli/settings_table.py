@@ -16,7 +16,7 @@ SETTINGS_CLASSES = (
     "services.model.config:ModelSettings",
     "services.trainer.config:TrainerSettings",
     "services.trainer.checkpoint_config:CheckpointSettings",
-    "services.trainer.loop:LoopSettings",
+    "services.trainer.loop_config:LoopSettings",
     "services.inbox.config:InboxSettings",
     "services.gateway.config:GatewaySettings",
     "services.node.config:NodeSettings",

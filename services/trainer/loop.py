@@ -9,12 +9,10 @@ import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import redis
 import torch
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bus.events import Alert
 from bus.publish import Publisher
@@ -27,6 +25,7 @@ from services.trainer.dataset_reader import DataCursor
 from services.trainer.errors import DataChangedError, TrainerError
 from services.trainer.gpu import GpuMeter
 from services.trainer.layer_monitor import LayerMonitor
+from services.trainer.loop_config import LoopSettings
 from services.trainer.loss import forward_loss
 from services.trainer.manifest import JobCursor
 from services.trainer.metrics import Reporter, StepFigures
@@ -41,47 +40,6 @@ from services.trainer.validate import validate_file
 
 log = logging.getLogger(__name__)
 HASH_CHUNK = 1 << 20
-
-
-class LoopSettings(BaseSettings):
-    """The training loop's own settings (the job's are in services.trainer.config)."""
-
-    model_config = SettingsConfigDict(env_prefix="R3_", extra="ignore")
-
-    lr_decay_steps: int = Field(
-        10_000,
-        ge=1,
-        description="Optimizer steps over which the cosine or linear schedule decays to "
-        "R3_MIN_LR_RATIO after warmup; training is continuous across files, so the horizon is "
-        "a number of steps, not a file's length. Past it the rate stays at the minimum.",
-    )
-    sample_max_new_tokens: int = Field(
-        256, ge=1, description="Most tokens the in-loop sample may generate (greedy)."
-    )
-    rejects_dir: Path | None = Field(
-        None,
-        description="Where each file's rejected lines are written (JSONL with line, reason and "
-        "text).",
-        json_schema_extra={"shown_default": "$R3_DATA_DIR/rejects"},
-    )
-    weights: Literal["auto", "fp32", "bf16"] = Field(
-        "auto",
-        description="Dtype of the trained weights. `fp32`: fp32 weights, torch AdamW, bf16 "
-        "autocast on a GPU. `bf16`: bf16 weights and moments with BF16AdamW (stochastic "
-        "rounding): half the memory, what the 8 GiB target needs for Qwen3-0.6B. `auto`: bf16 "
-        "on a GPU that supports it, else fp32.",
-    )
-    data_workers: int = Field(
-        0,
-        ge=0,
-        description="Processes that parse and tokenize a file's lines (validation and "
-        "training); 0 does it in the trainer process. A few help on a large file.",
-    )
-    train_ledger: Path | None = Field(
-        None,
-        description="For tests and audits: append (fsync'd) the example ids of every optimizer "
-        "step to this JSONL file.",
-    )
 
 
 class TrainingInterrupted(TrainerError):

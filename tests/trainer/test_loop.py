@@ -20,7 +20,8 @@ from services.trainer.checkpoint import CheckpointStore
 from services.trainer.checkpoint_config import CheckpointSettings
 from services.trainer.config import TrainerSettings
 from services.trainer.errors import RejectThresholdError
-from services.trainer.loop import LoopSettings, Trainer, lr_factor
+from services.trainer.loop import Trainer, lr_factor
+from services.trainer.loop_config import LoopSettings
 from services.trainer.optim import BF16AdamW
 from services.trainer.sampling import Sampler, validation_problems
 
