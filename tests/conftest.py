@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 
@@ -23,6 +24,7 @@ class TestRedis:
     host: str
     port: int
     db: int
+    token: str  # the claim key's value: this run's host:pid
 
     @property
     def url(self) -> str:
@@ -45,14 +47,30 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
+def _dead_claim(value: bytes | None) -> bool:
+    """A claim left by a test run on this host whose process is gone (killed mid-run)."""
+    if value is None:
+        return False
+    host, _, pid = value.decode(errors="replace").rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
+
+
 def _claim_empty_db(host: str, port: int, token: str) -> int | None:
     """Take a database nobody uses, so tests never touch keys they did not create.
 
     SET NX on the claim key settles the race between two test runs that both saw it empty.
+    A database claimed by a test run that was killed before its teardown is taken over (SET
+    XX GET returns the dead claim to exactly one taker) and emptied: its keys are a dead test
+    run's, never anyone else's.
     """
     for db in range(15, 0, -1):
         r = redis.Redis(host=host, port=port, db=db)
         if r.dbsize() == 0 and r.set(CLAIM_KEY, token, nx=True):
+            return db
+        stale = r.get(CLAIM_KEY)
+        if _dead_claim(stale) and r.set(CLAIM_KEY, token, xx=True, get=True) == stale:
+            r.flushdb()
+            r.set(CLAIM_KEY, token)
             return db
     return None
 
@@ -104,7 +122,7 @@ def test_redis() -> Iterator[TestRedis]:
         tmp = tempfile.TemporaryDirectory(prefix="r3-test-redis-")
         proc, port = _start_private_redis(Path(tmp.name))
         host, db = "127.0.0.1", 0
-    where = TestRedis(host, port, db)
+    where = TestRedis(host, port, db, token)
     try:
         yield where
     finally:
@@ -121,7 +139,7 @@ def redis_url(test_redis: TestRedis, monkeypatch: pytest.MonkeyPatch) -> Iterato
     """A clean database for this test; R3_REDIS_URL points at it for code under test."""
     client = test_redis.client()
     client.flushdb()
-    client.set(CLAIM_KEY, "held")
+    client.set(CLAIM_KEY, test_redis.token)
     monkeypatch.setenv("R3_REDIS_URL", test_redis.url)
     from bus.settings import get_bus_settings
 
@@ -129,7 +147,7 @@ def redis_url(test_redis: TestRedis, monkeypatch: pytest.MonkeyPatch) -> Iterato
     yield test_redis.url
     get_bus_settings.cache_clear()
     client.flushdb()
-    client.set(CLAIM_KEY, "held")
+    client.set(CLAIM_KEY, test_redis.token)
 
 
 @pytest.fixture
