@@ -110,6 +110,27 @@ def _start_private_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test may reach a model hub: any attempt fails fast instead of downloading."""
+    from services.model.config import get_model_settings
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.delenv("R3_MODEL", raising=False)
+    get_model_settings.cache_clear()
+    yield
+    get_model_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def embedded_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded tiny model, built once a session (shared by every test package)."""
+    from tests.model.fixtures import embedded_model_dir
+
+    return embedded_model_dir(tmp_path_factory)
+
+
 @pytest.fixture(scope="session")
 def test_redis() -> Iterator[TestRedis]:
     host = os.environ.get("R3_TEST_REDIS_HOST", "127.0.0.1")

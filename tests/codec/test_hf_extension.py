@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from transformers import (
 
 from codec.errors import CodebookError
 from codec.hf_extension import add_codes
-from tests.model.fixtures import embedded_model_dir
 
 CODES = {
     "<E000>": "(let v1 (add ",
@@ -24,17 +22,6 @@ CODES = {
     "<E002>": "(revise ",
     "<E003>": " 🛑🛑 ",
 }
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    yield
-
-
-@pytest.fixture(scope="module")
-def embedded_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return embedded_model_dir(tmp_path_factory)
 
 
 @pytest.fixture

@@ -12,29 +12,11 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from services.model.config import get_model_settings
 from services.model.loading import load_tokenizer
 from services.trainer.config import TrainerSettings
 from services.trainer.tokenize import ChatTokenizer
-from tests.model.fixtures import embedded_model_dir
 
 Row = dict[str, Any] | str | bytes
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # Any attempt to reach a hub fails fast instead of hanging or downloading.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    monkeypatch.delenv("R3_MODEL", raising=False)
-    get_model_settings.cache_clear()
-    yield
-    get_model_settings.cache_clear()
-
-
-@pytest.fixture(scope="session")
-def embedded_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return embedded_model_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
