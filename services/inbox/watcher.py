@@ -28,7 +28,7 @@ import redis
 from bus import keys, queues
 from bus.events import Alert
 from bus.publish import Publisher
-from services.dataset_store import DatasetError, DatasetStore, StoredDataset, check_jsonl
+from services.dataset_store import DatasetError, DatasetStore, StoredDataset, sha256_file
 from services.inbox.config import InboxSettings
 from services.inbox.markers import PRIORITY_FOLDERS, DropName, in_progress, is_dataset, parse
 
@@ -169,23 +169,22 @@ class Inbox:
                 f"{path.name}: not a .jsonl file; the inbox takes JSONL datasets (one "
                 '{"messages": [...]} object a line) named *.jsonl',
             )
-        try:
-            checked = check_jsonl(path)
-        except DatasetError as exc:
-            return self._reject(path, drop, str(exc))
         if not (drop.again or self.settings.inbox_requeue_duplicates):
-            earlier = self.redis.hget(QUEUED_KEY, checked.sha256)
+            # A hash is enough here: the same bytes as a queued file passed its checks then.
+            # The one full check (every line parsed) is the store's, below.
+            digest = sha256_file(path)
+            earlier = self.redis.hget(QUEUED_KEY, digest)
             if earlier is not None:
                 return self._duplicate(
                     path,
                     drop,
-                    checked.sha256,
+                    digest,
                     earlier.decode() if isinstance(earlier, bytes) else earlier,
                 )
         try:
             # Checked again on the copy in the store: what is queued is what was checked.
             stored = self.store.add(path, move=True)
-        except DatasetError as exc:  # it changed after the stable check; the store put it back
+        except DatasetError as exc:  # a bad file; the store put it back where it was
             return self._reject(path, drop, str(exc))
         try:
             job = queues.enqueue(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import threading
@@ -17,6 +16,7 @@ import torch
 from bus.events import Alert
 from bus.publish import Publisher
 from bus.worker import report_progress
+from services.dataset_store import sha256_file
 from services.model.loading import load_model_and_tokenizer
 from services.trainer.checkpoint import CheckpointStore, publish_ready
 from services.trainer.checkpoint_config import CheckpointSettings, get_checkpoint_settings
@@ -39,19 +39,10 @@ from services.trainer.tokenize import ChatTokenizer
 from services.trainer.validate import validate_file
 
 log = logging.getLogger(__name__)
-HASH_CHUNK = 1 << 20
 
 
 class TrainingInterrupted(TrainerError):
     """A stop was asked for (SIGTERM): the step finished and a checkpoint holds the cursor."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def lr_factor(settings: TrainerSettings, decay_steps: int) -> Callable[[int], float]:
@@ -329,7 +320,7 @@ class Trainer:
         name = name or path.name
         self._stop.clear()
         self.rows_per_batch = self.settings.rows_per_micro_batch  # each file tries full size
-        digest = file_sha256(path)
+        digest = sha256_file(path)
         if sha256 is not None and sha256 != digest:
             raise DataChangedError(
                 f"{path}: sha256 is {digest[:12]}…, the job was queued for {sha256[:12]}…; the "

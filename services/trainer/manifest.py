@@ -15,6 +15,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.dataset_store import sha256_file
+
+__all__ = ["sha256_file"]  # checkpoint.py hashes its files with the same function
+
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.sha256"
 ARTIFACTS_PREFIX = "/artifacts/checkpoints"  # where the gateway serves the checkpoint root
@@ -98,14 +102,6 @@ def hash_and_sync(path: Path) -> str:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
         os.fsync(f.fileno())
-    return digest.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
     return digest.hexdigest()
 
 

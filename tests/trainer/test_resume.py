@@ -21,9 +21,9 @@ from rq.worker import Worker
 
 from bus import queues
 from bus.worker import EventWorker, LongJobWorker
+from services.dataset_store import sha256_file
 from services.trainer.checkpoint import CheckpointStore
 from services.trainer.dataset_reader import read_lines
-from services.trainer.loop import file_sha256
 from services.trainer.manifest import JobCursor
 from services.trainer.resume import forget_dead_workers, requeue_unfinished
 
@@ -102,7 +102,7 @@ def test_kill_9_then_sigterm_mid_file_resume_the_job_with_nothing_skipped(
         r,
         queues.TRAIN_FILE,
         kind="train",
-        kwargs={"path": str(data), "name": data.name, "sha256": file_sha256(data)},
+        kwargs={"path": str(data), "name": data.name, "sha256": sha256_file(data)},
     )
 
     first = start_trainer(env, log)

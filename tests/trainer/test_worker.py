@@ -15,8 +15,8 @@ from rq.registry import FailedJobRegistry
 from bus import keys, queues
 from bus.status import StatusStore
 from bus.worker import LongJobWorker
+from services.dataset_store import sha256_file
 from services.trainer import jobs
-from services.trainer.loop import file_sha256
 from services.trainer.resume import requeue_unfinished
 from tests.trainer.test_loop import events, make_trainer
 
@@ -33,7 +33,7 @@ def enqueue(r: redis.Redis, path: Path, priority: str) -> Job:
         queues.TRAIN_FILE,
         kind="train",
         priority=priority,
-        kwargs={"path": str(path), "name": path.name, "sha256": file_sha256(path)},
+        kwargs={"path": str(path), "name": path.name, "sha256": sha256_file(path)},
     )
 
 
