@@ -14,7 +14,7 @@ from typing import Any, cast
 import redis
 
 from bus.deadletter import dead_letter
-from bus.encoding import StreamReply, from_fields
+from bus.encoding import StreamReply, as_str, from_fields
 from bus.errors import MalformedEntry
 from bus.events import Event
 from bus.publish import Publisher
@@ -30,10 +30,6 @@ class Delivery:
     stream: str
     entry_id: str
     event: Event
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class BroadcastReader:
@@ -61,7 +57,7 @@ class BroadcastReader:
         for stream, pos in self.positions.items():
             if pos == LATEST:
                 info = self.redis.xinfo_stream(stream) if self.redis.exists(stream) else None
-                self.positions[stream] = _s(info["last-generated-id"]) if info else EARLIEST
+                self.positions[stream] = as_str(info["last-generated-id"]) if info else EARLIEST
 
     def read(self, block_ms: int | None = None) -> list[Delivery]:
         """One XREAD: waits up to `block_ms` (None: the reader's default; 0: no wait)."""
@@ -72,9 +68,9 @@ class BroadcastReader:
         )
         out: list[Delivery] = []
         for stream_raw, entries in reply or []:
-            stream = _s(stream_raw)
+            stream = as_str(stream_raw)
             for entry_raw, raw in entries:
-                entry_id = _s(entry_raw)
+                entry_id = as_str(entry_raw)
                 self.positions[stream] = entry_id
                 try:
                     event = from_fields(raw, entry_id=entry_id, stream=stream)

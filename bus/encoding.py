@@ -78,6 +78,11 @@ def _json_fields(cls: type[Event]) -> frozenset[str]:
     return frozenset(n for n, f in cls.model_fields.items() if is_structured(f.annotation))
 
 
+def as_str(value: bytes | str) -> str:
+    """An id or name as Redis returned it: bytes, or str from a decode_responses client."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def decode_raw(raw: RawFields) -> Fields:
     return {
         (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)

@@ -9,7 +9,7 @@ import redis
 from hiredis import pack_command
 
 from bus import keys
-from bus.encoding import to_fields
+from bus.encoding import as_str, to_fields
 from bus.events import Event
 from bus.settings import BusSettings, get_bus_settings
 
@@ -67,7 +67,7 @@ class Publisher:
     def publish(self, event: Event) -> str:
         """Append one event; returns its entry id (which SSE clients see as `id:`)."""
         entry_id = self.redis.execute_command(*self._xadd(event))  # type: ignore[no-untyped-call]
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return as_str(entry_id)
 
     def publish_many(self, events: Iterable[Event]) -> list[str]:
         """Append many events in one round trip.
@@ -86,13 +86,9 @@ class Publisher:
         connection = pool.get_connection()
         try:
             connection.send_packed_command([payload])  # type: ignore[no-untyped-call]
-            return [_text(connection.read_response()) for _ in commands]
+            return [as_str(connection.read_response()) for _ in commands]
         except BaseException:
             connection.disconnect()  # type: ignore[no-untyped-call]
             raise
         finally:
             pool.release(connection)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -19,7 +19,7 @@ from typing import Any, cast
 import redis
 
 from bus.deadletter import dead_letter
-from bus.encoding import StreamReply, from_fields
+from bus.encoding import StreamReply, as_str, from_fields
 from bus.errors import MalformedEntry
 from bus.events import Event
 from bus.publish import Publisher
@@ -35,10 +35,6 @@ class Outcome:
     entry_id: str
     result: str  # "acked", "failed" (left pending), "dead-lettered"
     deliveries: int
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class WorkGroup:
@@ -99,7 +95,7 @@ class WorkGroup:
         entries = cast(list[tuple[bytes, dict[bytes, bytes] | None]], reply[1])
         out = []
         for entry_raw, raw in entries:
-            entry_id = _s(entry_raw)
+            entry_id = as_str(entry_raw)
             if raw is None:  # trimmed away while pending: nothing left to handle
                 self.redis.xack(self.stream, self.group, entry_id)
                 continue
@@ -122,7 +118,7 @@ class WorkGroup:
                 ),
             )
             for _stream, entries in reply or []:
-                work.extend((_s(eid), raw, 1) for eid, raw in entries)
+                work.extend((as_str(eid), raw, 1) for eid, raw in entries)
         return [self._handle(entry_id, raw, n) for entry_id, raw, n in work]
 
     def _handle(self, entry_id: str, raw: dict[bytes, bytes], deliveries: int) -> Outcome:
