@@ -57,10 +57,23 @@ NODES: Final = PREFIX + "nodes"  # set of node names that have reported
 # dataset sha256 → RQ job id of every file the inbox queued; no TTL (a few hundred bytes a
 # file), so the same file dropped again months later is still recognized.
 INBOX_QUEUED: Final = PREFIX + "inbox:queued"
+# The node's model registry, per node (several nodes may share one Redis): a hash of model
+# id → JSON entry (path or url, source, step, registered time), and a string with the active
+# id. No TTL: entries live until DELETE /models/{id}; a few hundred bytes each.
+NODE_MODELS: Final = PREFIX + "node:{node}:models"
+NODE_ACTIVE_MODEL: Final = PREFIX + "node:{node}:active"
 
 
 def node_status_key(node: str) -> str:
     return NODE_STATUS.format(node=node)
+
+
+def node_models_key(node: str) -> str:
+    return NODE_MODELS.format(node=node)
+
+
+def node_active_model_key(node: str) -> str:
+    return NODE_ACTIVE_MODEL.format(node=node)
 
 
 def deadletter_seen_key(stream: str, entry_id: str) -> str:
@@ -80,3 +93,14 @@ def train_queue(priority: str) -> str:
 
 def node_queue(priority: str) -> str:
     return f"node-{priority}"
+
+
+# --- validation (the trainer's fixed evaluation) ----------------------------------------------
+# One entry per evaluated checkpoint (or eval step): the answers to the fixed probe set, so the
+# dashboard shows how each answer changed over training. A stream trimmed with MAXLEN ~
+# EVOLUTION_MAXLEN (a few KB an entry: a couple of weeks of hourly checkpoints and more).
+EVOLUTION: Final = PREFIX + "evolution"
+EVOLUTION_MAXLEN: Final = 2000
+# The feeder's state (hash, overwritten in place, no TTL): last decision, queued examples seen,
+# generation jobs queued, the curriculum position.
+FEEDER_STATUS: Final = PREFIX + "feeder"

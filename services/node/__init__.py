@@ -1,0 +1,1 @@
+"""The inference node: OpenAI-compatible batched serving, model registry, hot swaps, jobs."""

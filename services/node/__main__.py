@@ -1,0 +1,20 @@
+"""`python -m services.node`: the node's HTTP API on R3_NODE_HOST:R3_NODE_PORT."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from services.node.app import create_app
+from services.node.config import get_node_settings
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = get_node_settings()
+    uvicorn.run(create_app(settings), host=settings.node_host, port=settings.node_port)
+
+
+if __name__ == "__main__":
+    main()

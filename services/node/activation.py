@@ -1,0 +1,97 @@
+"""Activating a registered model: load beside the serving one, warm up, swap, publish."""
+
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from bus.events import ModelActivated, ModelSwapped
+from services.node.config import NodeSettings
+from services.node.errors import ModelLoadError
+from services.node.loading import load_for_serving, warm_up
+from services.node.registry import ModelEntry
+from services.node.state import NodeState
+
+
+def entry_path(settings: NodeSettings, entry: ModelEntry) -> Path:
+    """Where the entry's files are: its path, else `<models_dir>/<id>` (the users' layout)."""
+    if entry.path:
+        return Path(entry.path).expanduser()
+    return settings.models_dir / entry.id
+
+
+def activate(
+    state: NodeState,
+    model_id: str,
+    *,
+    by: Literal["manual", "auto"] = "manual",
+    bytes: int = 0,  # named like ModelSwapped's field, which callers pass on
+    download_seconds: float = 0.0,
+) -> ModelSwapped:
+    """Make `model_id` the serving model; the old one serves until the swap and its requests end.
+
+    Blocking (seconds to load): call it from a thread, never the event loop. Activations
+    are serialized. Activating the model already serving reloads it from disk (files
+    replaced in place, as with rsync). On any failure raises ModelLoadError (or
+    UnknownModelError) and nothing changes: the old model keeps serving, the registry's
+    active id is untouched, nothing is published.
+    """
+    with state.activation_lock:
+        entry = state.registry.get(model_id)
+        path = entry_path(state.settings, entry)
+        if entry.path is None and entry.url is not None and not path.exists():
+            raise ModelLoadError(
+                model_id,
+                f"it is registered by url ({entry.url}) and not downloaded to {path} yet; "
+                "pull it first (the checkpoint watcher does) or register a local path.",
+                kind="missing",
+            )
+        started = time.perf_counter()
+        loaded = load_for_serving(path, model_id, state.settings, step=entry.step)
+        try:
+            warm_up(loaded)
+        except ModelLoadError:
+            device = loaded.device
+            del loaded
+            _free(device)
+            raise
+        load_seconds = time.perf_counter() - started
+        swap_started = time.perf_counter()
+        old = state.engine.swap(loaded)
+        swap_seconds = time.perf_counter() - swap_started
+        previous = old.version
+        device = old.device
+        # The engine keeps the old weights alive for requests still on them; this was the
+        # last other reference.
+        del old, loaded
+        _free(device)
+        state.registry.set_active(model_id)
+    swapped = ModelSwapped(
+        node=state.node_name,
+        model_id=model_id,
+        previous_model_id=previous,
+        step=entry.step,
+        bytes=bytes,
+        download_seconds=download_seconds,
+        load_seconds=load_seconds,
+        swap_seconds=swap_seconds,
+    )
+    state.publisher.publish_many(
+        [
+            swapped,
+            ModelActivated(
+                node=state.node_name, model_id=model_id, previous_model_id=previous, by=by
+            ),
+        ]
+    )
+    return swapped
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

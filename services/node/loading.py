@@ -1,0 +1,137 @@
+"""Loading a model directory for serving (device, dtype, stop tokens, markers) and warming it up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from services.model.errors import ModelError, ModelNotFoundError
+from services.model.loading import load_model_and_tokenizer
+from services.node.config import NodeSettings
+from services.node.engine import LoadedModel
+from services.node.errors import ModelLoadError
+from services.node.thinking import ThinkingMarkers
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is the first GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    # ChatML ends a turn with <|im_end|>; a checkpoint saved without a generation config
+    # must still stop there rather than run on to max_tokens.
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id and im_end >= 0:
+        ids.add(im_end)
+    return frozenset(ids)
+
+
+def serving_model(
+    model: Any,
+    tokenizer: Any,
+    version: str,
+    *,
+    path: Path | None = None,
+    step: int | None = None,
+) -> LoadedModel:
+    """Wrap a model already on its device (eval mode) and its tokenizer for the engine."""
+    device = next(model.parameters()).device
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    return LoadedModel(
+        version=version,
+        path=path,
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        step=step,
+        eos_ids=_eos_ids(model, tokenizer),
+        markers=ThinkingMarkers.from_tokenizer(tokenizer),
+        max_positions=int(max_positions) if max_positions else None,
+        vocab_size=len(tokenizer),
+    )
+
+
+def load_for_serving(
+    path: str | Path, version: str, settings: NodeSettings, *, step: int | None = None
+) -> LoadedModel:
+    """Load `path` onto the node's device; ModelLoadError (with a kind) on any failure."""
+    device = resolve_device(settings.node_device)
+    dtype = DTYPES.get(settings.node_dtype)
+    try:
+        model, tokenizer = load_model_and_tokenizer(path, device=device, dtype=dtype)
+    except ModelNotFoundError as exc:
+        raise ModelLoadError(version, str(exc), kind="missing") from exc
+    except torch.cuda.OutOfMemoryError as exc:
+        _release_partial(device)
+        raise ModelLoadError(
+            version,
+            f"out of GPU memory while loading {path} beside the serving model ({exc}); "
+            "free memory (fewer jobs, smaller batches) or load on a larger card.",
+            kind="out_of_memory",
+        ) from exc
+    except (ModelError, OSError, ValueError, RuntimeError, KeyError) as exc:
+        _release_partial(device)
+        raise ModelLoadError(
+            version, f"{path}: {type(exc).__name__}: {exc}", kind="invalid"
+        ) from exc
+    return serving_model(model, tokenizer, version, path=Path(path), step=step)
+
+
+def _release_partial(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+@torch.inference_mode()
+def warm_up(loaded: LoadedModel, tokens: int = 4) -> None:
+    """Run a short prefill and a few decode steps so the first request pays no first-use costs.
+
+    Also proves the weights run at all: a checkpoint that loads but fails or produces NaN on
+    its first forward pass is refused here, before it is swapped in.
+    """
+    tok = loaded.tokenizer
+    try:
+        prompt = tok.apply_chat_template(
+            [{"role": "user", "content": "warm up"}], add_generation_prompt=True, tokenize=True
+        )
+        ids = torch.tensor([list(prompt)], device=loaded.device)
+        out = loaded.model(input_ids=ids, use_cache=True)
+        cache = out.past_key_values
+        for _ in range(tokens):
+            logits = out.logits[:, -1, :].float()
+            if not torch.isfinite(logits).all():
+                raise ModelLoadError(
+                    loaded.version,
+                    "the first forward pass produced NaN or infinite logits; the weights are "
+                    "corrupt or overflow in this dtype (try R3_NODE_DTYPE=float32).",
+                    kind="invalid",
+                )
+            nxt = logits.argmax(dim=-1, keepdim=True)
+            out = loaded.model(input_ids=nxt, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+    except torch.cuda.OutOfMemoryError as exc:
+        raise ModelLoadError(
+            loaded.version, f"out of GPU memory while warming up: {exc}", kind="out_of_memory"
+        ) from exc
+    finally:
+        if loaded.device.type == "cuda":
+            torch.cuda.synchronize(loaded.device)

@@ -1,0 +1,295 @@
+"""OpenAI-compatible routes: GET /v1/models and POST /v1/chat/completions (streaming too)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from services.node.auth import require_reader
+from services.node.config import NodeSettings
+from services.node.engine import Finished, GenerationRequest, RequestHandle, TextDelta
+from services.node.errors import ApiError, EngineBusy, EngineClosed, PromptError
+from services.node.state import NodeState
+from services.node.thinking import ThinkingOptions, ThinkingRules
+
+MODEL_HEADER = "X-Regime3-Model"
+
+router = APIRouter(dependencies=[Depends(require_reader)])
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "developer"]
+    # A string, or OpenAI's list of text parts (joined); images are not supported.
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields this node honours; other OpenAI fields are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(
+        None, description="Informational: the active model answers; the response names it."
+    )
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=1)
+    thinking: ThinkingOptions | None = Field(
+        None, description="Thinking-marker rules for this request (extra body field)."
+    )
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > 4:
+            raise ValueError(f"at most 4 stop sequences, got {len(stops)}")
+        if any(not s for s in stops):
+            raise ValueError("a stop sequence must not be empty")
+        return value
+
+
+def _limits(body: ChatCompletionRequest, settings: NodeSettings) -> int:
+    if len(body.messages) > settings.node_max_messages:
+        raise ApiError(
+            400,
+            f"messages: {len(body.messages)} messages, more than this node's limit of "
+            f"{settings.node_max_messages} (R3_NODE_MAX_MESSAGES).",
+            param="messages",
+        )
+    max_tokens = body.max_completion_tokens or body.max_tokens or settings.node_default_max_tokens
+    if max_tokens > settings.node_max_tokens_limit:
+        raise ApiError(
+            400,
+            f"max_tokens: {max_tokens} is more than this node's limit of "
+            f"{settings.node_max_tokens_limit} (R3_NODE_MAX_TOKENS_LIMIT).",
+            param="max_tokens",
+        )
+    return max_tokens
+
+
+def node_thinking_rules(settings: NodeSettings) -> ThinkingRules:
+    return ThinkingRules(
+        open_max=settings.think_open_max,
+        close_min=settings.think_close_min,
+        close_max=settings.think_close_max,
+        max_tokens=settings.think_max_tokens,
+    )
+
+
+def _thinking(body: ChatCompletionRequest, settings: NodeSettings) -> ThinkingRules | None:
+    options = body.thinking
+    enabled = (
+        settings.think_control if options is None or options.enabled is None else (options.enabled)
+    )
+    if not enabled:
+        return None
+    try:
+        return ThinkingRules.resolve(node_thinking_rules(settings), options)
+    except ValueError as exc:
+        raise ApiError(400, f"thinking: {exc}", param="thinking") from exc
+
+
+def generation_request(body: ChatCompletionRequest, settings: NodeSettings) -> GenerationRequest:
+    """The engine's request for a validated API body (ApiError 400 past a limit)."""
+    max_tokens = _limits(body, settings)
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    return GenerationRequest(
+        messages=[{"role": m.role, "content": m.text()} for m in body.messages],
+        max_tokens=max_tokens,
+        temperature=(
+            settings.node_default_temperature if body.temperature is None else body.temperature
+        ),
+        top_p=settings.node_default_top_p if body.top_p is None else body.top_p,
+        seed=body.seed,
+        stop=stop,
+        thinking=_thinking(body, settings),
+    )
+
+
+def _state(request: Request) -> NodeState:
+    return request.app.state.node  # type: ignore[no-any-return]
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> JSONResponse:
+    state = _state(request)
+    active = state.engine.active
+    data = [
+        {
+            "id": active.version,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": state.node_name,
+            "step": active.step,
+            "path": str(active.path) if active.path else None,
+            "thinking_control": active.markers is not None,
+        }
+    ]
+    return JSONResponse({"object": "list", "data": data}, headers={MODEL_HEADER: active.version})
+
+
+def _submit(state: NodeState, request: GenerationRequest, loop: Any) -> RequestHandle:
+    try:
+        return state.engine.submit(request, loop=loop)
+    except PromptError as exc:
+        raise ApiError(400, str(exc), param="messages", code="invalid_prompt") from exc
+    except EngineBusy as exc:
+        raise ApiError(503, str(exc), type="server_error", code="overloaded") from exc
+    except EngineClosed as exc:
+        raise ApiError(503, str(exc), type="server_error", code="shutting_down") from exc
+
+
+def _usage(finished: Finished) -> dict[str, int]:
+    return {
+        "prompt_tokens": finished.prompt_tokens,
+        "completion_tokens": finished.completion_tokens,
+        "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+    }
+
+
+def _finish_reason(finished: Finished) -> str:
+    return "length" if finished.reason == "length" else "stop"
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request
+) -> JSONResponse | StreamingResponse:
+    state = _state(request)
+    gen = generation_request(body, state.settings)
+    handle = _submit(state, gen, asyncio.get_running_loop())
+    completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+    headers = {MODEL_HEADER: handle.version}
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            _sse(handle, request, completion_id, created, include_usage),
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    try:
+        finished = None
+        async for event in handle.astream():
+            if isinstance(event, Finished):
+                finished = event
+    except BaseException:
+        handle.cancel()  # the client went away: free its batch row
+        raise
+    assert finished is not None
+    if finished.reason == "error":
+        raise ApiError(
+            503, f"generation failed: {finished.message}", type="server_error", code="engine_error"
+        )
+    return JSONResponse(
+        {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": handle.version,
+            "system_fingerprint": handle.version,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": finished.text},
+                    "logprobs": None,
+                    "finish_reason": _finish_reason(finished),
+                }
+            ],
+            "usage": _usage(finished),
+        },
+        headers=headers,
+    )
+
+
+def _chunk(
+    completion_id: str, created: int, version: str, choices: list[dict[str, Any]], **extra: Any
+) -> str:
+    payload = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": version,
+        "system_fingerprint": version,
+        "choices": choices,
+        **extra,
+    }
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+async def _sse(
+    handle: RequestHandle, request: Request, completion_id: str, created: int, usage: bool
+) -> AsyncIterator[str]:
+    version = handle.version
+    try:
+        yield _chunk(
+            completion_id,
+            created,
+            version,
+            [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        )
+        async for event in handle.astream():
+            if isinstance(event, TextDelta):
+                yield _chunk(
+                    completion_id,
+                    created,
+                    version,
+                    [{"index": 0, "delta": {"content": event.text}, "finish_reason": None}],
+                )
+                continue
+            if event.reason == "error":
+                # Headers are gone already: report in-band, as OpenAI does mid-stream.
+                error = ApiError(
+                    503,
+                    f"generation failed: {event.message}",
+                    type="server_error",
+                    code="engine_error",
+                )
+                yield f"data: {json.dumps(error.body())}\n\n"
+                return
+            yield _chunk(
+                completion_id,
+                created,
+                version,
+                [{"index": 0, "delta": {}, "finish_reason": _finish_reason(event)}],
+            )
+            if usage:
+                yield _chunk(completion_id, created, version, [], usage=_usage(event))
+        yield "data: [DONE]\n\n"
+    finally:
+        handle.cancel()  # a no-op once finished; frees the row if the client disconnected
