@@ -1,0 +1,122 @@
+"""The node-worker's HTTP client of the local node: jobs share the node's one copy of weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+class NodeUnavailable(RuntimeError):
+    """The node did not answer or answered with an error."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    model: str  # the version that produced it (the response's `model`)
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Teacher-forced log-probabilities of a completion's tokens (POST /v1/score)."""
+
+    model: str
+    tokens: list[str]
+    logprobs: list[float]
+    offsets: list[tuple[int, int]]  # each token's [start, end) in the completion's characters
+    ce: float | None
+
+
+class NodeClient:
+    """Chat completions and teacher-forced scores from one node, with errors that say where."""
+
+    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 600.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self._http.post(path, json=body)
+        except httpx.HTTPError as err:
+            raise NodeUnavailable(
+                f"the node at {self.base_url} did not answer {path} ({err}); is `python -m "
+                "services.node` running there? (R3_NODE_URL)"
+            ) from None
+        if response.status_code >= 400:
+            try:
+                detail = response.json()
+                message = (detail.get("error") or {}).get("message") or detail.get("detail")
+            except ValueError:
+                message = response.text[:300]
+            raise NodeUnavailable(
+                f"the node at {self.base_url} refused {path}: "
+                f"HTTP {response.status_code}: {message}"
+            )
+        data = response.json()
+        assert isinstance(data, dict)
+        return data
+
+    def active_model(self) -> str:
+        """The id of the model the node serves now (GET /v1/models lists the active one)."""
+        try:
+            response = self._http.get("/v1/models")
+            response.raise_for_status()
+        except httpx.HTTPError as err:
+            raise NodeUnavailable(f"GET {self.base_url}/v1/models failed: {err}") from None
+        models = response.json().get("data") or []
+        if not models:
+            raise NodeUnavailable(f"the node at {self.base_url} serves no model")
+        return str(models[0]["id"])
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Reply:
+        body: dict[str, Any] = {
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+        }
+        if seed is not None:
+            body["seed"] = seed
+        data = self._post("/v1/chat/completions", body)
+        choice = data["choices"][0]
+        return Reply(
+            text=choice["message"]["content"] or "",
+            model=str(data["model"]),
+            finish_reason=choice.get("finish_reason"),
+        )
+
+    def score(
+        self, messages: list[dict[str, str]], completion: str, *, end_of_turn: bool = True
+    ) -> Scored:
+        data = self._post(
+            "/v1/score",
+            {"messages": messages, "completion": completion, "end_of_turn": end_of_turn},
+        )
+        return Scored(
+            model=str(data["model"]),
+            tokens=list(data["tokens"]),
+            logprobs=[float(x) for x in data["logprobs"]],
+            offsets=[(int(a), int(b)) for a, b in data["offsets"]],
+            ce=data.get("ce"),
+        )

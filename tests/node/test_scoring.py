@@ -1,0 +1,50 @@
+"""POST /v1/score on a running node: teacher-forced log-probabilities that match HF's own loss."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import torch
+
+from services.node.node_client import NodeClient, NodeUnavailable
+from services.node.scoring import END_OF_TURN
+from tests.node.conftest import RunningNode
+
+PROMPT = [{"role": "user", "content": "Calculate 3 + 4."}]
+COMPLETION = "🤔🤔🤔🤔\nWe add 3 and 4.\n🛑🛑\n7"
+
+
+def hf_loss(node: RunningNode, completion: str) -> tuple[float, int]:
+    """The mean NLL of the completion tokens as transformers computes it with labels."""
+    loaded = node.state.engine.active
+    tok = loaded.tokenizer
+    prompt = str(tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False))
+    ids = tok(prompt + completion, add_special_tokens=False)["input_ids"]
+    first = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    labels = [-100] * first + ids[first:]
+    with torch.inference_mode():
+        out = loaded.model(torch.tensor([ids]), labels=torch.tensor([labels]))
+    return float(out.loss), len(ids) - first
+
+
+def test_score_matches_the_models_own_loss_and_names_the_model(node: RunningNode) -> None:
+    with NodeClient(node.url) as client:
+        scored = client.score(PROMPT, COMPLETION)
+        bare = client.score(PROMPT, COMPLETION, end_of_turn=False)
+    assert scored.model == node.state.engine.active.version
+    assert scored.tokens[-1] == END_OF_TURN and END_OF_TURN not in bare.tokens
+    assert "".join(bare.tokens) == COMPLETION
+    expected, count = hf_loss(node, COMPLETION + END_OF_TURN)
+    assert len(scored.logprobs) == count
+    assert scored.ce == pytest.approx(expected, rel=1e-4)
+    assert scored.ce == pytest.approx(-sum(scored.logprobs) / len(scored.logprobs))
+    # Offsets index the completion: the tokens tile it, the end-of-turn sits at its end.
+    assert [COMPLETION[a:b] for a, b in bare.offsets] == bare.tokens
+    assert scored.offsets[-1] == (len(COMPLETION), len(COMPLETION))
+
+
+def test_bad_score_requests_are_4xx_with_a_reason(node: RunningNode) -> None:
+    empty = httpx.post(f"{node.url}/v1/score", json={"messages": PROMPT, "completion": ""})
+    assert empty.status_code in (400, 422)
+    with NodeClient(node.url) as client, pytest.raises(NodeUnavailable, match="context"):
+        client.score(PROMPT, "7 " * 5000)
