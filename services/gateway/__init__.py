@@ -1,0 +1,1 @@
+"""The gateway service: live events over SSE, the status payload, artifacts, uploads, metrics."""
