@@ -1,0 +1,114 @@
+// The dashboard's entry: the live stream feeds the state, panels re-render at most once a frame.
+
+import { Chart } from "./charts.js";
+import * as panels from "./panels.js";
+import { LiveStream } from "./sse.js";
+import { apply, newState } from "./state.js";
+
+// Charts cost more than text: redraw them at most this often while events pour in.
+const CHART_INTERVAL_MS = 250;
+
+const state = newState();
+const dirty = new Set();
+let frame = 0;
+let lastChartDraw = 0;
+
+const RENDER = {
+  waiting: panels.renderWaiting,
+  primary: panels.renderPrimary,
+  secondary: panels.renderSecondary,
+  sample: panels.renderSample,
+  models: panels.renderModels,
+  hosts: panels.renderHosts,
+  heatmap: panels.renderHeatmap,
+  layers: panels.renderLayers,
+  alerts: panels.renderAlerts,
+};
+
+const s = state.series;
+const charts = [
+  new Chart(document.getElementById("chart-loss"), {
+    yLabel: "loss",
+    lines: [
+      { label: "loss", color: "#5ab0ff", series: s.loss },
+      { label: "streaming CE", color: "#ffb454", series: s.ce },
+    ],
+  }),
+  new Chart(document.getElementById("chart-acc"), {
+    yLabel: "%",
+    lines: [
+      { label: "running", color: "#7bd88f", series: s.acc },
+      { label: "last 20", color: "#c792ea", series: s.acc20 },
+      { label: "fixed-eval EM", color: "#ff6b6b", series: s.em },
+    ],
+  }),
+  new Chart(document.getElementById("chart-tps"), {
+    yLabel: "tok/s",
+    lines: [{ label: "tokens/s", color: "#4ec9b0", series: s.tps }],
+  }),
+];
+
+function schedule() {
+  if (!frame) frame = requestAnimationFrame(flush);
+}
+
+function flush() {
+  frame = 0;
+  for (const name of dirty) {
+    if (name === "charts") continue;
+    RENDER[name](state);
+  }
+  dirty.clear();
+  panels.renderHeader(state);
+  const now = performance.now();
+  if (now - lastChartDraw >= CHART_INTERVAL_MS) {
+    lastChartDraw = now;
+    for (const chart of charts) chart.render();
+  } else if (charts.some((c) => c.dirty)) {
+    setTimeout(schedule, CHART_INTERVAL_MS - (now - lastChartDraw));
+  }
+}
+
+function onEvent(type, event) {
+  const changed = apply(state, type, event);
+  for (const name of changed) {
+    if (name === "charts") for (const chart of charts) chart.dirty = true;
+    else dirty.add(name);
+  }
+  if (changed.length) schedule();
+}
+
+function chartOptions() {
+  return {
+    axis: document.getElementById("c-axis").value,
+    alpha: Number(document.getElementById("c-smooth").value),
+    log: document.getElementById("c-log").checked,
+  };
+}
+
+for (const id of ["c-axis", "c-smooth", "c-log"]) {
+  document.getElementById(id).addEventListener("input", () => {
+    for (const chart of charts) chart.setOptions(chartOptions());
+    lastChartDraw = 0;
+    schedule();
+  });
+}
+
+// "… ago" texts age even when no event arrives.
+setInterval(() => {
+  for (const name of ["hosts", "models"]) dirty.add(name);
+  for (const chart of charts) if (chart.dirty) lastChartDraw = 0;
+  schedule();
+}, 5000);
+
+const stream = new LiveStream("events", {
+  onEvent,
+  onState: (name) => panels.renderConnection(name),
+});
+
+// For the browser test and for a curious human in the console: nothing reads it in the app.
+window.__r3 = { state, stream, charts };
+
+window.addEventListener("resize", schedule);
+schedule();
+stream.start();

@@ -1,0 +1,134 @@
+// History charts: uPlot over downsampled Series, with smoothing, log scale and step/time x.
+
+import uPlot from "./vendor/uplot/uPlot.esm.js";
+import { downsample, smooth } from "./series.js";
+
+// Draw at most this many buckets per CSS pixel of plot width (each bucket keeps min and max).
+const BUCKETS_PER_PIXEL = 1;
+
+const compact = new Intl.NumberFormat("en-US", { notation: "compact", maximumSignificantDigits: 4 });
+
+// Short tick labels ("10.23K", "0.0012"), so a narrow phone-width axis never overlaps them.
+function tick(v) {
+  if (v === null || v === undefined) return "";
+  if (Math.abs(v) >= 1000) return compact.format(v);
+  return Number(v.toPrecision(3)).toString();
+}
+
+export class Chart {
+  // lines: [{label, color, series: Series, scale?: number}]
+  constructor(el, { lines, yLabel }) {
+    this.el = el;
+    this.lines = lines;
+    this.yLabel = yLabel;
+    this.plot = null;
+    this.key = "";
+    this.view = null; // [xmin, xmax] after a drag-zoom; null = everything
+    this.options = { axis: "step", alpha: 0, log: false };
+    this.dirty = true;
+    new ResizeObserver(() => {
+      if (this.plot) this.plot.setSize(this.size());
+      this.dirty = true;
+    }).observe(el);
+    el.addEventListener("dblclick", () => {
+      this.view = null;
+      this.dirty = true;
+    });
+  }
+
+  size() {
+    const width = Math.max(200, this.el.clientWidth);
+    return { width, height: Math.round(Math.min(260, Math.max(160, width * 0.45))) };
+  }
+
+  setOptions(options) {
+    if (options.axis !== this.options.axis) this.view = null;
+    this.options = { ...options };
+    this.dirty = true;
+  }
+
+  build() {
+    const { axis, log } = this.options;
+    const chart = this;
+    const opts = {
+      ...this.size(),
+      legend: { show: true, live: false },
+      cursor: { drag: { x: true, y: false, setScale: false } },
+      scales: {
+        x: { time: axis === "time" },
+        y: log ? { distr: 3 } : { auto: true },
+      },
+      axes: [
+        { stroke: "#9aa4b2", grid: { stroke: "#2a3140" } },
+        {
+          stroke: "#9aa4b2",
+          grid: { stroke: "#2a3140" },
+          label: this.yLabel,
+          size: 60,
+          values: (u, vals) => vals.map(tick),
+        },
+      ],
+      series: [
+        { label: axis === "time" ? "time" : "step" },
+        ...this.lines.map((line) => ({
+          label: line.label,
+          stroke: line.color,
+          width: 1.5,
+          spanGaps: true,
+          // Dots only while a line has few points (an evaluation every few hundred steps).
+          points: { show: () => line.series.n < 200 },
+        })),
+      ],
+      hooks: {
+        // Zoom by re-bucketing the selected range from the raw arrays, not by stretching the
+        // already-downsampled points, so detail appears as one zooms in.
+        setSelect: [
+          (u) => {
+            if (u.select.width < 4) return;
+            const xmin = u.posToVal(u.select.left, "x");
+            const xmax = u.posToVal(u.select.left + u.select.width, "x");
+            u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+            chart.view = [xmin, xmax];
+            chart.dirty = true;
+          },
+        ],
+      },
+    };
+    if (this.plot) this.plot.destroy();
+    this.el.textContent = "";
+    this.plot = new uPlot(opts, this.data(), this.el);
+    this.key = `${axis}|${log}`;
+  }
+
+  data() {
+    const { axis, alpha, log } = this.options;
+    const width = this.plot ? this.plot.bbox.width / devicePixelRatio : this.size().width;
+    const buckets = Math.max(50, Math.round(width * BUCKETS_PER_PIXEL));
+    const [xmin, xmax] = this.view ?? [null, null];
+    const tables = this.lines.map((line) => {
+      let ys = smooth(line.series.ys(), alpha);
+      if (line.scale) ys = ys.map((v) => v * line.scale);
+      const [xs, out] = downsample(line.series.xs(axis), ys, buckets, xmin, xmax);
+      // A log axis cannot show zero or negatives: leave a gap rather than break the scale.
+      return [xs, log ? out.map((v) => (v > 0 ? v : null)) : out];
+    });
+    if (tables.length === 1) return tables[0];
+    return uPlot.join(tables);
+  }
+
+  empty() {
+    return this.lines.every((line) => line.series.n === 0);
+  }
+
+  render() {
+    if (!this.dirty || this.el.offsetParent === null) return;
+    this.dirty = false;
+    this.el.dataset.empty = String(this.empty());
+    const { axis, log } = this.options;
+    if (!this.plot || this.key !== `${axis}|${log}`) {
+      this.build();
+      return;
+    }
+    this.plot.setData(this.data(), true);
+  }
+}

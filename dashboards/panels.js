@@ -1,0 +1,317 @@
+// Rendering the state into the page's panels; each function owns one panel's DOM.
+
+import { DASH, ago, bytes, clock, frac, int, num, pct, seconds } from "./format.js";
+import { queueDepths, trainerGpu, valTrainGap } from "./state.js";
+
+function $(id) {
+  return document.getElementById(id);
+}
+
+// Write only when the text changed: no layout work for values that did not move.
+function text(id, value) {
+  const node = $(id);
+  if (node && node.textContent !== value) node.textContent = value;
+}
+
+function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k === "style") node.style.cssText = v;
+    else node.setAttribute(k, v);
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+function fill(id, ...children) {
+  const node = $(id);
+  node.classList.remove("empty");
+  node.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
+}
+
+function width(id, fraction) {
+  const node = $(id);
+  const w = `${Math.max(0, Math.min(100, fraction * 100)).toFixed(1)}%`;
+  if (node.style.width !== w) node.style.width = w;
+}
+
+export function renderWaiting(state) {
+  $("waiting").hidden = state.step !== null;
+}
+
+export function renderPrimary(state) {
+  const st = state.step;
+  if (st) {
+    text("v-loss", num(st.loss));
+    text("v-ce", num(st.streaming_ce));
+    const total = st.total_steps;
+    text("v-step", total ? `${int(st.current_step)} / ${int(total)}` : int(st.current_step));
+    width("v-progress", total ? st.current_step / total : 0);
+    text("v-epoch", `epoch ${st.epoch} · lr ${num(st.learning_rate, 3)}`);
+    text("v-tps", st.tokens_per_sec == null ? DASH : int(st.tokens_per_sec));
+    text("v-eta", seconds(st.eta_seconds));
+    const at = st.eta_seconds == null ? null : new Date(Date.now() + st.eta_seconds * 1000);
+    text("v-eta-at", at ? `at ${clock(at)}` : "");
+  }
+  const gap = valTrainGap(state);
+  text("v-gap", num(gap.value, 3));
+  text("v-gap-src", gap.source);
+  const gpu = trainerGpu(state);
+  if (gpu) {
+    text("v-temp", gpu.temp_c == null ? DASH : `${Math.round(gpu.temp_c)} °C`);
+    text("v-power", gpu.power_watts == null ? "" : `${Math.round(gpu.power_watts)} W`);
+    const used = gpu.vram_total_bytes ? gpu.vram_used_bytes / gpu.vram_total_bytes : null;
+    text("v-vram", used == null ? bytes(gpu.vram_used_bytes) : pct(used * 100, 0));
+    text("v-vram-total", `${bytes(gpu.vram_used_bytes)} of ${bytes(gpu.vram_total_bytes)}`);
+    width("v-vram-bar", gpu.vram_total_bytes ? gpu.vram_used_bytes / gpu.vram_total_bytes : 0);
+  }
+}
+
+export function renderSecondary(state) {
+  const sm = state.sample;
+  if (sm) {
+    text("v-acc", pct(sm.accuracy_percent));
+    text("v-acc-n", `${int(sm.total_correct)} of ${int(sm.total_evals)}`);
+    text("v-acc20", pct(sm.accuracy_last_20));
+    text("v-acc50", pct(sm.accuracy_last_50));
+    text("v-acc-trend", sm.accuracy_trend ?? "");
+  }
+  const ev = state.evalResult;
+  if (ev) {
+    text("v-em", frac(ev.fixed_eval_em));
+    text("v-em-set", `${ev.eval_set} · ${ev.correct}/${ev.total}${ev.fixed_eval_trend ? ` · ${ev.fixed_eval_trend}` : ""}`);
+    text("v-ece-ce", num(ev.fixed_eval_ce));
+    text("v-ece", num(ev.fixed_eval_ece, 3));
+  }
+  const st = state.step;
+  if (st) {
+    text("v-file", st.current_file ?? DASH);
+    const parts = [];
+    if (st.batch_step != null) parts.push(`step ${int(st.batch_step)} / ${int(st.batch_total_steps)}`);
+    if (st.batch_number != null) parts.push(`file #${st.batch_number}`);
+    text("v-file-progress", parts.join(" · "));
+  }
+  const depths = queueDepths(state);
+  const rows = ["train", "node"].map((kind) =>
+    h(
+      "div",
+      { class: "queue-row" },
+      h("span", { class: "muted" }, kind),
+      ...["high", "normal", "low"].map((p) => {
+        const n = depths[`${kind}-${p}`] ?? 0;
+        return h("span", { class: `q q-${p}${n ? "" : " q-zero"}`, "data-queue": `${kind}-${p}` }, `${p} ${n}`);
+      }),
+    ),
+  );
+  if (st?.batch_queue_size != null) {
+    rows.push(h("div", { class: "sub" }, `${st.batch_queue_size} file(s) waiting (trainer)`));
+  }
+  fill("v-queue", ...rows);
+}
+
+export function renderSample(state) {
+  const sm = state.sample;
+  if (!sm) return;
+  text("sample-step", `step ${int(sm.current_step)}`);
+  const verdict = sm.parse_failed ? "parse failed" : sm.answer_matches ? "match" : "no match";
+  const cls = sm.answer_matches ? "ok" : "bad";
+  fill(
+    "sample",
+    h("div", { class: `verdict ${cls}`, id: "sample-verdict" }, verdict),
+    sm.current_system_prompt ? [h("h3", {}, "system"), h("pre", {}, sm.current_system_prompt)] : [],
+    h("h3", {}, "prompt"),
+    h("pre", { id: "sample-prompt" }, sm.current_prompt),
+    h("h3", {}, "golden answer"),
+    h("pre", { id: "sample-golden" }, sm.golden_answer),
+    h("h3", {}, "model answer"),
+    h("pre", { id: "sample-answer" }, sm.model_answer),
+    sm.canonical_answer != null
+      ? [h("h3", {}, "decoded (canonical form)"), h("pre", { id: "sample-canonical" }, sm.canonical_answer)]
+      : [],
+  );
+}
+
+function nodeStage(n, ready) {
+  const bits = [];
+  if (n.pulled) {
+    const after = ready ? (Date.parse(n.pulled.time) - Date.parse(ready.time)) / 1000 : null;
+    bits.push(
+      h("span", { class: "stage pulled" }, `pulled ${bytes(n.pulled.bytes)} in ${seconds(n.pulled.download_seconds)}` +
+        (after != null ? ` (${seconds(after)} after ready)` : "")),
+    );
+  }
+  if (n.swapped) {
+    bits.push(
+      h("span", { class: "stage swapped" }, `swapped: load ${seconds(n.swapped.load_seconds)}, swap ${seconds(n.swapped.swap_seconds)}`),
+    );
+    if (ready) {
+      const total = (Date.parse(n.swapped.time) - Date.parse(ready.time)) / 1000;
+      bits.push(h("span", { class: "stage total" }, `ready→serving ${seconds(total)}`));
+    }
+  }
+  if (n.failed) bits.push(h("span", { class: "stage failed" }, `swap failed (try ${n.failed.attempt}): ${n.failed.reason}`));
+  return bits;
+}
+
+export function renderModels(state) {
+  if (state.active.size) {
+    fill(
+      "active-models",
+      h("ul", { class: "plain" },
+        [...state.active].map(([node, a]) =>
+          h("li", { "data-node": node }, h("b", {}, node), " serves ", h("code", {}, a.model_id), h("span", { class: "muted" }, ` · ${a.how} ${ago(a.time)}`)),
+        ),
+      ),
+    );
+  }
+  if (!state.checkpoints.size) return;
+  const rows = [...state.checkpoints.values()].reverse().map((c) =>
+    h(
+      "li",
+      { class: "ckpt", "data-checkpoint": c.id },
+      h("div", {},
+        h("code", {}, c.id),
+        c.ready ? h("span", { class: "muted" }, ` · step ${int(c.ready.step)} · ${bytes(c.ready.size_bytes)} · ready ${clock(new Date(c.ready.time))}`) : null,
+        c.ready?.val_loss != null ? h("span", { class: "muted" }, ` · val ${num(c.ready.val_loss)}`) : null,
+        c.pruned ? h("span", { class: "stage failed" }, `pruned (${c.pruned.reason})`) : null,
+      ),
+      [...c.nodes].map(([node, n]) => h("div", { class: "node-stages" }, h("b", {}, node), ...nodeStage(n, c.ready))),
+    ),
+  );
+  fill("timeline", h("ul", { class: "plain timeline" }, rows));
+}
+
+function meter(label, used, total, fmt) {
+  const f = total ? used / total : 0;
+  return h(
+    "div",
+    { class: "meter" },
+    h("span", {}, label),
+    h("div", { class: "bar" }, h("div", { style: `width:${(Math.min(1, f) * 100).toFixed(1)}%` })),
+    h("span", { class: "muted" }, `${fmt(used)} / ${fmt(total)}`),
+  );
+}
+
+export function renderHosts(state) {
+  if (!state.hosts.size) return;
+  const watts = (w) => (w == null ? DASH : `${Math.round(w)} W`);
+  const cards = [...state.hosts.values()].map((tel) =>
+    h(
+      "div",
+      { class: "host", "data-host": tel.host },
+      h("h3", {}, tel.host, h("span", { class: "muted" }, ` · ${tel.role} · ${ago(new Date(tel.time))}`)),
+      tel.gpus?.length
+        ? tel.gpus.map((g) =>
+            h("div", { class: "gpu" },
+              h("div", {}, h("b", {}, `GPU ${g.index}`), ` ${g.name}`),
+              h("div", { class: "gpu-figures" },
+                h("span", { class: "temp" }, g.temp_c == null ? DASH : `${Math.round(g.temp_c)} °C`),
+                h("span", {}, `${watts(g.power_watts)} / ${watts(g.power_limit_watts)}`),
+                g.utilization_percent != null ? h("span", {}, `${Math.round(g.utilization_percent)}% busy`) : null,
+              ),
+              meter("VRAM", g.vram_used_bytes, g.vram_total_bytes, bytes),
+            ),
+          )
+        : h("div", { class: "muted" }, `no GPU reading${tel.gpu_reason ? `: ${tel.gpu_reason}` : ""}`),
+      h("div", { class: "sub" }, `power profile: ${tel.power_profile ?? DASH} · CPU ${pct(tel.cpu_percent, 0)}`),
+      meter("RAM", tel.ram_used_bytes, tel.ram_total_bytes, bytes),
+      meter("disk used", tel.disk_total_bytes - tel.disk_free_bytes, tel.disk_total_bytes, bytes),
+      h("div", { class: "sub" }, `disk free ${bytes(tel.disk_free_bytes)}`),
+    ),
+  );
+  fill("hosts", ...cards);
+}
+
+// Natural order, so "layer.10" sorts after "layer.9"; difficulty words in their own order.
+const collator = new Intl.Collator(undefined, { numeric: true });
+const LEVELS = ["trivial", "easy", "medium", "hard", "expert"];
+function natural(a, b) {
+  const ra = LEVELS.indexOf(a.toLowerCase());
+  const rb = LEVELS.indexOf(b.toLowerCase());
+  if (ra >= 0 && rb >= 0) return ra - rb;
+  return collator.compare(a, b);
+}
+
+export function renderHeatmap(state) {
+  const ev = state.evalResult;
+  if (!ev || !Object.keys(ev.pattern_heatmap ?? {}).length) return;
+  text("heatmap-model", `${ev.model_id} · step ${ev.step ?? DASH}`);
+  const domains = Object.keys(ev.pattern_heatmap).sort(natural);
+  const diffs = [...new Set(domains.flatMap((d) => Object.keys(ev.pattern_heatmap[d])))].sort(natural);
+  const cell = (v) => {
+    if (v == null) return h("td", { class: "na" }, DASH);
+    // red (0) → green (1) through yellow, readable on the dark background.
+    return h("td", { style: `background:hsl(${Math.round(v * 120)} 60% 32%)` }, frac(v, 0));
+  };
+  fill(
+    "heatmap",
+    h("div", { class: "scroll" },
+      h("table", { class: "heat" },
+        h("thead", {}, h("tr", {}, h("th", {}, "domain \\ difficulty"), diffs.map((d) => h("th", {}, d)))),
+        h("tbody", {}, domains.map((dom) => h("tr", {}, h("th", {}, dom), diffs.map((d) => cell(ev.pattern_heatmap[dom][d]))))),
+      ),
+    ),
+  );
+}
+
+export function renderLayers(state) {
+  const ly = state.layers;
+  if (!ly) return;
+  text("layers-step", `step ${int(ly.current_step)}`);
+  const names = Object.keys(ly.layer_activity_summary).sort(natural);
+  const metrics = [...new Set(names.flatMap((n) => Object.keys(ly.layer_activity_summary[n])))].sort();
+  const max = {};
+  for (const m of metrics) max[m] = Math.max(1e-30, ...names.map((n) => ly.layer_activity_summary[n][m] ?? 0));
+  fill(
+    "layers",
+    h("div", { class: "scroll" },
+      h("table", { class: "layers" },
+        h("thead", {}, h("tr", {}, h("th", {}, "layer"), metrics.map((m) => h("th", {}, m)))),
+        h("tbody", {}, names.map((n) =>
+          h("tr", {}, h("th", {}, n), metrics.map((m) => {
+            const v = ly.layer_activity_summary[n][m];
+            return h("td", {},
+              h("div", { class: "lbar", style: `width:${(((v ?? 0) / max[m]) * 100).toFixed(1)}%` }),
+              h("span", {}, num(v, 3)));
+          })),
+        )),
+      ),
+    ),
+  );
+}
+
+export function renderAlerts(state) {
+  if (!state.alerts.length) return;
+  fill(
+    "alerts",
+    ...state.alerts.map((a) =>
+      h("li", { class: `alert ${a.level}` },
+        h("span", { class: "level" }, a.level),
+        h("span", { class: "muted" }, ` ${clock(new Date(a.time))} ${a.source}/${a.code} `),
+        h("span", { class: "message" }, a.message),
+      ),
+    ),
+  );
+}
+
+const CONNECTION_TEXT = {
+  connecting: "connecting…",
+  live: "live",
+  reconnecting: "reconnecting…",
+  lagged: "lagged — resuming",
+};
+
+export function renderConnection(stateName) {
+  const pill = $("conn");
+  pill.dataset.state = stateName;
+  text("conn", CONNECTION_TEXT[stateName] ?? stateName);
+}
+
+export function renderHeader(state) {
+  text("run", state.runId ? `run ${state.runId}` : "");
+  text("last-event", state.lastEventTime ? `last event ${clock(state.lastEventTime)}` : "");
+}

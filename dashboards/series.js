@@ -1,0 +1,100 @@
+// Growable typed-array series, EMA smoothing and min/max bucket downsampling for the charts.
+//
+// Raw points stay in Float64Arrays (x by step, x by time, y) so 100k points cost ~2.4 MB and
+// no per-point objects; a chart only ever draws about two points per pixel column.
+
+export class Series {
+  constructor(capacity = 1024) {
+    this.n = 0;
+    this.step = new Float64Array(capacity);
+    this.time = new Float64Array(capacity); // unix seconds, what uPlot's time axis wants
+    this.y = new Float64Array(capacity);
+  }
+
+  push(step, time, y) {
+    if (!Number.isFinite(y)) return;
+    // A replay or a late event for an earlier step would make x go backwards, which the
+    // bucketing below (and uPlot) assume never happens; drop it instead of sorting 100k points.
+    if (this.n > 0 && step < this.step[this.n - 1]) return;
+    if (this.n === this.y.length) this.grow();
+    this.step[this.n] = step;
+    this.time[this.n] = time;
+    this.y[this.n] = y;
+    this.n += 1;
+  }
+
+  grow() {
+    const cap = this.y.length * 2;
+    for (const key of ["step", "time", "y"]) {
+      const next = new Float64Array(cap);
+      next.set(this[key]);
+      this[key] = next;
+    }
+  }
+
+  xs(axis) {
+    return (axis === "time" ? this.time : this.step).subarray(0, this.n);
+  }
+
+  ys() {
+    return this.y.subarray(0, this.n);
+  }
+}
+
+// Exponential moving average; alpha 0 = raw. A fresh array: the raw values stay untouched.
+export function smooth(ys, alpha) {
+  if (alpha <= 0) return ys;
+  const out = new Float64Array(ys.length);
+  let acc = ys.length ? ys[0] : 0;
+  for (let i = 0; i < ys.length; i++) {
+    acc = alpha * acc + (1 - alpha) * ys[i];
+    out[i] = acc;
+  }
+  return out;
+}
+
+// First index with xs[i] >= x (xs ascending).
+function lowerBound(xs, x) {
+  let lo = 0;
+  let hi = xs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (xs[mid] < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// Keep each bucket's minimum and maximum (in x order), so spikes survive downsampling, with
+// at most `buckets` buckets over [xmin, xmax] (null = everything). Returns plain arrays.
+export function downsample(xs, ys, buckets, xmin = null, xmax = null) {
+  const start = xmin === null ? 0 : Math.max(0, lowerBound(xs, xmin) - 1);
+  const end = xmax === null ? xs.length : Math.min(xs.length, lowerBound(xs, xmax) + 1);
+  const count = end - start;
+  if (count <= buckets * 2) {
+    return [Array.from(xs.subarray(start, end)), Array.from(ys.subarray(start, end))];
+  }
+  const outX = [];
+  const outY = [];
+  const per = count / buckets;
+  for (let b = 0; b < buckets; b++) {
+    const from = start + Math.floor(b * per);
+    const to = Math.min(end, start + Math.floor((b + 1) * per));
+    if (from >= to) continue;
+    let iMin = from;
+    let iMax = from;
+    for (let i = from + 1; i < to; i++) {
+      if (ys[i] < ys[iMin]) iMin = i;
+      if (ys[i] > ys[iMax]) iMax = i;
+    }
+    const first = Math.min(iMin, iMax);
+    const second = Math.max(iMin, iMax);
+    outX.push(xs[first]);
+    outY.push(ys[first]);
+    if (second !== first) {
+      outX.push(xs[second]);
+      outY.push(ys[second]);
+    }
+  }
+  return [outX, outY];
+}

@@ -1,0 +1,190 @@
+// What the dashboard knows: bus events (bus/events.py) folded into one state, no DOM here.
+
+import { Series } from "./series.js";
+
+const MAX_ALERTS = 100;
+const MAX_CHECKPOINTS = 12;
+
+export function newState() {
+  return {
+    step: null, // the latest train.step
+    sample: null, // the latest train.sample
+    layers: null, // the latest train.layers
+    evalResult: null, // the latest eval.result
+    lastCheckpoint: null, // the latest checkpoint.ready (for val_loss)
+    hosts: new Map(), // host → latest telemetry
+    checkpoints: new Map(), // checkpoint id → {ready, nodes: Map node → {pulled, swapped, failed}}
+    active: new Map(), // node → {model_id, time, how}
+    jobs: new Map(), // job id → {queue, state}
+    alerts: [], // newest first
+    lastEventTime: null,
+    runId: "",
+    series: {
+      loss: new Series(),
+      ce: new Series(),
+      tps: new Series(),
+      acc: new Series(),
+      acc20: new Series(),
+      em: new Series(),
+    },
+  };
+}
+
+function when(event) {
+  const t = Date.parse(event.time);
+  return Number.isNaN(t) ? new Date() : new Date(t);
+}
+
+function checkpoint(state, id) {
+  let entry = state.checkpoints.get(id);
+  if (!entry) {
+    entry = { id, ready: null, nodes: new Map() };
+    state.checkpoints.set(id, entry);
+    // Map keeps insertion order: the oldest checkpoints are dropped first.
+    while (state.checkpoints.size > MAX_CHECKPOINTS) {
+      state.checkpoints.delete(state.checkpoints.keys().next().value);
+    }
+  }
+  return entry;
+}
+
+function nodeOf(entry, node) {
+  let n = entry.nodes.get(node);
+  if (!n) {
+    n = { pulled: null, swapped: null, failed: null };
+    entry.nodes.set(node, n);
+  }
+  return n;
+}
+
+// Which panels an event changes, so only those re-render.
+const PANELS = {
+  "train.step": ["primary", "secondary", "charts", "waiting"],
+  "train.sample": ["secondary", "sample", "charts"],
+  "train.layers": ["layers"],
+  "eval.result": ["primary", "secondary", "heatmap", "charts"],
+  "checkpoint.ready": ["models", "primary"],
+  "checkpoint.pruned": ["models"],
+  "checkpoint.pulled": ["models"],
+  "model.swapped": ["models"],
+  "model.swap_failed": ["models"],
+  "model.activated": ["models"],
+  telemetry: ["hosts", "primary"],
+  alert: ["alerts"],
+};
+
+// Fold one event into the state; returns the panels to re-render.
+export function apply(state, type, event) {
+  const t = when(event);
+  state.lastEventTime = t;
+  if (event.run_id) state.runId = event.run_id;
+  const secs = t.getTime() / 1000;
+  const s = state.series;
+  switch (type) {
+    case "train.step":
+      state.step = event;
+      s.loss.push(event.current_step, secs, event.loss);
+      if (event.streaming_ce != null) s.ce.push(event.current_step, secs, event.streaming_ce);
+      if (event.tokens_per_sec != null) s.tps.push(event.current_step, secs, event.tokens_per_sec);
+      break;
+    case "train.sample":
+      state.sample = event;
+      if (event.accuracy_percent != null) s.acc.push(event.current_step, secs, event.accuracy_percent);
+      if (event.accuracy_last_20 != null) s.acc20.push(event.current_step, secs, event.accuracy_last_20);
+      break;
+    case "train.layers":
+      state.layers = event;
+      break;
+    case "eval.result":
+      state.evalResult = event;
+      if (event.step != null) s.em.push(event.step, secs, event.fixed_eval_em * 100);
+      break;
+    case "checkpoint.ready":
+      checkpoint(state, event.checkpoint_id).ready = event;
+      state.lastCheckpoint = event;
+      break;
+    case "checkpoint.pruned": {
+      const entry = state.checkpoints.get(event.checkpoint_id);
+      if (entry) entry.pruned = event;
+      break;
+    }
+    case "checkpoint.pulled":
+      nodeOf(checkpoint(state, event.checkpoint_id), event.node).pulled = event;
+      break;
+    case "model.swapped":
+      nodeOf(checkpoint(state, event.model_id), event.node).swapped = event;
+      state.active.set(event.node, { model_id: event.model_id, time: t, how: "swapped" });
+      break;
+    case "model.swap_failed":
+      nodeOf(checkpoint(state, event.checkpoint_id), event.node).failed = event;
+      break;
+    case "model.activated":
+      state.active.set(event.node, { model_id: event.model_id, time: t, how: event.by });
+      break;
+    case "telemetry":
+      state.hosts.set(event.host, event);
+      break;
+    case "alert":
+      state.alerts.unshift(event);
+      if (state.alerts.length > MAX_ALERTS) state.alerts.length = MAX_ALERTS;
+      break;
+    default:
+      if (type.startsWith("job.")) return applyJob(state, type, event);
+      return [];
+  }
+  return PANELS[type] ?? [];
+}
+
+// Queue depth by priority, from job events: a job is waiting from job.queued until it starts
+// (or ends). Jobs queued before the streams' retained window are not counted; train.step's
+// batch_queue_size (from RQ itself) is shown beside it.
+function applyJob(state, type, event) {
+  const job = state.jobs.get(event.job_id) ?? { queue: event.queue, state: "queued" };
+  job.queue = event.queue || job.queue;
+  if (type === "job.queued") job.state = "queued";
+  else if (type === "job.started" || type === "job.progress") job.state = "running";
+  else job.state = "done";
+  if (job.state === "done") state.jobs.delete(event.job_id);
+  else state.jobs.set(event.job_id, job);
+  return ["secondary"];
+}
+
+export function queueDepths(state) {
+  const depths = {};
+  for (const job of state.jobs.values()) {
+    if (job.state !== "queued") continue;
+    depths[job.queue] = (depths[job.queue] ?? 0) + 1;
+  }
+  return depths;
+}
+
+// B3's val−train gap: the evaluation's own figure, else the last checkpoint's val_loss
+// against the current streaming CE (the trainer's smoothed train loss).
+export function valTrainGap(state) {
+  if (state.evalResult?.val_train_gap != null) {
+    return { value: state.evalResult.val_train_gap, source: `eval ${state.evalResult.eval_set}` };
+  }
+  const ckpt = state.lastCheckpoint;
+  const train = state.step?.streaming_ce ?? state.step?.loss;
+  if (ckpt?.val_loss != null && train != null) {
+    return { value: ckpt.val_loss - train, source: `checkpoint step ${ckpt.step}` };
+  }
+  return { value: null, source: "" };
+}
+
+// The trainer's GPU: train.step carries it; else the first GPU of a trainer host's telemetry.
+export function trainerGpu(state) {
+  const st = state.step;
+  if (st?.gpu_temp_c != null || st?.gpu_vram_used_bytes != null) {
+    return {
+      temp_c: st.gpu_temp_c,
+      vram_used_bytes: st.gpu_vram_used_bytes,
+      vram_total_bytes: st.gpu_vram_total_bytes,
+      power_watts: st.gpu_power_watts,
+    };
+  }
+  for (const tel of state.hosts.values()) {
+    if (tel.role === "trainer" && tel.gpus?.length) return tel.gpus[0];
+  }
+  return null;
+}
