@@ -23,6 +23,7 @@ from services.trainer.checkpoint_config import CheckpointSettings, get_checkpoin
 from services.trainer.config import TrainerSettings, get_trainer_settings
 from services.trainer.dataset_reader import DataCursor
 from services.trainer.errors import DataChangedError, TrainerError
+from services.trainer.fixed_eval import FixedEvalOutcome, FixedEvaluator
 from services.trainer.gpu import GpuMeter
 from services.trainer.layer_monitor import LayerMonitor
 from services.trainer.loop_config import LoopSettings
@@ -138,6 +139,17 @@ class Trainer:
             count=self.settings.eval_examples,
             max_new_tokens=self.loop.sample_max_new_tokens,
             seed=self.settings.seed,
+        )
+        self.fixed_eval = FixedEvaluator(
+            connection,
+            self.tokenizer,
+            self.chat,
+            sets=self.loop.fixed_eval_sets,
+            root=self.loop.validation_dir or self.ckpt_settings.data_dir / "validation",
+            size=self.settings.eval_examples,
+            max_new_tokens=self.loop.fixed_eval_max_new_tokens,
+            probe_count=self.loop.probe_count,
+            publisher=self.publisher,
         )
         self.rows_per_batch = self.settings.rows_per_micro_batch
         self._stop = threading.Event()
@@ -435,12 +447,27 @@ class Trainer:
             self._save(state)
         if self.global_step % self.settings.eval_steps == 0:
             self.report.sample(self.global_step, self.sampler.sample(self.model, self._autocast()))
+            self._fixed_eval()
         if self._stop.is_set():
             if state.saved_at != self.global_step:
                 self._save(state)
             raise TrainingInterrupted(
                 f"stopped on request after step {self.global_step} of {state.name}; the "
                 "checkpoint holds the data cursor and the job resumes when the trainer restarts"
+            )
+
+    # -- fixed evaluation ------------------------------------------------------------------
+
+    def _fixed_eval(self, checkpoint_id: str | None = None) -> FixedEvalOutcome | None:
+        """Score the fixed validation sets now (a no-op when none are configured)."""
+        if not self.fixed_eval.enabled:
+            return None
+        with self._autocast():
+            return self.fixed_eval.evaluate(
+                self.model,
+                step=self.global_step,
+                train_loss=self.report.loss.streaming_ce,
+                checkpoint_id=checkpoint_id,
             )
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -467,7 +494,16 @@ class Trainer:
         )
         state.saved_at = self.global_step
         self.latest_cursor = job_cursor
-        publish_ready(self.publisher, info)
+        fixed_em: float | None = None
+        if self.loop.fixed_eval_at_checkpoint:
+            outcome = self._fixed_eval(checkpoint_id=info.id)
+            if outcome is not None and outcome.ce is not None:
+                # Written beside the checkpoint before it is announced: retention keeps the
+                # lowest validation loss, and checkpoint.ready carries it to the nodes.
+                self.store.record_validation(info.id, outcome.ce)
+                info = self.store.info(info.id)
+            fixed_em = outcome.em if outcome is not None else None
+        publish_ready(self.publisher, info, fixed_eval_em=fixed_em)
         apply_retention(
             self.store, RetentionPolicy.from_settings(self.ckpt_settings), publisher=self.publisher
         )

@@ -48,3 +48,30 @@ class LoopSettings(BaseSettings):
         description="For tests and audits: append (fsync'd) the example ids of every optimizer "
         "step to this JSONL file.",
     )
+    fixed_eval_sets: str = Field(
+        "",
+        description="The fixed validation sets scored every R3_EVAL_STEPS steps and at every "
+        "checkpoint, as comma-separated domain:difficulty:mode (e.g. "
+        "`syllogism:1:canonical,arithmetic:2:english`); each is drawn once from the held-out "
+        "split with a fixed seed and stored under R3_VALIDATION_DIR. Empty: none (`regime3 "
+        "up` sets the demo's set when no model is configured).",
+    )
+    fixed_eval_at_checkpoint: bool = Field(
+        True,
+        description="Also score the fixed sets on every checkpoint written, so its "
+        "checkpoint.ready carries val_loss and fixed_eval_em and retention keeps the best.",
+    )
+    fixed_eval_max_new_tokens: int = Field(
+        128, ge=1, description="Most tokens generated per fixed-eval answer (greedy)."
+    )
+    probe_count: int = Field(
+        8,
+        ge=0,
+        description="The first this many problems of each fixed set are the probes whose "
+        "answers are kept for every evaluation (the evolution tracker, `r3:evolution`).",
+    )
+    validation_dir: Path | None = Field(
+        None,
+        description="Where the fixed validation sets are stored (JSONL with meta.golden).",
+        json_schema_extra={"shown_default": "$R3_DATA_DIR/validation"},
+    )

@@ -1,0 +1,228 @@
+"""The trainer's fixed evaluation: score the stored validation sets on the model in training.
+
+Every R3_EVAL_STEPS steps and at every checkpoint: exact match (codec canonical equivalence),
+teacher-forced CE of the reference answers, ECE of the answers' probabilities, the val−train
+gap, the EM trend and the pattern heatmap. The figures go to the status hash (B2's
+`fixed_eval_*`, `validation_loss`, `val_train_gap`, `pattern_heatmap`), one `eval.result`
+event per set, and the probes' answers to the evolution stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import redis
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from bus.events import EvalResult
+from bus.publish import Publisher
+from bus.status import StatusStore
+from codec.codebook import Codebook
+from codec.domains import default_codebook
+from codec.evaluate import EvalResult as Verdict
+from codec.evaluate import Scoreboard
+from codec.modes import Mode
+from services.trainer.tokenize import ChatTokenizer
+from services.validation.evolution import ProbeAnswer, record_probes
+from services.validation.scoring import FixedEvalScore, score
+from services.validation.sets import SetSpec, ValidationItem, ensure_set, load_set, parse_sets
+from services.validation.trend import Trend, em_trend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _LoadedSet:
+    spec: SetSpec
+    items: list[ValidationItem]
+    encoded: list[tuple[list[int], list[bool]]]
+    codebook: Codebook | None
+    history: list[float]
+
+
+@dataclass(frozen=True)
+class FixedEvalOutcome:
+    """All sets of one evaluation, combined (item-weighted) for the status hash."""
+
+    step: int
+    em: float
+    ce: float | None
+    ece: float | None
+    trend: Trend | None
+    val_train_gap: float | None
+    per_set: dict[str, FixedEvalScore]
+
+
+class FixedEvaluator:
+    """Loads (or draws once) the configured sets and scores them on demand."""
+
+    def __init__(
+        self,
+        connection: redis.Redis,
+        tokenizer: PreTrainedTokenizerBase,
+        chat: ChatTokenizer,
+        *,
+        sets: str,
+        root: Path,
+        size: int,
+        max_new_tokens: int,
+        probe_count: int,
+        publisher: Publisher | None = None,
+    ) -> None:
+        self.connection = connection
+        self.tokenizer = tokenizer
+        self.publisher = publisher or Publisher(connection)
+        self.status = StatusStore(connection)
+        self.max_new_tokens = max_new_tokens
+        self.probe_count = probe_count
+        self.sets: list[_LoadedSet] = []
+        for spec in parse_sets(sets):
+            items = load_set(ensure_set(root, spec.domain, spec.difficulty, spec.mode, size))
+            encoded = []
+            for item in items:
+                enc = chat.encode(list(item.messages))
+                encoded.append((enc.input_ids.tolist(), enc.assistant_mask.tolist()))
+            codebook = default_codebook() if spec.mode is Mode.ENCODED else None
+            self.sets.append(_LoadedSet(spec, items, encoded, codebook, []))
+        self.last: FixedEvalOutcome | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.sets)
+
+    def evaluate(
+        self,
+        model: PreTrainedModel,
+        *,
+        step: int,
+        train_loss: float | None,
+        checkpoint_id: str | None = None,
+    ) -> FixedEvalOutcome | None:
+        """Score every set on `model` (once per step: a second call at the same step returns
+        the first result, publishing the checkpoint's records only)."""
+        if not self.sets:
+            return None
+        if self.last is not None and self.last.step == step:
+            if checkpoint_id is not None:
+                self._publish(self.last, checkpoint_id=checkpoint_id, train_loss=train_loss)
+            return self.last
+        per_set: dict[str, FixedEvalScore] = {}
+        for loaded in self.sets:
+            per_set[loaded.spec.name] = score(
+                model,
+                self.tokenizer,
+                loaded.items,
+                encoded=loaded.encoded,
+                max_new_tokens=self.max_new_tokens,
+                codebook=loaded.codebook,
+            )
+        outcome = self._combine(step, per_set, train_loss)
+        for loaded in self.sets:
+            loaded.history.append(per_set[loaded.spec.name].em)
+        self.last = outcome
+        self._publish(outcome, checkpoint_id=checkpoint_id, train_loss=train_loss)
+        return outcome
+
+    def _combine(
+        self, step: int, per_set: dict[str, FixedEvalScore], train_loss: float | None
+    ) -> FixedEvalOutcome:
+        total = sum(s.total for s in per_set.values()) or 1
+        em = sum(s.correct for s in per_set.values()) / total
+        ces = [(s.ce, s.total) for s in per_set.values() if s.ce is not None]
+        ce = sum(c * n for c, n in ces) / sum(n for _, n in ces) if ces else None
+        eces = [(s.ece, s.total) for s in per_set.values() if s.ece is not None]
+        ece = sum(e * n for e, n in eces) / sum(n for _, n in eces) if eces else None
+        history = self._combined_history()  # the earlier rounds: this one is not in it yet
+        return FixedEvalOutcome(
+            step=step,
+            em=em,
+            ce=ce,
+            ece=ece,
+            trend=em_trend(history, em),
+            val_train_gap=ce - train_loss if ce is not None and train_loss is not None else None,
+            per_set=per_set,
+        )
+
+    def _combined_history(self) -> list[float]:
+        # Item-weighted EM of each earlier evaluation, rebuilt from the per-set histories.
+        rounds = min((len(s.history) for s in self.sets), default=0)
+        weights = [len(s.items) for s in self.sets]
+        return [
+            sum(s.history[i] * w for s, w in zip(self.sets, weights, strict=True)) / sum(weights)
+            for i in range(rounds)
+        ]
+
+    def _publish(
+        self, outcome: FixedEvalOutcome, *, checkpoint_id: str | None, train_loss: float | None
+    ) -> None:
+        model_id = checkpoint_id or f"step-{outcome.step}"
+        board = Scoreboard()
+        for name, result in outcome.per_set.items():
+            loaded = next(s for s in self.sets if s.spec.name == name)
+            for item, answer in zip(loaded.items, result.answers, strict=True):
+                board.add(
+                    item.domain,
+                    item.difficulty,
+                    Verdict(answer.match, answer.parse_failed, answer.predicted, item.golden, ""),
+                )
+            self.publisher.publish(
+                EvalResult(
+                    model_id=model_id,
+                    eval_set=name,
+                    step=outcome.step,
+                    total=result.total,
+                    correct=result.correct,
+                    parse_failures=result.parse_failures,
+                    fixed_eval_em=result.em,
+                    fixed_eval_ce=result.ce,
+                    fixed_eval_ece=result.ece,
+                    val_train_gap=(
+                        result.ce - train_loss
+                        if result.ce is not None and train_loss is not None
+                        else None
+                    ),
+                    fixed_eval_trend=em_trend(loaded.history[:-1], result.em),
+                    pattern_heatmap=result.em_by_pattern(),
+                )
+            )
+            if self.probe_count:
+                record_probes(
+                    self.connection,
+                    eval_set=name,
+                    step=outcome.step,
+                    model_id=model_id,
+                    checkpoint_id=checkpoint_id,
+                    time=datetime.now(UTC).isoformat(),
+                    answers=_probe_answers(loaded.items, result, self.probe_count),
+                )
+        self.status.update(
+            fixed_eval_em=round(outcome.em, 4),
+            fixed_eval_ce=None if outcome.ce is None else round(outcome.ce, 4),
+            fixed_eval_ece=None if outcome.ece is None else round(outcome.ece, 4),
+            fixed_eval_trend=outcome.trend,
+            validation_loss=None if outcome.ce is None else round(outcome.ce, 4),
+            val_train_gap=None
+            if outcome.val_train_gap is None
+            else round(outcome.val_train_gap, 4),
+            pattern_heatmap=board.heatmap(),
+        )
+
+
+def _probe_answers(
+    items: Sequence[ValidationItem], result: FixedEvalScore, count: int
+) -> list[ProbeAnswer]:
+    return [
+        ProbeAnswer(
+            id=item.id,
+            question=item.question,
+            golden=item.golden,
+            answer=answer.answer,
+            match=answer.match,
+            parse_failed=answer.parse_failed,
+        )
+        for item, answer in list(zip(items, result.answers, strict=True))[:count]
+    ]

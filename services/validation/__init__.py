@@ -1,0 +1,1 @@
+"""Fixed validation sets, their scoring, the trend rule and the evolution of probe answers."""
