@@ -104,14 +104,3 @@ EVOLUTION_MAXLEN: Final = 2000
 # The feeder's state (hash, overwritten in place, no TTL): last decision, queued examples seen,
 # generation jobs queued, the curriculum position.
 FEEDER_STATUS: Final = PREFIX + "feeder"
-
-
-# --- validation (the trainer's fixed evaluation) ----------------------------------------------
-# One entry per evaluated checkpoint (or eval step): the answers to the fixed probe set, so the
-# dashboard shows how each answer changed over training. A stream trimmed with MAXLEN ~
-# EVOLUTION_MAXLEN (a few KB an entry: a couple of weeks of hourly checkpoints and more).
-EVOLUTION: Final = PREFIX + "evolution"
-EVOLUTION_MAXLEN: Final = 2000
-# The feeder's state (hash, overwritten in place, no TTL): last decision, queued examples seen,
-# generation jobs queued, the curriculum position.
-FEEDER_STATUS: Final = PREFIX + "feeder"
