@@ -43,6 +43,8 @@ STREAMS: Final[dict[str, str]] = {
 # --- consumer groups (XREADGROUP / XACK / XAUTOCLAIM) ----------------------------------------
 # A group lives as long as its stream; its pending list holds only unacknowledged entries.
 GROUP_NODE_CHECKPOINTS: Final = "node-checkpoints"  # on STREAM_CHECKPOINTS: pull and swap
+# Each node reads in a group of its own, `node-checkpoints:<node>` (node_checkpoints_group),
+# so every node pulls every checkpoint; a restarted node resumes its group's pending entries.
 
 # --- markers ---------------------------------------------------------------------------------
 # SET NX with a 1-day TTL, so a malformed entry seen by several broadcast readers is
@@ -62,6 +64,9 @@ INBOX_QUEUED: Final = PREFIX + "inbox:queued"
 # id. No TTL: entries live until DELETE /models/{id}; a few hundred bytes each.
 NODE_MODELS: Final = PREFIX + "node:{node}:models"
 NODE_ACTIVE_MODEL: Final = PREFIX + "node:{node}:active"
+# Validation loss of each checkpoint a node pulled (model id → val_loss from checkpoint.ready),
+# for the "improving" swap policy. No TTL: a field is deleted with its model (keep-last-K).
+NODE_VAL_LOSS: Final = PREFIX + "node:{node}:val_loss"
 
 
 def node_status_key(node: str) -> str:
@@ -74,6 +79,14 @@ def node_models_key(node: str) -> str:
 
 def node_active_model_key(node: str) -> str:
     return NODE_ACTIVE_MODEL.format(node=node)
+
+
+def node_val_loss_key(node: str) -> str:
+    return NODE_VAL_LOSS.format(node=node)
+
+
+def node_checkpoints_group(node: str) -> str:
+    return f"{GROUP_NODE_CHECKPOINTS}:{node}"
 
 
 def deadletter_seen_key(stream: str, entry_id: str) -> str:

@@ -40,7 +40,7 @@ ROUTERS: list[str] = [
     # N3: "services.node.jobs_routes:router", "services.node.scoring:router",
 ]
 BACKGROUND_TASKS: list[str] = [
-    # N2: "services.node.watcher:run",
+    "services.node.checkpoint_watcher:run",  # N2
 ]
 # ==== end of extension hooks ==================================================================
 

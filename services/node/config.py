@@ -138,6 +138,11 @@ class NodeSettings(BaseSettings):
         description="Bearer token this node sends to the gateway (the gateway's "
         "R3_NODE_TOKEN, or its R3_ADMIN_TOKEN).",
     )
+    checkpoint_watch: bool = Field(
+        True,
+        description="Pull checkpoints announced by checkpoint.ready (then activate them by "
+        "R3_SWAP_POLICY); off: models are only registered and activated by hand.",
+    )
     swap_policy: Literal["every", "manual", "improving"] = Field(
         "every",
         description="On checkpoint.ready: pull and activate every checkpoint, pull only "

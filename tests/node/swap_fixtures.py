@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,14 +14,9 @@ import uvicorn
 
 from services.model.loading import load_model_and_tokenizer
 from services.trainer.checkpoint import CheckpointInfo, CheckpointStore
+from tests.conftest import free_port
 
 NODE_TOKEN = "node-secret-for-tests"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
