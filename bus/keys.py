@@ -69,6 +69,16 @@ NODE_ACTIVE_MODEL: Final = PREFIX + "node:{node}:active"
 NODE_VAL_LOSS: Final = PREFIX + "node:{node}:val_loss"
 
 
+# Liveness of a service that has no HTTP port and is not an RQ worker (the inbox): a string
+# with the time of its last pass, SET with a TTL of a few passes, so a dead service's key
+# expires by itself. Read by `regime3 health` (the compose healthchecks).
+HEARTBEAT: Final = PREFIX + "heartbeat:{service}:{host}"
+
+
+def heartbeat_key(service: str, host: str) -> str:
+    return HEARTBEAT.format(service=service, host=host)
+
+
 def node_status_key(node: str) -> str:
     return NODE_STATUS.format(node=node)
 

@@ -10,6 +10,7 @@ from services.cli.codec_commands import codec_group
 from services.cli.data_commands import data_group
 from services.cli.enqueue import enqueue_command
 from services.cli.events import events_command
+from services.cli.health import health_command
 from services.cli.settings_table import settings_command
 from services.cli.status import status_command
 from services.cli.up import up_command
@@ -30,6 +31,7 @@ cli.add_command(status_command)
 cli.add_command(events_command)
 cli.add_command(up_command)
 cli.add_command(settings_command)
+cli.add_command(health_command)
 
 cli.add_command(codec_group)
 cli.add_command(data_group)

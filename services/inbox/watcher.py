@@ -12,6 +12,7 @@ beside it saying why.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -27,7 +28,9 @@ import redis
 
 from bus import keys, queues
 from bus.events import Alert
+from bus.keys import heartbeat_key
 from bus.publish import Publisher
+from bus.settings import get_bus_settings
 from services.dataset_store import DatasetError, DatasetStore, StoredDataset, sha256_file
 from services.inbox.config import InboxSettings
 from services.inbox.markers import PRIORITY_FOLDERS, DropName, in_progress, is_dataset, parse
@@ -253,6 +256,12 @@ class Inbox:
         except redis.RedisError as exc:  # the file is already where it belongs; say so in the log
             log.warning("could not publish the %s alert: %s", code, exc)
 
+    def _heartbeat(self) -> None:
+        """Say this inbox finished a pass; the key outlives three passes (`regime3 health`)."""
+        ttl = max(5, math.ceil(3 * self.settings.inbox_poll_seconds))
+        key = heartbeat_key("inbox", get_bus_settings().host_name)
+        self.redis.set(key, datetime.now(UTC).isoformat(timespec="seconds"), ex=ttl)
+
     # -- forever ------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
@@ -267,6 +276,7 @@ class Inbox:
         while not stop.is_set():
             try:
                 self.scan_once()
+                self._heartbeat()
             except Exception:
                 # One bad pass (a permission error, a full disk) must not end the service.
                 log.exception("inbox scan failed; trying again in the next pass")
