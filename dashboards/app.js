@@ -59,6 +59,7 @@ function flush() {
     RENDER[name](state);
   }
   dirty.clear();
+  updateReplaying();
   panels.renderHeader(state);
   const now = performance.now();
   if (now - lastChartDraw >= CHART_INTERVAL_MS) {
@@ -69,7 +70,24 @@ function flush() {
   }
 }
 
+// Replaying history (page load, a long resume) looks like a fast-forward: say so while events
+// arrive faster than a live run sends them and their times lie well in the past.
+const REPLAY_RATE_PER_S = 200;
+const REPLAY_AGE_S = 10;
+const rate = { since: performance.now(), n: 0 };
+
+function updateReplaying() {
+  const now = performance.now();
+  if (now - rate.since < 500) return;
+  const perSecond = (rate.n * 1000) / (now - rate.since);
+  rate.since = now;
+  rate.n = 0;
+  const age = state.lastEventTime ? (Date.now() - state.lastEventTime.getTime()) / 1000 : 0;
+  state.replaying = perSecond > REPLAY_RATE_PER_S && age > REPLAY_AGE_S;
+}
+
 function onEvent(type, event) {
+  rate.n += 1;
   const changed = apply(state, type, event);
   for (const name of changed) {
     if (name === "charts") for (const chart of charts) chart.dirty = true;
@@ -94,12 +112,15 @@ for (const id of ["c-axis", "c-smooth", "c-log"]) {
   });
 }
 
-// "… ago" texts age even when no event arrives.
+// "… ago" texts age even when no event arrives (and a replay's end is noticed).
+let ticks = 0;
 setInterval(() => {
-  for (const name of ["hosts", "models"]) dirty.add(name);
+  updateReplaying();
+  ticks += 1;
+  if (ticks % 5 === 0) for (const name of ["hosts", "models"]) dirty.add(name);
   for (const chart of charts) if (chart.dirty) lastChartDraw = 0;
   schedule();
-}, 5000);
+}, 1000);
 
 const stream = new LiveStream("events", {
   onEvent,

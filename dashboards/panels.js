@@ -313,5 +313,6 @@ export function renderConnection(stateName) {
 
 export function renderHeader(state) {
   text("run", state.runId ? `run ${state.runId}` : "");
-  text("last-event", state.lastEventTime ? `last event ${clock(state.lastEventTime)}` : "");
+  const at = state.lastEventTime ? clock(state.lastEventTime) : "";
+  text("last-event", !at ? "" : state.replaying ? `replaying history… at ${at}` : `last event ${at}`);
 }

@@ -18,6 +18,7 @@ export function newState() {
     jobs: new Map(), // job id → {queue, state}
     alerts: [], // newest first
     lastEventTime: null,
+    replaying: false, // set by app.js while history streams in faster than live
     runId: "",
     series: {
       loss: new Series(),
@@ -125,8 +126,7 @@ export function apply(state, type, event) {
       state.hosts.set(event.host, event);
       break;
     case "alert":
-      state.alerts.unshift(event);
-      if (state.alerts.length > MAX_ALERTS) state.alerts.length = MAX_ALERTS;
+      addAlert(state, event);
       break;
     default:
       if (type.startsWith("job.")) return applyJob(state, type, event);
@@ -135,10 +135,25 @@ export function apply(state, type, event) {
   return PANELS[type] ?? [];
 }
 
+function addAlert(state, alert) {
+  state.alerts.unshift(alert);
+  if (state.alerts.length > MAX_ALERTS) state.alerts.length = MAX_ALERTS;
+}
+
 // Queue depth by priority, from job events: a job is waiting from job.queued until it starts
 // (or ends). Jobs queued before the streams' retained window are not counted; train.step's
 // batch_queue_size (from RQ itself) is shown beside it.
 function applyJob(state, type, event) {
+  if (type === "job.failed") {
+    // A failed job is something a human should see, like an alert.
+    addAlert(state, {
+      level: "error",
+      source: event.worker || "worker",
+      code: `job_failed:${event.queue}`,
+      message: `${event.description || event.func || event.job_id}: ${event.reason}`,
+      time: event.time,
+    });
+  }
   const job = state.jobs.get(event.job_id) ?? { queue: event.queue, state: "queued" };
   job.queue = event.queue || job.queue;
   if (type === "job.queued") job.state = "queued";
@@ -146,7 +161,7 @@ function applyJob(state, type, event) {
   else job.state = "done";
   if (job.state === "done") state.jobs.delete(event.job_id);
   else state.jobs.set(event.job_id, job);
-  return ["secondary"];
+  return type === "job.failed" ? ["secondary", "alerts"] : ["secondary"];
 }
 
 export function queueDepths(state) {

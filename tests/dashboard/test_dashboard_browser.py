@@ -253,6 +253,23 @@ def test_every_panel_updates_within_a_second_of_a_publish(
             "high 1",
             ev.JobQueued(job_id="job-1", queue="train-high", priority="high"),
         ),
+        (
+            "started",
+            '[data-queue="train-high"]',
+            "high 0",
+            ev.JobStarted(job_id="job-1", queue="train-high", worker="trainer-a"),
+        ),
+        (
+            "failed",
+            "#alerts",
+            "not JSONL at line 3",
+            ev.JobFailed(
+                job_id="job-1",
+                queue="train-high",
+                worker="trainer-a",
+                reason="not JSONL at line 3",
+            ),
+        ),
     ]
     latencies: dict[str, float] = {}
     for key, selector, text, event in cases:
