@@ -36,11 +36,12 @@ log = logging.getLogger(__name__)
 ROUTERS: list[str] = [
     "services.node.openai_api:router",
     "services.node.registry_routes:router",
-    # N2: "services.node.ops_routes:router",
+    "services.node.ops_routes:router",  # N2
     # N3: "services.node.jobs_routes:router", "services.node.scoring:router",
 ]
 BACKGROUND_TASKS: list[str] = [
     "services.node.checkpoint_watcher:run",  # N2
+    "services.node.ops:run",  # N2: telemetry and the power schedule
 ]
 # ==== end of extension hooks ==================================================================
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from datetime import time as clock
 
+import httpx
 import pytest
 
+from services.node.ops import EXTRAS_KEY, get_ops
 from services.node.power import (
     PowerController,
     PowerError,
@@ -17,6 +20,7 @@ from services.node.power import (
     scheduled_profile,
 )
 from services.node.telemetry import GpuProbe
+from tests.node.conftest import RunningNode
 from tests.node.fake_nvml import FakeBoard, FakeNvml
 
 WATTS = {"quiet": 220.0, "normal": 280.0, "max": 350.0}
@@ -161,3 +165,45 @@ def test_the_schedule_acts_at_its_boundaries_and_a_manual_profile_stands_between
     assert night is not None and night.profile == "quiet" and nvml.boards[0].limit_mw == 220_000
     morning = power.tick(datetime(2026, 1, 2, 7, 0))
     assert morning is not None and morning.profile == "normal" and power.by == "schedule"
+
+
+def test_power_over_http_needs_the_admin_token_and_explains_no_gpu(
+    node_factory: Callable[..., RunningNode],
+) -> None:
+    node = node_factory(checkpoint_watch=False)
+    url = node.url + "/power/profile"
+    assert httpx.post(url, json={"profile": "quiet"}, timeout=10).status_code == 401
+    bad = httpx.post(url, json={"profile": "turbo"}, headers=node.admin_headers, timeout=10)
+    assert bad.status_code == 422 or bad.status_code == 400
+    state = httpx.get(node.url + "/power", timeout=10).json()
+    assert state["profiles"] == WATTS and state["schedule"] == []
+    if state["gpus"] is None:  # this host: no NVML
+        refused = httpx.post(url, json={"profile": "quiet"}, headers=node.admin_headers, timeout=10)
+        assert refused.status_code == 503
+        error = refused.json()["error"]
+        assert error["code"] == "power_unavailable" and "NVML" in error["message"]
+
+
+def test_power_over_http_clamps_and_relays_nvmls_refusal(
+    node_factory: Callable[..., RunningNode],
+) -> None:
+    node = node_factory(checkpoint_watch=False, power_schedule="quiet=22:00-07:00")
+    ops = get_ops(node.state)
+    assert [str(rule) for rule in ops.power.schedule] == ["quiet=22:00-07:00"]
+    # The node's real routes, over a fake board (no GPU here): first without root.
+    nvml = FakeNvml([FakeBoard(max_mw=300_000)], root=False)
+    node.state.extras[EXTRAS_KEY] = replace(ops, gpu=GpuProbe(nvml), power=controller(nvml))
+    url = node.url + "/power/profile"
+    refused = httpx.post(url, json={"profile": "max"}, headers=node.admin_headers, timeout=10)
+    assert refused.status_code == 403
+    error = refused.json()["error"]
+    assert error["code"] == "power_refused" and "R3_POWER_SUDO_NVIDIA_SMI" in error["message"]
+    nvml.root = True
+    done = httpx.post(url, json={"profile": "max"}, headers=node.admin_headers, timeout=10)
+    assert done.status_code == 200, done.text
+    (limit,) = done.json()["gpus"]
+    assert limit["applied_watts"] == 300.0 and limit["clamped"] is True
+    state = httpx.get(node.url + "/power", timeout=10).json()
+    assert state["profile"] == "max" and state["gpus"][0]["limit_watts"] == 300.0
+    gpu = httpx.get(node.url + "/gpu", timeout=10).json()
+    assert gpu["gpus"][0]["power_limit_watts"] == 300.0 and gpu["reason"] is None

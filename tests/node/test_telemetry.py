@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pynvml
 import pytest
 import redis
@@ -15,6 +17,7 @@ from bus.encoding import from_fields
 from bus.events import Telemetry
 from bus.publish import Publisher
 from services.node.telemetry import GpuProbe, SystemProbe, TelemetryLoop, snapshot
+from tests.node.conftest import RunningNode
 from tests.node.fake_nvml import FakeBoard, FakeNvml
 
 
@@ -112,3 +115,29 @@ def test_a_real_reading_without_a_gpu_round_trips_through_the_bus(
     back = from_fields(raw, entry_id=eid.decode(), stream=keys.STREAM_TELEMETRY)
     assert isinstance(back, Telemetry)
     assert back.gpus is None and back.gpu_reason == sent.gpu_reason is not None
+
+
+def test_the_node_serves_gpu_and_system_and_publishes_telemetry(
+    node_factory: Callable[..., RunningNode], r: redis.Redis
+) -> None:
+    node = node_factory(telemetry_interval_seconds=0.2, checkpoint_watch=False)
+    gpu = httpx.get(node.url + "/gpu", timeout=10)
+    assert gpu.status_code == 200
+    body = gpu.json()
+    if body["gpus"] is None:  # this host: no NVML, and the answer says why
+        assert "NVML" in body["reason"]
+    else:
+        assert body["reason"] is None and body["gpus"][0]["vram_total_bytes"] > 0
+    system = httpx.get(node.url + "/system", timeout=10).json()
+    assert system["ram_total_bytes"] > system["ram_used_bytes"] > 0
+    assert system["disk_total_bytes"] >= system["disk_free_bytes"] > 0
+    assert system["cpu_count"] >= 1
+    deadline = time.monotonic() + 10
+    while r.xlen(keys.STREAM_TELEMETRY) < 2:
+        assert time.monotonic() < deadline, "the node published no telemetry"
+        time.sleep(0.05)
+    eid, raw = r.xrange(keys.STREAM_TELEMETRY)[-1]
+    event = from_fields(raw, entry_id=eid.decode(), stream=keys.STREAM_TELEMETRY)
+    assert isinstance(event, Telemetry) and event.role == "node"
+    assert (event.gpus is None) == (body["gpus"] is None)
+    assert event.gpu_reason == body["reason"]

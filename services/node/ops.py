@@ -1,0 +1,76 @@
+"""The node's hardware side, built once a process: GPU and system probes, the power controller,
+and the background task that publishes telemetry and applies the power schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+
+from services.node.config import NodeSettings
+from services.node.power import PowerController, parse_schedule
+from services.node.state import NodeState
+from services.node.telemetry import GpuProbe, SystemProbe, TelemetryLoop
+
+log = logging.getLogger(__name__)
+
+EXTRAS_KEY = "ops"  # where the Ops sit in NodeState.extras
+_build_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Ops:
+    gpu: GpuProbe
+    system: SystemProbe
+    power: PowerController
+
+
+def build_ops(settings: NodeSettings) -> Ops:
+    """Open NVML once (or learn why not) and configure power from the settings."""
+    gpu = GpuProbe()
+    power = PowerController(
+        gpu,
+        profiles={
+            "quiet": settings.power_quiet_watts,
+            "normal": settings.power_normal_watts,
+            "max": settings.power_max_watts,
+        },
+        # A bad schedule fails the node's startup with the rule and the fix in the message.
+        schedule=parse_schedule(settings.power_schedule),
+        default_profile=settings.power_default_profile,
+        sudo_nvidia_smi=settings.power_sudo_nvidia_smi,
+    )
+    return Ops(gpu=gpu, system=SystemProbe(settings.models_dir), power=power)
+
+
+def get_ops(state: NodeState) -> Ops:
+    """The process's Ops, built on first use (a route or the background task, whichever first)."""
+    with _build_lock:
+        ops = state.extras.get(EXTRAS_KEY)
+        if ops is None:
+            ops = state.extras[EXTRAS_KEY] = build_ops(state.settings)
+        return ops  # type: ignore[no-any-return]
+
+
+async def run(state: NodeState) -> None:
+    """Background task: telemetry every R3_TELEMETRY_INTERVAL_SECONDS and the power schedule."""
+    ops = await asyncio.to_thread(get_ops, state)
+    telemetry = TelemetryLoop(
+        state.publisher,
+        ops.gpu,
+        ops.system,
+        node=state.node_name,
+        interval_s=state.settings.telemetry_interval_seconds,
+        power_profile=lambda: ops.power.profile,
+    )
+    if ops.gpu.reason:
+        log.info("GPU telemetry off: %s", ops.gpu.reason)
+    stop = threading.Event()
+    try:
+        await asyncio.gather(
+            asyncio.to_thread(ops.power.run, stop),
+            asyncio.to_thread(telemetry.run, stop),
+        )
+    finally:
+        stop.set()
