@@ -3,11 +3,71 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import click
 
+from bus import keys
+from bus.connections import connect
 from bus.settings import get_bus_settings
 from services.supervisor import SERVICES, Supervisor
+
+
+def _demo_env(env: dict[str, str]) -> bool:
+    """With no model configured, the embedded model trains on the demo with the recipe that
+    makes it learn on a CPU; every variable already set is left alone. True when applied."""
+    if env.get("R3_MODEL"):
+        return False
+    from services.feeder.config import get_feeder_settings
+    from services.feeder.demo import DEMO_TRAINER_ENV
+
+    for name, value in DEMO_TRAINER_ENV.items():
+        env.setdefault(name, value)
+    feeder = get_feeder_settings()
+    mode = "canonical" if feeder.demo_mode == "transitional" else feeder.demo_mode
+    env.setdefault("R3_FIXED_EVAL_SETS", f"{feeder.demo_domain}:{feeder.demo_difficulty}:{mode}")
+    return True
+
+
+def _seed(env: dict[str, str]) -> None:
+    """Queue the demo's data (in the background: services start meanwhile)."""
+    from services.feeder.config import get_feeder_settings
+    from services.feeder.demo import seed_queue
+
+    settings = get_feeder_settings()
+    try:
+        jobs = seed_queue(
+            connect(env["R3_REDIS_URL"]),
+            settings,
+            validation_sets=env["R3_FIXED_EVAL_SETS"],
+            validation_size=int(env.get("R3_EVAL_EXAMPLES", "64")),
+        )
+    except Exception as exc:  # the services run on; say why the queue stayed empty
+        click.echo(f"regime3 up: seeding the demo data failed: {exc}", err=True)
+        return
+    if jobs:
+        click.echo(
+            f"regime3 up: queued {len(jobs)} demo files ({settings.demo_seed_examples} "
+            f"{settings.demo_domain} examples, level {settings.demo_difficulty}, "
+            f"{settings.demo_mode}) on train-normal",
+            err=True,
+        )
+
+
+def _where_to_look(redis_url: str) -> str:
+    gateway_port = os.environ.get("R3_GATEWAY_PORT", "8080")
+    node_port = os.environ.get("R3_NODE_PORT", "8765")
+    return "\n".join(
+        [
+            f"regime3 up: dashboard  http://127.0.0.1:{gateway_port}",
+            f"regime3 up: node API   http://127.0.0.1:{node_port}/v1/chat/completions",
+            f"regime3 up: redis-cli -u {redis_url} HGETALL {keys.STATUS_TRAINING}",
+            f"regime3 up: redis-cli -u {redis_url} XREVRANGE {keys.STREAM_EVAL} + - COUNT 1",
+            f"regime3 up: redis-cli -u {redis_url} XREVRANGE {keys.EVOLUTION} + - COUNT 1",
+            f"regime3 up: redis-cli -u {redis_url} HGETALL {keys.FEEDER_STATUS}",
+            "regime3 up: Ctrl-C stops everything",
+        ]
+    )
 
 
 @click.command("up")
@@ -25,7 +85,14 @@ from services.supervisor import SERVICES, Supervisor
     type=click.Choice([s.name for s in SERVICES]),
     help="Run only these services (repeatable).",
 )
-def up_command(host: str, only: tuple[str, ...]) -> None:
+@click.option(
+    "--seed/--no-seed",
+    default=True,
+    show_default=True,
+    help="With no model configured (R3_MODEL unset) and empty training queues, queue the "
+    "demo's data and train with the demo's recipe.",
+)
+def up_command(host: str, only: tuple[str, ...], seed: bool) -> None:
     """Start Redis (a private one if none answers) and every service; Ctrl-C stops all."""
     settings = get_bus_settings()
     supervisor = Supervisor()
@@ -34,5 +101,9 @@ def up_command(host: str, only: tuple[str, ...]) -> None:
     chosen = [
         s for s in SERVICES if (host == "all" or s.host == host) and (not only or s.name in only)
     ]
+    trains_here = any(s.name == "trainer" for s in chosen)
+    if seed and trains_here and _demo_env(env):
+        threading.Thread(target=_seed, args=(env,), name="demo-seed", daemon=True).start()
     supervisor.add_services(chosen, env)
+    click.echo(_where_to_look(settings.redis_url), err=True)
     raise SystemExit(supervisor.run())

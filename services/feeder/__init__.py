@@ -1,0 +1,1 @@
+"""Self-improvement: keep the training queue fed with generated data, on a curriculum."""

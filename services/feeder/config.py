@@ -1,0 +1,81 @@
+"""Settings of the demo data and the self-improvement feeder (env `R3_*`, torch-free)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CurriculumMode = Literal["english", "canonical", "encoded", "transitional"]
+
+
+class FeederSettings(BaseSettings):
+    """What `regime3 up` seeds the queue with, and when the feeder asks the node for more."""
+
+    model_config = SettingsConfigDict(env_prefix="R3_", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Root for datasets, checkpoints, models.")
+    demo_domain: str = Field(
+        "syllogism",
+        description="The built-in domain `regime3 up` trains on out of the box (and the "
+        "feeder generates).",
+    )
+    demo_difficulty: int = Field(1, ge=1, description="Difficulty level of the demo domain.")
+    demo_mode: CurriculumMode = Field(
+        "canonical",
+        description="How the demo's reasoning is written. `transitional` follows the "
+        "curriculum English → canonical → encoded over R3_CURRICULUM_EXAMPLES examples.",
+    )
+    demo_seed_examples: int = Field(
+        20_000,
+        ge=0,
+        description="Examples `regime3 up` queues at start when the training queues are empty "
+        "(in R3_DEMO_SHARD_EXAMPLES-sized files); 0 seeds nothing.",
+    )
+    demo_shard_examples: int = Field(
+        2_000, ge=1, description="Examples per seeded file (one training job each)."
+    )
+    feeder_low_mark: int = Field(
+        4_000,
+        ge=0,
+        description="When the examples waiting in the training queues (plus those of generate "
+        "jobs not finished yet) fall below this, the feeder queues a node generate job.",
+    )
+    feeder_max_queue: int = Field(
+        20_000,
+        ge=1,
+        description="Never queue generation that would take the waiting examples past this: "
+        "a full queue pauses generation.",
+    )
+    feeder_job_examples: int = Field(2_000, ge=1, description="Problems per node generate job.")
+    feeder_interval_s: float = Field(
+        10.0, gt=0, description="Seconds between the feeder's looks at the queues."
+    )
+    curriculum_examples: int = Field(
+        200_000,
+        ge=1,
+        description="Length of the transitional curriculum in generated examples: English "
+        "first, canonical in between, encoded last (codec.modes.TransitionalSchedule).",
+    )
+
+    @model_validator(mode="after")
+    def _marks(self) -> FeederSettings:
+        if self.feeder_low_mark >= self.feeder_max_queue:
+            raise ValueError(
+                f"R3_FEEDER_LOW_MARK={self.feeder_low_mark} must be below "
+                f"R3_FEEDER_MAX_QUEUE={self.feeder_max_queue}, or generation never pauses"
+            )
+        return self
+
+    @property
+    def validation_dir(self) -> Path:
+        return self.data_dir / "validation"
+
+
+@lru_cache
+def get_feeder_settings() -> FeederSettings:
+    """The settings read once per process; tests that change env call `cache_clear()`."""
+    return FeederSettings()
