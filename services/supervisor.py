@@ -41,6 +41,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("gateway", "services.gateway", "trainer"),
     ServiceSpec("trainer", "services.trainer", "trainer"),
     ServiceSpec("inbox", "services.inbox", "trainer"),
+    ServiceSpec("feeder", "services.feeder", "trainer"),
     ServiceSpec("node", "services.node", "node"),
     ServiceSpec("node-worker", "services.node.worker", "node"),
 )
