@@ -147,5 +147,6 @@ class BodyLimit:
                 await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(BaseException):
+    """Raised from inside receive(); a BaseException, so FastAPI's body parser (which turns
+    any Exception into a 400) lets it through to BodyLimit."""

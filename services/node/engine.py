@@ -19,7 +19,7 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -198,6 +198,7 @@ class _Slot:
     loaded: LoadedModel
     request: GenerationRequest
     prompt: list[int]
+    release: Callable[[LoadedModel], None]
     thinking: ThinkingState | None = None
     generator: torch.Generator | None = None
     tokens: list[int] = field(default_factory=list)
@@ -212,6 +213,8 @@ class _Slot:
         if self.done:
             return
         self.done = True
+        # Released before the caller hears of the end, so in_use() is exact when it does.
+        self.release(self.loaded)
         if reason != "error" and self.emitted < len(self.text):
             self.handle._put(TextDelta(self.text[self.emitted :]))
             self.emitted = len(self.text)
@@ -384,7 +387,9 @@ class Engine:
         try:
             prompt = self._prompt_ids(loaded, request)
             handle = RequestHandle(loaded.version, len(prompt), loop)
-            slot = _Slot(handle=handle, loaded=loaded, request=request, prompt=prompt)
+            slot = _Slot(
+                handle=handle, loaded=loaded, request=request, prompt=prompt, release=self._release
+            )
             if request.thinking is not None and loaded.markers is not None:
                 slot.thinking = ThinkingState(request.thinking, loaded.markers)
             if request.seed is not None:
@@ -470,7 +475,6 @@ class Engine:
                 return
             if item is not _STOP:
                 item.finish("error", "the node is shutting down")
-                self._release(item.loaded)
 
     def _generate(self, slots: list[_Slot]) -> None:
         live = [s for s in slots if not s.handle.cancelled]
@@ -490,8 +494,7 @@ class Engine:
                 s.finish("error", reason)
         finally:
             for s in slots:
-                self._release(s.loaded)
-                s.loaded = None  # type: ignore[assignment]  # drop the reference now
+                s.finish("error", "the engine stopped this request")  # a no-op once finished
 
     @torch.inference_mode()
     def _decode_batch(self, slots: list[_Slot]) -> None:

@@ -114,3 +114,57 @@ def node_factory(
 def node(node_factory: Callable[..., RunningNode]) -> RunningNode:
     """A node with the default test settings, serving the embedded model."""
     return node_factory()
+
+
+def save_model_variant(source: Path, dest: Path, edit: Callable[[Any, Any], None]) -> Path:
+    """Load `source`, apply `edit(model, tokenizer)` to its weights, save both to `dest`."""
+    import torch
+
+    from services.model.loading import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(source)
+    with torch.no_grad():
+        edit(model, tokenizer)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+def _nudge(model: Any, tokenizer: Any) -> None:
+    import torch
+
+    generator = torch.Generator().manual_seed(7)
+    for p in model.parameters():
+        p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+
+
+# The marker-loving model's preferences for the next token, whatever the context:
+# 🤔 first, then the word " one", then 🛑, then everything else (tied).
+MARKER_WORD = " one"
+
+
+def _love_markers(model: Any, tokenizer: Any) -> None:
+    # Tied embeddings: a large constant in dimension 0 of every token's embedding dominates
+    # the residual stream, so the final hidden state points along dimension 0 and each
+    # token's logit is proportional to its own dimension-0 entry. Raising that entry for a
+    # few tokens fixes the model's ranking regardless of context: a real model whose greedy
+    # output is known, to test the marker rules end to end.
+    weight = model.get_input_embeddings().weight
+    base = 50.0
+    weight[:, 0] = base
+    for text, factor in (("🤔", 1.3), (MARKER_WORD, 1.2), ("🛑", 1.1)):
+        (token,) = tokenizer.encode(text, add_special_tokens=False)
+        weight[token, 0] = base * factor
+
+
+@pytest.fixture(scope="session")
+def nudged_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) -> Path:
+    """The embedded model with every weight moved a little: another version to swap to."""
+    return save_model_variant(embedded_dir, tmp_path_factory.mktemp("nudged") / "nudged", _nudge)
+
+
+@pytest.fixture(scope="session")
+def marker_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) -> Path:
+    """A model that, greedy, always wants 🤔, then " one", then 🛑 (see `_love_markers`)."""
+    dest = tmp_path_factory.mktemp("markers") / "markers"
+    return save_model_variant(embedded_dir, dest, _love_markers)
