@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 # CPU torch from the machine's local wheel; on a GPU host install the CUDA build you want first.
 TORCH ?= torch==2.13.0
 
+# The dashboard's browser tests drive Debian's Chromium (never a downloaded browser).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 .PHONY: up test install install-test lint clean
 
 $(BIN)/python:
@@ -22,13 +25,18 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
+.stamp-browser:
+	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	touch $@
+
 install: .stamp-install
-install-test: .stamp-install-test
+install-test: .stamp-install-test .stamp-browser
 
 up: .stamp-install
 	$(BIN)/regime3 up
 
-test: .stamp-install-test
+test: .stamp-install-test .stamp-browser
 	$(BIN)/python -m pytest -q
 
 lint: .stamp-install-test
@@ -37,4 +45,4 @@ lint: .stamp-install-test
 	$(BIN)/mypy bus codec
 
 clean:
-	rm -rf $(VENV) .stamp-install .stamp-install-test
+	rm -rf $(VENV) .stamp-install .stamp-install-test .stamp-browser
