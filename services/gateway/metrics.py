@@ -96,7 +96,9 @@ class GatewayCollector:
         }
         host = {f: GaugeMetricFamily(n, h, labels=["host"]) for f, (n, h) in HOST_GAUGES.items()}
         seen = GaugeMetricFamily(
-            "r3_telemetry_timestamp_seconds", "Unix time of a host's latest telemetry.", ["host"]
+            "r3_telemetry_timestamp_seconds",
+            "Unix time of a host's latest telemetry.",
+            labels=["host"],
         )
         for name, t in sorted(latest.items()):
             seen.add_metric([name], t.time.timestamp())
