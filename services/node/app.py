@@ -37,7 +37,8 @@ ROUTERS: list[str] = [
     "services.node.openai_api:router",
     "services.node.registry_routes:router",
     "services.node.ops_routes:router",  # N2
-    # N3: "services.node.jobs_routes:router", "services.node.scoring:router",
+    "services.node.jobs_routes:router",  # N3
+    "services.node.scoring:router",  # N3
 ]
 BACKGROUND_TASKS: list[str] = [
     "services.node.checkpoint_watcher:run",  # N2

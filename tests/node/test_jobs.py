@@ -1,0 +1,265 @@
+"""Eval and generation jobs end to end: real node, real Redis, a real worker, a real gateway."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from bus import keys, queues
+from bus.encoding import from_fields
+from bus.events import EvalResult, JobFailed, JobFinished, JobProgress
+from bus.status import StatusStore
+from codec.evaluate import evaluate_output
+from services.node.config import get_node_settings
+from services.node.evaluation import answer_confidence, answer_span, expected_calibration_error
+from services.node.node_client import NodeClient
+from services.node.registry import Registry
+from services.node.worker import build_worker
+from tests.node.conftest import RunningNode
+from tests.node.swap_fixtures import NODE_TOKEN, serve_app
+
+MAX_TOKENS = 16
+
+
+def events(r: redis.Redis, stream: str) -> list[Any]:
+    return [from_fields(raw) for _id, raw in r.xrange(stream)]
+
+
+@pytest.fixture
+def jobs_env(
+    node: RunningNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RunningNode]:
+    """The worker's settings point at the test node; answers kept short for a CPU."""
+    monkeypatch.setenv("R3_NODE_URL", node.url)
+    monkeypatch.setenv("R3_DATA_DIR", str(tmp_path / "node-data"))
+    monkeypatch.setenv("R3_EVAL_MAX_TOKENS", str(MAX_TOKENS))
+    monkeypatch.setenv("R3_GEN_MAX_TOKENS", str(MAX_TOKENS))
+    get_node_settings.cache_clear()
+    yield node
+    get_node_settings.cache_clear()
+
+
+@pytest.fixture
+def gateway_url(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The real gateway (dataset uploads into its store, queued on train-*)."""
+    from services.gateway.app import create_app
+    from services.gateway.config import GatewaySettings
+
+    app = create_app(
+        GatewaySettings(node_token=NODE_TOKEN, admin_token=None, data_dir=tmp_path / "gw")
+    )
+    with serve_app(app) as url:
+        monkeypatch.setenv("R3_GATEWAY_URL", url)
+        monkeypatch.setenv("R3_NODE_TOKEN", NODE_TOKEN)
+        get_node_settings.cache_clear()
+        yield url
+
+
+def run_worker(r: redis.Redis) -> None:
+    build_worker(r).work(burst=True)
+
+
+# A model that memorized three answers (the third one "wrongly": the set's golden is 2), so
+# the figures have a known shape: EM 2/3, no parse failure, and ECE = |2/3 − mean confidence|
+# when every confidence lands in the top bin.
+MEMORIZED = [
+    ("Calculate 3 + 4.", "🤔🤔🤔🤔\nadd\n🛑🛑\n7", "7"),
+    ("Calculate 5 × 2.", "🤔🤔🤔🤔\nmul\n🛑🛑\n10", "10"),
+    ("Calculate 9 - 8 + 1.", "🤔🤔🤔🤔\nsub\n🛑🛑\n3", "2"),
+]
+
+
+@pytest.fixture(scope="session")
+def memorized_dir(embedded_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded model trained (about 60 steps, one thread) until it answers MEMORIZED."""
+    import torch
+
+    from services.model.loading import load_model_and_tokenizer
+
+    out = tmp_path_factory.mktemp("memorized") / "memorized-7"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls on a shared CPU: threads only contend
+    try:
+        torch.manual_seed(0)
+        model, tok = load_model_and_tokenizer(embedded_dir)
+        batch = []
+        for question, turn, _golden in MEMORIZED:
+            prompt = str(
+                tok.apply_chat_template(
+                    [{"role": "user", "content": question}],
+                    add_generation_prompt=True,
+                    tokenize=False,
+                )
+            )
+            ids = tok(prompt + turn + "<|im_end|>", add_special_tokens=False)["input_ids"]
+            first = len(tok(prompt, add_special_tokens=False)["input_ids"])
+            batch.append((torch.tensor([ids]), torch.tensor([[-100] * first + ids[first:]])))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        model.train()
+        for _ in range(70):
+            loss = sum(model(ids, labels=labels).loss for ids, labels in batch) / len(batch)
+            optimizer.zero_grad()
+            loss.backward()  # type: ignore[union-attr]
+            optimizer.step()
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def memorized_set(path: Path) -> Path:
+    with path.open("w", encoding="utf-8") as handle:
+        for i, (question, turn, golden) in enumerate(MEMORIZED):
+            line = {
+                "messages": [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": turn},
+                ],
+                "meta": {
+                    "id": f"t{i}",
+                    "golden": golden,
+                    "domain": "arithmetic",
+                    "difficulty": 1 + i // 2,
+                },
+            }
+            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_evaluate_publishes_eval_result_with_numbers_that_recompute(
+    memorized_dir: Path,
+    node_factory: Callable[..., RunningNode],
+    r: redis.Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    Registry(r, "test-node").register("memorized-7", path=str(memorized_dir), step=7)
+    Registry(r, "test-node").set_active("memorized-7")
+    node = node_factory()
+    monkeypatch.setenv("R3_NODE_URL", node.url)
+    monkeypatch.setenv("R3_EVAL_MAX_TOKENS", str(MAX_TOKENS))
+    monkeypatch.setenv("R3_NODE_NAME", node.state.node_name)  # the registry it reads the step from
+    get_node_settings.cache_clear()
+    StatusStore(r).update(streaming_ce=0.25)
+    path = memorized_set(tmp_path / "tiny.jsonl")
+    job = queues.enqueue(
+        r, queues.NODE_EVALUATE, kind="node", priority="high", kwargs={"eval_set": str(path)}
+    )
+    run_worker(r)
+    job.refresh()
+    assert job.get_status() == "finished", job.exc_info
+    [result] = events(r, keys.STREAM_EVAL)
+    assert isinstance(result, EvalResult)
+    assert (result.model_id, result.eval_set, result.step) == ("memorized-7", str(path), 7)
+    assert (result.total, result.correct, result.parse_failures) == (3, 2, 0)
+    assert result.fixed_eval_em == pytest.approx(2 / 3)
+    assert result.pattern_heatmap == {"arithmetic": {"1": 1.0, "2": 0.0}}
+    # CE and ECE recomputed from the node's teacher-forced scores of the same texts.
+    returned = job.return_value()
+    outputs = {s["id"]: s["output"] for s in returned["samples"]}
+    assert outputs["t2"].endswith("\n3")  # the memorized answer, judged wrong against 2
+    confs, nll, tokens = [], 0.0, 0
+    with NodeClient(node.url) as client:
+        for i, (question, turn, _golden) in enumerate(MEMORIZED):
+            prompt = [{"role": "user", "content": question}]
+            scored = client.score(prompt, turn)
+            nll -= sum(scored.logprobs)
+            tokens += len(scored.logprobs)
+            out = outputs[f"t{i}"]
+            span = answer_span(out)
+            assert span is not None
+            confs.append(answer_confidence(client.score(prompt, out, end_of_turn=False), span))
+    assert result.fixed_eval_ce == pytest.approx(nll / tokens, rel=1e-6)
+    assert result.val_train_gap == pytest.approx(nll / tokens - 0.25, rel=1e-6)
+    assert result.fixed_eval_ece == pytest.approx(
+        expected_calibration_error(confs, [True, True, False]), abs=1e-9
+    )
+    if min(confs) >= 0.9:  # one bin: the hand formula
+        assert result.fixed_eval_ece == pytest.approx(abs(2 / 3 - sum(confs) / 3), abs=1e-9)
+    assert math.isclose(returned["fixed_eval_em"], result.fixed_eval_em)
+    finished = [e for e in events(r, keys.STREAM_JOBS) if isinstance(e, JobFinished)]
+    assert [e.job_id for e in finished] == [job.id] and finished[0].queue == "node-high"
+
+
+def test_evaluate_refuses_a_model_the_node_does_not_serve(
+    jobs_env: RunningNode, r: redis.Redis
+) -> None:
+    job = queues.enqueue(
+        r,
+        queues.NODE_EVALUATE,
+        kind="node",
+        kwargs={"eval_set": "arithmetic:1", "model": "not-served", "limit": 2},
+    )
+    run_worker(r)
+    job.refresh()
+    assert job.get_status() == "failed"
+    [failed] = [e for e in events(r, keys.STREAM_JOBS) if isinstance(e, JobFailed)]
+    assert "not-served" in failed.reason and "set_active" in failed.reason
+    assert events(r, keys.STREAM_EVAL) == []
+
+
+def test_generate_uploads_a_shard_that_lands_queued_on_train_low(
+    jobs_env: RunningNode, gateway_url: str, r: redis.Redis
+) -> None:
+    job = queues.enqueue(
+        r,
+        queues.NODE_GENERATE,
+        kind="node",
+        priority="low",
+        kwargs={
+            "domain": "arithmetic",
+            "count": 6,
+            "difficulty": 2,
+            "mode": "canonical",
+            "seed": 5,
+        },
+    )
+    run_worker(r)
+    job.refresh()
+    assert job.get_status() == "finished", job.exc_info
+    report = job.return_value()
+    assert report["problems"] == 6 and sum(report["attempts"].values()) == 6
+    assert report["lines"] == sum(report["sources"].values()) == 6  # fallback=golden keeps all
+    assert report["models"] == [jobs_env.state.engine.active.version]
+    shard = Path(report["path"])
+    upload = report["upload"]
+    assert upload["queue"] == "train-low" and upload["lines"] == 6
+    # The gateway queued it: one training job on train-low, reading the stored copy.
+    assert queues.depths(r)["train-low"] == 1
+    [train_job] = queues.queues(r, "train")[2].get_jobs()
+    assert train_job.id == upload["job_id"] and train_job.func_name == queues.TRAIN_FILE
+    assert Path(train_job.kwargs["path"]).read_bytes() == shard.read_bytes()
+    lines = [json.loads(x) for x in shard.read_text().splitlines()]
+    for line in lines:
+        meta = line["meta"]
+        assert evaluate_output(line["messages"][1]["content"], meta["golden"]).match
+        assert meta["source"] in ("model", "selfcorrect", "golden")
+    progress = [e for e in events(r, keys.STREAM_JOBS) if isinstance(e, JobProgress)]
+    assert progress and progress[-1].done == progress[-1].total == 6
+
+
+def test_generate_without_a_gateway_fails_and_keeps_the_shard(
+    jobs_env: RunningNode, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("R3_GATEWAY_URL", "http://127.0.0.1:9")  # nothing listens there
+    get_node_settings.cache_clear()
+    job = queues.enqueue(
+        r,
+        queues.NODE_GENERATE,
+        kind="node",
+        kwargs={"domain": "word", "count": 2, "seed": 1, "name": "kept"},
+    )
+    run_worker(r)
+    job.refresh()
+    assert job.get_status() == "failed"
+    [failed] = [e for e in events(r, keys.STREAM_JOBS) if isinstance(e, JobFailed)]
+    assert "R3_GATEWAY_URL" in failed.reason
+    assert (get_node_settings().generated_dir / "kept.jsonl").is_file()
