@@ -29,6 +29,7 @@ const s = state.series;
 const charts = [
   new Chart(document.getElementById("chart-loss"), {
     yLabel: "loss",
+    onChange: () => redrawCharts(),
     lines: [
       { label: "loss", color: "#5ab0ff", series: s.loss },
       { label: "streaming CE", color: "#ffb454", series: s.ce },
@@ -36,6 +37,7 @@ const charts = [
   }),
   new Chart(document.getElementById("chart-acc"), {
     yLabel: "%",
+    onChange: () => redrawCharts(),
     lines: [
       { label: "running", color: "#7bd88f", series: s.acc },
       { label: "last 20", color: "#c792ea", series: s.acc20 },
@@ -44,9 +46,16 @@ const charts = [
   }),
   new Chart(document.getElementById("chart-tps"), {
     yLabel: "tok/s",
+    onChange: () => redrawCharts(),
     lines: [{ label: "tokens/s", color: "#4ec9b0", series: s.tps }],
   }),
 ];
+
+// A user's own action (zoom, resize, a control) redraws at once, not at the next interval.
+function redrawCharts() {
+  lastChartDraw = 0;
+  schedule();
+}
 
 function schedule() {
   if (!frame) frame = requestAnimationFrame(flush);
@@ -107,8 +116,7 @@ function chartOptions() {
 for (const id of ["c-axis", "c-smooth", "c-log"]) {
   document.getElementById(id).addEventListener("input", () => {
     for (const chart of charts) chart.setOptions(chartOptions());
-    lastChartDraw = 0;
-    schedule();
+    redrawCharts();
   });
 }
 
@@ -121,6 +129,25 @@ setInterval(() => {
   for (const chart of charts) if (chart.dirty) lastChartDraw = 0;
   schedule();
 }, 1000);
+
+// The trainer's own status (idle, training, crashed, completed) is no event: read the B2
+// payload the old viewer polls, so a crashed trainer shows even though it sends nothing.
+const STATUS_INTERVAL_MS = 10_000;
+
+async function pollStatus() {
+  try {
+    const response = await fetch("status/training_status.json", { cache: "no-store" });
+    if (response.ok) {
+      state.status = await response.json();
+      dirty.add("primary");
+      schedule();
+    }
+  } catch {
+    // the gateway is restarting: the connection pill already says so
+  }
+}
+pollStatus();
+setInterval(pollStatus, STATUS_INTERVAL_MS);
 
 const stream = new LiveStream("events", {
   onEvent,

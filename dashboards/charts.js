@@ -17,8 +17,10 @@ function tick(v) {
 
 export class Chart {
   // lines: [{label, color, series: Series, scale?: number}]
-  constructor(el, { lines, yLabel }) {
+  // onChange: called when the chart needs a redraw of its own (resize, zoom), to schedule one.
+  constructor(el, { lines, yLabel, onChange = () => {} }) {
     this.el = el;
+    this.onChange = onChange;
     this.lines = lines;
     this.yLabel = yLabel;
     this.plot = null;
@@ -29,10 +31,12 @@ export class Chart {
     new ResizeObserver(() => {
       if (this.plot) this.plot.setSize(this.size());
       this.dirty = true;
+      this.onChange();
     }).observe(el);
     el.addEventListener("dblclick", () => {
       this.view = null;
       this.dirty = true;
+      this.onChange();
     });
   }
 
@@ -90,6 +94,7 @@ export class Chart {
             u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
             chart.view = [xmin, xmax];
             chart.dirty = true;
+            chart.onChange();
           },
         ],
       },

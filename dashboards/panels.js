@@ -196,6 +196,9 @@ function meter(label, used, total, fmt) {
   );
 }
 
+// Hosts report every few seconds: a minute of silence means the reporter is down.
+const STALE_MS = 60_000;
+
 export function renderHosts(state) {
   if (!state.hosts.size) return;
   const watts = (w) => (w == null ? DASH : `${Math.round(w)} W`);
@@ -203,7 +206,9 @@ export function renderHosts(state) {
     h(
       "div",
       { class: "host", "data-host": tel.host },
-      h("h3", {}, tel.host, h("span", { class: "muted" }, ` · ${tel.role} · ${ago(new Date(tel.time))}`)),
+      h("h3", {}, tel.host,
+        h("span", { class: "muted" }, ` · ${tel.role} · ${ago(new Date(tel.time))}`),
+        Date.now() - Date.parse(tel.time) > STALE_MS ? h("span", { class: "stale" }, " · stale") : null),
       tel.gpus?.length
         ? tel.gpus.map((g) =>
             h("div", { class: "gpu" },
@@ -312,6 +317,13 @@ export function renderConnection(stateName) {
 }
 
 export function renderHeader(state) {
+  const st = state.status;
+  const pill = $("trainer-status");
+  pill.hidden = !st;
+  if (st) {
+    pill.dataset.status = st.status;
+    text("trainer-status", `trainer ${st.status}${st.model_name ? ` · ${st.model_name}` : ""}`);
+  }
   text("run", state.runId ? `run ${state.runId}` : "");
   const at = state.lastEventTime ? clock(state.lastEventTime) : "";
   text("last-event", !at ? "" : state.replaying ? `replaying history… at ${at}` : `last event ${at}`);

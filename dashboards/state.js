@@ -18,6 +18,7 @@ export function newState() {
     jobs: new Map(), // job id → {queue, state}
     alerts: [], // newest first
     lastEventTime: null,
+    status: null, // GET /status/training_status.json (bus.status.TrainingStatus), polled
     replaying: false, // set by app.js while history streams in faster than live
     runId: "",
     series: {
@@ -178,6 +179,9 @@ export function queueDepths(state) {
 export function valTrainGap(state) {
   if (state.evalResult?.val_train_gap != null) {
     return { value: state.evalResult.val_train_gap, source: `eval ${state.evalResult.eval_set}` };
+  }
+  if (state.status?.val_train_gap != null) {
+    return { value: state.status.val_train_gap, source: "trainer status" };
   }
   const ckpt = state.lastCheckpoint;
   const train = state.step?.streaming_ce ?? state.step?.loss;

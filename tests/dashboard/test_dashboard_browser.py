@@ -13,6 +13,7 @@ import redis
 
 from bus import events as ev
 from bus.publish import Publisher
+from bus.status import StatusStore
 from tests.dashboard.conftest import Gateway
 
 pytestmark = pytest.mark.slow
@@ -353,8 +354,10 @@ def test_a_lagged_page_resumes_from_the_cursor_it_is_given(
 
 
 def test_phone_width_renders_without_horizontal_overflow(
-    chromium: Any, gateway: Gateway, publisher: Publisher, artifacts_dir: Path
+    chromium: Any, gateway: Gateway, publisher: Publisher, r: redis.Redis, artifacts_dir: Path
 ) -> None:
+    # The trainer's status is no event: the page reads the B2 payload the old viewer polls.
+    StatusStore(r).update(status="crashed", model_name="Qwen3-0.6B")
     long_name = "a_very_long_dataset_file_name_without_any_break_" * 3 + ".jsonl"
     publisher.publish(step(42, current_file=long_name))
     publisher.publish(
@@ -385,6 +388,7 @@ def test_phone_width_renders_without_horizontal_overflow(
         pages = _open(chromium, gateway.url, w, h)
         page = next(pages)
         page.wait_for_function("() => window.__r3.state.alerts.length === 1")
+        assert page.locator("#trainer-status").inner_text() == "trainer crashed · Qwen3-0.6B"
         page.wait_for_timeout(400)  # one chart redraw interval
         overflow = page.evaluate(
             """() => {
@@ -427,6 +431,32 @@ def test_a_hundred_thousand_points_draw_in_a_frame_budget(page: Any, artifacts_d
         }"""
     )
     (artifacts_dir / "render_100k.json").write_text(json.dumps(result, indent=2))
+
+    # Drag across the middle half of the chart: the page re-buckets that range from the raw
+    # points, so the zoomed chart starts past step 0 and still has about 2 points a pixel.
+    page.evaluate(
+        "(() => { const c = window.__r3.charts[0];"
+        " c.setOptions({axis: 'step', alpha: 0, log: false}); c.render(); })()"
+    )
+    box = page.locator("#chart-loss .u-over").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.25, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.75, y, steps=5)
+    page.mouse.up()
+    page.wait_for_function("() => window.__r3.charts[0].view !== null")
+    page.wait_for_function("() => window.__r3.charts[0].plot.data[0][0] > 20000")
+    zoomed = page.evaluate(
+        "(() => { const d = window.__r3.charts[0].plot.data[0];"
+        " return [d[0], d[d.length - 1], d.length]; })()"
+    )
+    assert 20_000 < zoomed[0] < 30_000 and 70_000 < zoomed[1] < 80_000, zoomed
+    assert zoomed[2] > 500, zoomed  # not the ~250 points left of the whole-range buckets
+    page.locator("#chart-loss").dblclick()
+    # Back to everything: the first bucket (its min or max) lies within the first 500 steps.
+    page.wait_for_function(
+        "() => window.__r3.charts[0].view === null && window.__r3.charts[0].plot.data[0][0] < 500"
+    )
     # Min/max buckets: about two points per pixel column, not 100k.
     assert result["drawn"] <= 2 * result["width"] + 2, result
     # A rebuild (new scale) or a redraw of 100k raw points stays under ~6 frames on this
