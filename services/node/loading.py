@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from services.model.errors import ModelError, ModelNotFoundError
+from services.model.errors import ModelNotFoundError
 from services.model.loading import load_model_and_tokenizer
 from services.node.config import NodeSettings
 from services.node.engine import LoadedModel
@@ -88,7 +88,7 @@ def load_for_serving(
             "free memory (fewer jobs, smaller batches) or load on a larger card.",
             kind="out_of_memory",
         ) from exc
-    except (ModelError, OSError, ValueError, RuntimeError, KeyError) as exc:
+    except Exception as exc:  # a corrupt file fails in many libraries' own error types
         _release_partial(device)
         raise ModelLoadError(
             version, f"{path}: {type(exc).__name__}: {exc}", kind="invalid"
