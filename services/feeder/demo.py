@@ -43,6 +43,9 @@ DEMO_TRAINER_ENV: dict[str, str] = {
     "R3_LAYER_MONITOR_STEPS": "50",
     "R3_SAMPLE_MAX_NEW_TOKENS": "96",
     "R3_FIXED_EVAL_MAX_NEW_TOKENS": "96",
+    # One thread: the node and its generate jobs use the other core, and on a busy CPU
+    # two spinning OpenMP threads made each step ~8x slower than one.
+    "R3_TORCH_THREADS": "1",
 }
 
 

@@ -85,6 +85,8 @@ class Trainer:
         self.publisher = Publisher(connection)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.store = CheckpointStore(self.ckpt_settings.checkpoints_path)
+        if self.loop.torch_threads:
+            torch.set_num_threads(self.loop.torch_threads)
         torch.manual_seed(self.settings.seed)
         latest = self.store.load_latest()
         self.weights_dtype = self._weights_dtype()
@@ -495,7 +497,8 @@ class Trainer:
         state.saved_at = self.global_step
         self.latest_cursor = job_cursor
         fixed_em: float | None = None
-        if self.loop.fixed_eval_at_checkpoint:
+        # Not on the way out: a stop must be quick (the supervisor's grace period).
+        if self.loop.fixed_eval_at_checkpoint and not self._stop.is_set():
             outcome = self._fixed_eval(checkpoint_id=info.id)
             if outcome is not None and outcome.ce is not None:
                 # Written beside the checkpoint before it is announced: retention keeps the

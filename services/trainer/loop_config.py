@@ -48,6 +48,12 @@ class LoopSettings(BaseSettings):
         description="For tests and audits: append (fsync'd) the example ids of every optimizer "
         "step to this JSONL file.",
     )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads torch uses in the trainer; 0 leaves torch's default (one per "
+        "core). On a small shared CPU 1 is faster: spinning threads wait on each other.",
+    )
     fixed_eval_sets: str = Field(
         "",
         description="The fixed validation sets scored every R3_EVAL_STEPS steps and at every "
