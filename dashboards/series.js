@@ -4,7 +4,12 @@
 // no per-point objects; a chart only ever draws about two points per pixel column.
 
 export class Series {
-  constructor(capacity = 1024) {
+  // onRewind: what a point for an earlier step means. "truncate" (training metrics): the run
+  // went back (a resume from an earlier checkpoint, a new run from step 0), so the points past
+  // it are history that no longer leads anywhere and are dropped. "drop" (evaluations, which
+  // may finish out of order): the late point is ignored.
+  constructor({ capacity = 1024, onRewind = "truncate" } = {}) {
+    this.onRewind = onRewind;
     this.n = 0;
     this.step = new Float64Array(capacity);
     this.time = new Float64Array(capacity); // unix seconds, what uPlot's time axis wants
@@ -13,9 +18,11 @@ export class Series {
 
   push(step, time, y) {
     if (!Number.isFinite(y)) return;
-    // A replay or a late event for an earlier step would make x go backwards, which the
-    // bucketing below (and uPlot) assume never happens; drop it instead of sorting 100k points.
-    if (this.n > 0 && step < this.step[this.n - 1]) return;
+    // x must never go backwards: the bucketing below (and uPlot) rely on it.
+    if (this.n > 0 && step < this.step[this.n - 1]) {
+      if (this.onRewind === "drop") return;
+      this.n = lowerBound(this.step.subarray(0, this.n), step);
+    }
     if (this.n === this.y.length) this.grow();
     this.step[this.n] = step;
     this.time[this.n] = time;

@@ -27,7 +27,7 @@ export function newState() {
       tps: new Series(),
       acc: new Series(),
       acc20: new Series(),
-      em: new Series(),
+      em: new Series({ onRewind: "drop" }),
     },
   };
 }

@@ -468,19 +468,27 @@ def test_downsampling_keeps_each_buckets_extremes_and_zooms_from_raw(page: Any) 
     result = page.evaluate(
         """async () => {
             const { Series, downsample, smooth } = await import('./series.js');
-            const s = new Series(4);  // grows past its first capacity
+            const s = new Series({capacity: 4});  // grows past its first capacity
             for (let i = 0; i < 100000; i++) {
                 s.push(i, i, i === 31337 ? 50 : (i === 77777 ? -50 : 1));
             }
-            s.push(5, 5, 99);  // a step going backwards is dropped, not drawn out of order
             const [xs, ys] = downsample(s.xs('step'), s.ys(), 500);
             const [zx, zy] = downsample(s.xs('step'), s.ys(), 500, 31000, 31600);
             const flat = smooth(Float64Array.from([0, 10, 10, 10]), 0.5);
+            // A resume from an earlier checkpoint: training points past it are superseded.
+            const resumed = new Series();
+            for (const x of [1, 2, 3, 4, 5]) resumed.push(x, x, x);
+            resumed.push(3, 6, 30);
+            // Evaluations may finish out of order: a late one is ignored, not a rewind.
+            const evals = new Series({onRewind: 'drop'});
+            for (const x of [100, 300, 200]) evals.push(x, x, x);
             return {
                 n: s.n, points: xs.length, max: Math.max(...ys), min: Math.min(...ys),
                 maxAt: xs[ys.indexOf(50)], sorted: xs.every((x, i) => i === 0 || x >= xs[i - 1]),
                 zoomPoints: zx.length, zoomFirst: zx[0], zoomLast: zx[zx.length - 1],
                 zoomSpike: zy.includes(50), smoothed: Array.from(flat),
+                resumed: [Array.from(resumed.xs('step')), Array.from(resumed.ys())],
+                evals: Array.from(evals.xs('step')),
             };
         }"""
     )
@@ -494,3 +502,5 @@ def test_downsampling_keeps_each_buckets_extremes_and_zooms_from_raw(page: Any) 
     assert (result["zoomFirst"], result["zoomLast"]) == (30999, 31600)
     assert result["zoomSpike"]
     assert result["smoothed"] == [0, 5, 7.5, 8.75]
+    assert result["resumed"] == [[1, 2, 3], [1, 2, 30]]
+    assert result["evals"] == [100, 300]
