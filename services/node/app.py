@@ -39,6 +39,7 @@ ROUTERS: list[str] = [
     "services.node.ops_routes:router",  # N2
     "services.node.jobs_routes:router",  # N3
     "services.node.scoring:router",  # N3
+    "services.node.health_routes:router",  # lead: /healthz for compose and regime3 health
 ]
 BACKGROUND_TASKS: list[str] = [
     "services.node.checkpoint_watcher:run",  # N2
