@@ -48,11 +48,6 @@ def test_a_set_is_drawn_once_from_held_out_problems_and_read_back(tmp_path: Path
     assert again.read_bytes() == first
 
 
-def test_a_small_level_keeps_every_held_out_problem_it_has(tmp_path: Path) -> None:
-    items = load_set(ensure_set(tmp_path, "arithmetic", 1, Mode.CANONICAL, size=500))
-    assert 20 < len(items) < 500  # arithmetic level 1 has only ~40 held-out problems
-
-
 def test_parse_sets_names_the_bad_part() -> None:
     assert [s.name for s in parse_sets("syllogism:1:canonical, word:2:english")] == [
         "syllogism-d1-canonical",
@@ -74,9 +69,9 @@ def test_demo_data_never_holds_a_validation_problem(tmp_path: Path) -> None:
     for domain, level in (("syllogism", 1), ("arithmetic", 2)):
         ids = [
             line["meta"]["id"]
-            for line in problem_lines(domain, level, count=3000, seed=1, exclude=held)
+            for line in problem_lines(domain, level, count=1000, seed=1, exclude=held)
         ]
-        assert len(ids) == 3000
+        assert len(ids) == 1000
         assert not set(ids) & held
 
 
