@@ -41,7 +41,6 @@ const charts = [
     lines: [
       { label: "running", color: "#7bd88f", series: s.acc },
       { label: "last 20", color: "#c792ea", series: s.acc20 },
-      { label: "fixed-eval EM", color: "#ff6b6b", series: s.em },
     ],
   }),
   new Chart(document.getElementById("chart-tps"), {
@@ -95,9 +94,22 @@ function updateReplaying() {
   state.replaying = perSecond > REPLAY_RATE_PER_S && age > REPLAY_AGE_S;
 }
 
+const EM_COLORS = ["#ff6b6b", "#ffd166", "#4cc9f0", "#f72585", "#b5e48c"];
+
+// One accuracy-chart line per fixed eval set, added when the set first reports.
+function addEvalLines() {
+  const chart = charts[1];
+  for (const [name, series] of s.em) {
+    if (chart.lines.some((line) => line.series === series)) continue;
+    const color = EM_COLORS[(chart.lines.length - 2) % EM_COLORS.length];
+    chart.addLine({ label: `EM ${name}`, color, series });
+  }
+}
+
 function onEvent(type, event) {
   rate.n += 1;
   const changed = apply(state, type, event);
+  if (type === "eval.result") addEvalLines();
   for (const name of changed) {
     if (name === "charts") for (const chart of charts) chart.dirty = true;
     else dirty.add(name);

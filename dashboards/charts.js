@@ -45,6 +45,12 @@ export class Chart {
     return { width, height: Math.round(Math.min(260, Math.max(160, width * 0.45))) };
   }
 
+  addLine(line) {
+    this.lines.push(line);
+    this.key = ""; // a new series: uPlot needs building again
+    this.dirty = true;
+  }
+
   setOptions(options) {
     if (options.axis !== this.options.axis) this.view = null;
     this.options = { ...options };

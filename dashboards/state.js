@@ -27,7 +27,7 @@ export function newState() {
       tps: new Series(),
       acc: new Series(),
       acc20: new Series(),
-      em: new Series({ onRewind: "drop" }),
+      em: new Map(), // eval set → Series: each set its own line, or two sets would zigzag
     },
   };
 }
@@ -99,7 +99,10 @@ export function apply(state, type, event) {
       break;
     case "eval.result":
       state.evalResult = event;
-      if (event.step != null) s.em.push(event.step, secs, event.fixed_eval_em * 100);
+      if (event.step != null) {
+        if (!s.em.has(event.eval_set)) s.em.set(event.eval_set, new Series({ onRewind: "drop" }));
+        s.em.get(event.eval_set).push(event.step, secs, event.fixed_eval_em * 100);
+      }
       break;
     case "checkpoint.ready":
       checkpoint(state, event.checkpoint_id).ready = event;

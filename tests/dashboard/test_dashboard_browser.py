@@ -290,6 +290,10 @@ def test_every_panel_updates_within_a_second_of_a_publish(
     assert page.locator("#v-gap").inner_text() == "0.07"
     assert "ready→serving" in page.locator("#timeline").inner_text()
     assert page.locator("table.heat td").count() == 6  # 2 domains × 3 difficulties
+    # Each fixed eval set is its own line on the accuracy chart.
+    page.wait_for_function(
+        "() => window.__r3.charts[1].plot.series.map((x) => x.label).includes('EM fixed-200')"
+    )
     assert page.locator("#v-vram").inner_text() == "79%"  # 19 of 24 GiB
     assert page.locator("#v-vram-total").inner_text() == "19.0 GiB of 24.0 GiB"
 
