@@ -54,8 +54,12 @@ class ClientStream:
     def __init__(self, hub: Hub, sub: Subscriber, positions: dict[str, str]) -> None:
         self.hub = hub
         self.sub = sub
-        self.positions = positions
+        # Kept in the cursor's canonical order, so each frame's id is a plain join.
+        self.positions = {s: positions[s] for s in sorted(positions, key=cursor.ORDER.get)}
         self.keys = {s: cursor.id_key(p) for s, p in positions.items()}
+
+    def cursor(self) -> str:
+        return ",".join([f"{s}:{p}" for s, p in self.positions.items()])
 
     def render(self, frames: list[Frame]) -> str:
         parts = []
@@ -64,14 +68,12 @@ class ClientStream:
                 continue  # already sent during catch-up
             self.positions[f.stream] = f.entry_id
             self.keys[f.stream] = f.key
-            parts.append(
-                f"id: {cursor.encode(self.positions)}\nevent: {f.event_type}\ndata: {f.data}\n\n"
-            )
+            parts.append(f"id: {self.cursor()}\nevent: {f.event_type}\ndata: {f.data}\n\n")
         self.hub.events_delivered_total += len(parts)
         return "".join(parts)
 
     def lagged_frame(self) -> str:
-        resume = cursor.encode(self.positions)
+        resume = self.cursor()
         return f"event: lagged\ndata: {json.dumps({'resume': resume})}\n\n"
 
     async def catch_up(self, start: dict[str, str]) -> AsyncIterator[bytes]:
@@ -158,7 +160,7 @@ async def events(
     hub: Hub = request.app.state.hub
     settings = request.app.state.settings
     sub = await hub.subscribe(followed)  # buffering live events before any catch-up read
-    positions = {s: start.get(s, hub.dispatched[s]) for s in sorted(followed)}
+    positions = {s: start.get(s, hub.dispatched[s]) for s in followed}
     client = ClientStream(hub, sub, positions)
     return ClientResponse(
         client,
