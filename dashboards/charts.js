@@ -8,11 +8,19 @@ const BUCKETS_PER_PIXEL = 1;
 
 const compact = new Intl.NumberFormat("en-US", { notation: "compact", maximumSignificantDigits: 4 });
 
-// Short tick labels ("10.23K", "0.0012"), so a narrow phone-width axis never overlaps them.
-function tick(v) {
+// Short tick labels ("9.8K", "0.0012"), as precise as the tick spacing needs: neighbours
+// never read the same, and a phone-width axis stays narrow.
+function tick(v, incr) {
   if (v === null || v === undefined) return "";
-  if (Math.abs(v) >= 1000) return compact.format(v);
-  return Number(v.toPrecision(3)).toString();
+  if (Math.abs(v) >= 1000 && incr >= 100) return compact.format(v);
+  const decimals = Math.max(0, Math.min(8, -Math.floor(Math.log10(incr || 1))));
+  return v.toFixed(decimals);
+}
+
+// Room for the longest tick label (about 7 px a character at uPlot's 12 px font) and the title.
+function axisSize(u, values) {
+  if (!values) return 50;
+  return 28 + 7 * Math.max(...values.map((v) => String(v).length));
 }
 
 export class Chart {
@@ -74,8 +82,8 @@ export class Chart {
           stroke: "#9aa4b2",
           grid: { stroke: "#2a3140" },
           label: this.yLabel,
-          size: 60,
-          values: (u, vals) => vals.map(tick),
+          size: axisSize,
+          values: (u, vals, axis, space, incr) => vals.map((v) => tick(v, incr)),
         },
       ],
       series: [
