@@ -38,7 +38,8 @@ def _summary(job: Job, state: State, queue: str) -> dict[str, Any]:
         "duration_seconds": (ended - started).total_seconds() if started and ended else None,
     }
     if state == "failed":
-        text = (job.exc_info or "").strip().splitlines()
+        latest = job.latest_result()
+        text = ((latest.exc_string if latest else None) or "").strip().splitlines()
         out["error"] = text[-1] if text else None  # the exception line, not the traceback
     if state == "done":
         value = job.return_value()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,44 +21,17 @@ from services.node.evaluation import answer_confidence, answer_span, expected_ca
 from services.node.node_client import NodeClient
 from services.node.registry import Registry
 from services.node.worker import build_worker
+from tests.node import jobs_fixtures
 from tests.node.conftest import RunningNode
-from tests.node.swap_fixtures import NODE_TOKEN, serve_app
+from tests.node.jobs_fixtures import MAX_TOKENS
 
-MAX_TOKENS = 16
+# Shared fixtures, bound here so pytest finds them in this module.
+jobs_env = jobs_fixtures.jobs_env
+gateway_url = jobs_fixtures.gateway_url
 
 
 def events(r: redis.Redis, stream: str) -> list[Any]:
     return [from_fields(raw) for _id, raw in r.xrange(stream)]
-
-
-@pytest.fixture
-def jobs_env(
-    node: RunningNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[RunningNode]:
-    """The worker's settings point at the test node; answers kept short for a CPU."""
-    monkeypatch.setenv("R3_NODE_URL", node.url)
-    monkeypatch.setenv("R3_DATA_DIR", str(tmp_path / "node-data"))
-    monkeypatch.setenv("R3_EVAL_MAX_TOKENS", str(MAX_TOKENS))
-    monkeypatch.setenv("R3_GEN_MAX_TOKENS", str(MAX_TOKENS))
-    get_node_settings.cache_clear()
-    yield node
-    get_node_settings.cache_clear()
-
-
-@pytest.fixture
-def gateway_url(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The real gateway (dataset uploads into its store, queued on train-*)."""
-    from services.gateway.app import create_app
-    from services.gateway.config import GatewaySettings
-
-    app = create_app(
-        GatewaySettings(node_token=NODE_TOKEN, admin_token=None, data_dir=tmp_path / "gw")
-    )
-    with serve_app(app) as url:
-        monkeypatch.setenv("R3_GATEWAY_URL", url)
-        monkeypatch.setenv("R3_NODE_TOKEN", NODE_TOKEN)
-        get_node_settings.cache_clear()
-        yield url
 
 
 def run_worker(r: redis.Redis) -> None:
