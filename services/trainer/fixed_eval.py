@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import redis
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -89,6 +90,22 @@ class FixedEvaluator:
             codebook = default_codebook() if spec.mode is Mode.ENCODED else None
             self.sets.append(_LoadedSet(spec, items, encoded, codebook, []))
         self.last: FixedEvalOutcome | None = None
+
+    @classmethod
+    def for_trainer(cls, trainer: Any, connection: redis.Redis) -> FixedEvaluator:
+        """The evaluator a Trainer's settings describe (R3_FIXED_EVAL_*, R3_EVAL_EXAMPLES)."""
+        loop = trainer.loop
+        return cls(
+            connection,
+            trainer.tokenizer,
+            trainer.chat,
+            sets=loop.fixed_eval_sets,
+            root=loop.validation_dir or trainer.ckpt_settings.data_dir / "validation",
+            size=trainer.settings.eval_examples,
+            max_new_tokens=loop.fixed_eval_max_new_tokens,
+            probe_count=loop.probe_count,
+            publisher=trainer.publisher,
+        )
 
     @property
     def enabled(self) -> bool:

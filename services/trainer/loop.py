@@ -142,17 +142,7 @@ class Trainer:
             max_new_tokens=self.loop.sample_max_new_tokens,
             seed=self.settings.seed,
         )
-        self.fixed_eval = FixedEvaluator(
-            connection,
-            self.tokenizer,
-            self.chat,
-            sets=self.loop.fixed_eval_sets,
-            root=self.loop.validation_dir or self.ckpt_settings.data_dir / "validation",
-            size=self.settings.eval_examples,
-            max_new_tokens=self.loop.fixed_eval_max_new_tokens,
-            probe_count=self.loop.probe_count,
-            publisher=self.publisher,
-        )
+        self.fixed_eval = FixedEvaluator.for_trainer(self, connection)
         self.rows_per_batch = self.settings.rows_per_micro_batch
         self._stop = threading.Event()
         self.report.set_status(
@@ -461,9 +451,7 @@ class Trainer:
     # -- fixed evaluation ------------------------------------------------------------------
 
     def _fixed_eval(self, checkpoint_id: str | None = None) -> FixedEvalOutcome | None:
-        """Score the fixed validation sets now (a no-op when none are configured)."""
-        if not self.fixed_eval.enabled:
-            return None
+        """Score the fixed validation sets now (None when none are configured)."""
         with self._autocast():
             return self.fixed_eval.evaluate(
                 self.model,
