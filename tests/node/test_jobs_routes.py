@@ -19,8 +19,8 @@ from tests.node.conftest import RunningNode
 REPO = Path(__file__).resolve().parents[2]
 
 
-def worker(redis_url: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "R3_REDIS_URL": redis_url}
+def worker(redis_url: str, node: RunningNode) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "R3_REDIS_URL": redis_url, "R3_NODE_URL": node.url}
     return subprocess.Popen(
         [sys.executable, "-m", "services.node.worker", "--burst"],
         env=env,
@@ -46,7 +46,7 @@ def test_jobs_lists_every_state_with_times(
     normal = Queue("node-normal", connection=r)
     ok = normal.enqueue_call("math.sqrt", args=(16,))
     bad = normal.enqueue_call("math.sqrt", args=(-1,))
-    assert worker(redis_url).wait(timeout=120) == 0
+    assert worker(redis_url, node).wait(timeout=120) == 0
     listing = jobs(node)
     assert listing["queues"] == ["node-high", "node-normal", "node-low"]
     done, failed = by_id(listing, "done")[ok.id], by_id(listing, "failed")[bad.id]
@@ -61,7 +61,7 @@ def test_jobs_lists_every_state_with_times(
     # A job running on node-high holds the worker; the node-low one waits, pending.
     sleeper = Queue("node-high", connection=r).enqueue_call("time.sleep", args=(4,), timeout=60)
     waiting = Queue("node-low", connection=r).enqueue_call("math.sqrt", args=(1,))
-    proc = worker(redis_url)
+    proc = worker(redis_url, node)
     try:
         deadline = time.monotonic() + 60
         while True:

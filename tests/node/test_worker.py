@@ -7,6 +7,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,14 @@ def test_the_worker_listens_on_the_node_queues_in_priority_order(r: redis.Redis)
     worker = build_worker(r)
     assert [q.name for q in worker.queues] == list(keys.NODE_QUEUES)
     assert keys.NODE_QUEUES == ("node-high", "node-normal", "node-low")
+
+
+def test_the_worker_waits_for_the_node_and_gives_up_when_told(jobs_env: RunningNode) -> None:
+    from services.node.node_client import NodeUnavailable
+    from services.node.worker import wait_for_node
+
+    assert wait_for_node(jobs_env.url) == jobs_env.state.engine.active.version
+    started = time.monotonic()
+    with pytest.raises(NodeUnavailable, match=r"127\.0\.0\.1:9"):
+        wait_for_node("http://127.0.0.1:9", timeout=0.5, every=0.1)
+    assert time.monotonic() - started < 10
