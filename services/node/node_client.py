@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +34,18 @@ class Scored:
 class NodeClient:
     """Chat completions and teacher-forced scores from one node, with errors that say where."""
 
-    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 600.0,
+        retries: int = 3,
+        backoff: float = 1.0,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        self.backoff = backoff
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
@@ -48,13 +59,21 @@ class NodeClient:
         self.close()
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            response = self._http.post(path, json=body)
-        except httpx.HTTPError as err:
-            raise NodeUnavailable(
-                f"the node at {self.base_url} did not answer {path} ({err}); is `python -m "
-                "services.node` running there? (R3_NODE_URL)"
-            ) from None
+        # A node restarting, or full for a moment (503), is worth a few patient retries: a
+        # long eval or generation job should not fail for one refused request.
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._http.post(path, json=body)
+            except httpx.TransportError as err:
+                if attempt == self.retries:
+                    raise NodeUnavailable(
+                        f"the node at {self.base_url} did not answer {path} ({err}); is "
+                        "`python -m services.node` running there? (R3_NODE_URL)"
+                    ) from None
+            else:
+                if response.status_code != 503 or attempt == self.retries:
+                    break
+            time.sleep(self.backoff * 2**attempt)
         if response.status_code >= 400:
             try:
                 detail = response.json()

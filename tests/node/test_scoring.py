@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 import torch
@@ -48,3 +50,13 @@ def test_bad_score_requests_are_4xx_with_a_reason(node: RunningNode) -> None:
     assert empty.status_code in (400, 422)
     with NodeClient(node.url) as client, pytest.raises(NodeUnavailable, match="context"):
         client.score(PROMPT, "7 " * 5000)
+
+
+def test_the_client_retries_a_node_that_does_not_answer_then_says_where() -> None:
+    started = time.monotonic()
+    with (
+        NodeClient("http://127.0.0.1:9", retries=2, backoff=0.1) as client,
+        pytest.raises(NodeUnavailable, match=r"R3_NODE_URL"),
+    ):
+        client.score(PROMPT, COMPLETION)
+    assert time.monotonic() - started >= 0.1 + 0.2  # two backoffs before giving up
