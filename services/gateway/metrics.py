@@ -137,5 +137,5 @@ class GatewayCollector:
 @router.get("/metrics")
 def metrics(request: Request) -> Response:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayCollector(request.app.state.redis, request.app.state.hub))  # type: ignore[arg-type]
+    registry.register(GatewayCollector(request.app.state.redis, request.app.state.hub))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -55,7 +55,7 @@ class ClientStream:
         self.hub = hub
         self.sub = sub
         # Kept in the cursor's canonical order, so each frame's id is a plain join.
-        self.positions = {s: positions[s] for s in sorted(positions, key=cursor.ORDER.get)}
+        self.positions = {s: positions[s] for s in sorted(positions, key=cursor.ORDER.__getitem__)}
         self.keys = {s: cursor.id_key(p) for s, p in positions.items()}
 
     def cursor(self) -> str:
@@ -122,9 +122,9 @@ class ClientStream:
                     await self.sub.wakeup.wait()
                     continue
                 n = min(len(buffer), MAX_FRAMES_PER_WRITE)
-                text = self.render([buffer.popleft() for _ in range(n)])
-                if text:
-                    yield text.encode()
+                live = self.render([buffer.popleft() for _ in range(n)])
+                if live:
+                    yield live.encode()
         finally:
             self.hub.unsubscribe(self.sub)
 
@@ -133,8 +133,10 @@ class ClientResponse(EventSourceResponse):
     """The SSE response that unsubscribes its client however it ends, even before the
     first frame (a client that hangs up at once never starts the generator)."""
 
-    def __init__(self, client: ClientStream, start: dict[str, str], **kwargs: float) -> None:
-        super().__init__(client.frames(start), **kwargs)
+    def __init__(
+        self, client: ClientStream, start: dict[str, str], *, ping: float, send_timeout: float
+    ) -> None:
+        super().__init__(client.frames(start), ping=ping, send_timeout=send_timeout)
         self.client = client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

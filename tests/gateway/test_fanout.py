@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 import redis
 
 from bus.events import TrainStep
@@ -37,6 +38,7 @@ def wait_for(check: Callable[[], bool], seconds: float, what: str) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # 20k events through a real gateway: ~20 s on this machine
 def test_a_client_that_does_not_read_is_lagged_and_others_are_not(
     start_gateway: Callable[..., Gateway], r: redis.Redis
 ) -> None:
