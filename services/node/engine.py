@@ -1,9 +1,11 @@
-"""The serving engine: dynamic batching of concurrent requests and atomic model swaps.
+"""The serving engine: continuous batching of concurrent requests and atomic model swaps.
 
-Requests arriving within `batch_wait_ms` of each other (up to `max_batch`) are generated
-together: prompts left-padded into one batch, one prefill, then one forward pass per new
-token for the whole batch, with per-request sampling (temperature, top_p, seed), stops,
-max_tokens and thinking-marker rules. Rows leave the batch as they finish.
+Requests arriving within `batch_wait_ms` of each other (up to `max_batch`) start together:
+prompts left-padded into one prefill, then one forward pass per new token for the whole
+batch, with per-request sampling (temperature, top_p, seed), stops, max_tokens and
+thinking-marker rules. Rows leave the batch as they finish, and requests for the same model
+that arrive meanwhile join the running batch after their own prefill (continuous batching),
+so a newcomer never waits for a long generation to end.
 
 Swaps: a request captures the `LoadedModel` that is active when it is admitted and is
 generated on it to the end; `swap()` changes what new requests get, atomically. A model
@@ -14,24 +16,45 @@ freed) when the last one ends. The engine knows nothing of HTTP or of the codec.
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
-import itertools
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from transformers import DynamicCache
 
-from services.node.errors import EngineBusy, EngineClosed, GenerationError, PromptError
-from services.node.thinking import ThinkingMarkers, ThinkingRules, ThinkingState, apply_constraints
+from services.node.errors import EngineBusy, EngineClosed, PromptError
+from services.node.handles import (
+    Completion,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    RequestHandle,
+    Slot,
+    StreamEvent,
+    TextDelta,
+)
+from services.node.kv import BatchCache, prefill
+from services.node.thinking import ThinkingMarkers, ThinkingState, apply_constraints
 
-FinishReason = Literal["stop", "length", "cancelled", "error"]
+__all__ = [
+    "Completion",
+    "Engine",
+    "EngineStats",
+    "FinishReason",
+    "Finished",
+    "GenerationRequest",
+    "LoadedModel",
+    "RequestHandle",
+    "StreamEvent",
+    "TextDelta",
+]
 
 
 @dataclass(frozen=True)
@@ -50,49 +73,6 @@ class LoadedModel:
     vocab_size: int | None = None  # tokenizer entries; embedding rows past it are never sampled
 
 
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One completion to generate: chat `messages` or raw `prompt_ids`, and how to sample."""
-
-    messages: Sequence[dict[str, str]] | None = None
-    prompt_ids: Sequence[int] | None = None
-    max_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    thinking: ThinkingRules | None = None
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    text: str
-
-
-@dataclass(frozen=True)
-class Finished:
-    reason: FinishReason
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    message: str | None = None  # why, when reason is "error"
-
-
-StreamEvent = TextDelta | Finished
-
-
-@dataclass(frozen=True)
-class Completion:
-    """A whole completion, as `RequestHandle.result()` returns it."""
-
-    version: str
-    text: str
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-    batch_size: int
-
-
 @dataclass
 class EngineStats:
     """Counters that show batching happened (tests read them, the bench reports them)."""
@@ -103,175 +83,7 @@ class EngineStats:
     tokens_generated: int = 0
     largest_batch: int = 0
     failed_batches: int = 0
-
-
-class RequestHandle:
-    """The caller's side of one request: its events, its model version, cancellation."""
-
-    _ids = itertools.count(1)
-
-    def __init__(
-        self,
-        version: str,
-        prompt_tokens: int,
-        loop: asyncio.AbstractEventLoop | None,
-    ) -> None:
-        self.id = next(self._ids)
-        self.version = version
-        self.prompt_tokens = prompt_tokens
-        self.batch_size = 0  # set when its batch starts
-        self._loop = loop
-        self._sync: queue.SimpleQueue[StreamEvent] = queue.SimpleQueue()
-        self._async: asyncio.Queue[StreamEvent] | None = asyncio.Queue() if loop else None
-        self._cancelled = threading.Event()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def cancel(self) -> None:
-        """Stop generating (the client went away); the row leaves its batch at the next step."""
-        self._cancelled.set()
-
-    def _put(self, event: StreamEvent) -> None:
-        if self._loop is None or self._async is None:
-            self._sync.put(event)
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._async.put_nowait, event)
-        except RuntimeError:  # the loop closed: nobody is listening any more
-            self._cancelled.set()
-
-    def stream(self, timeout: float | None = None) -> Iterator[StreamEvent]:
-        """Blocking iterator over the events, ending with the `Finished` one."""
-        if self._async is not None:
-            raise RuntimeError("this handle was submitted with an event loop: use astream()")
-        while True:
-            event = self._sync.get(timeout=timeout)
-            yield event
-            if isinstance(event, Finished):
-                return
-
-    async def astream(self) -> AsyncIterator[StreamEvent]:
-        """Async iterator over the events, ending with the `Finished` one."""
-        if self._async is None:
-            raise RuntimeError("this handle was submitted without an event loop: use stream()")
-        while True:
-            event = await self._async.get()
-            yield event
-            if isinstance(event, Finished):
-                return
-
-    def _completion(self, finished: Finished) -> Completion:
-        if finished.reason == "error":
-            raise GenerationError(finished.message or "generation failed")
-        return Completion(
-            version=self.version,
-            text=finished.text,
-            finish_reason=finished.reason,
-            prompt_tokens=finished.prompt_tokens,
-            completion_tokens=finished.completion_tokens,
-            batch_size=self.batch_size,
-        )
-
-    def result(self, timeout: float | None = None) -> Completion:
-        """Wait for the whole completion (GenerationError if its batch failed)."""
-        last = None
-        for event in self.stream(timeout):
-            last = event
-        assert isinstance(last, Finished)
-        return self._completion(last)
-
-    async def aresult(self) -> Completion:
-        last = None
-        async for event in self.astream():
-            last = event
-        assert isinstance(last, Finished)
-        return self._completion(last)
-
-
-@dataclass
-class _Slot:
-    """One request inside the engine thread: its tokens, text and stop state."""
-
-    handle: RequestHandle
-    loaded: LoadedModel
-    request: GenerationRequest
-    prompt: list[int]
-    release: Callable[[LoadedModel], None]
-    thinking: ThinkingState | None = None
-    generator: torch.Generator | None = None
-    tokens: list[int] = field(default_factory=list)
-    generated: int = 0
-    text: str = ""
-    emitted: int = 0
-    prefix_offset: int = 0
-    read_offset: int = 0
-    done: bool = False
-
-    def finish(self, reason: FinishReason, message: str | None = None) -> None:
-        if self.done:
-            return
-        self.done = True
-        # Released before the caller hears of the end, so in_use() is exact when it does.
-        self.release(self.loaded)
-        if reason != "error" and self.emitted < len(self.text):
-            self.handle._put(TextDelta(self.text[self.emitted :]))
-            self.emitted = len(self.text)
-        self.handle._put(
-            Finished(reason, self.text, len(self.prompt), self.generated, message=message)
-        )
-
-    def _decode_new(self) -> str:
-        # Incremental detokenization: decode a short window and keep back a trailing
-        # replacement char, which means a multi-byte character is still incomplete.
-        tok = self.loaded.tokenizer
-        prefix = tok.decode(
-            self.tokens[self.prefix_offset : self.read_offset], skip_special_tokens=True
-        )
-        full = tok.decode(self.tokens[self.prefix_offset :], skip_special_tokens=True)
-        if len(full) > len(prefix) and not full.endswith("\ufffd"):
-            self.prefix_offset = self.read_offset
-            self.read_offset = len(self.tokens)
-            return full[len(prefix) :]
-        return ""
-
-    def accept(self, token: int) -> bool:
-        """Take one sampled token; True when this request is finished."""
-        if self.handle.cancelled:
-            self.finish("cancelled")
-            return True
-        self.generated += 1
-        if token in self.loaded.eos_ids:
-            self.finish("stop")
-            return True
-        self.tokens.append(token)
-        if self.thinking is not None:
-            self.thinking.advance(token)
-        new = self._decode_new()
-        if new:
-            searched = len(self.text)
-            self.text += new
-            stops = self.request.stop
-            if stops:
-                longest = max(len(s) for s in stops)
-                start = max(0, searched - longest + 1)
-                hits = [i for i in (self.text.find(s, start) for s in stops) if i >= 0]
-                if hits:
-                    self.text = self.text[: min(hits)]
-                    self.finish("stop")
-                    return True
-                # Hold back what could be the start of a stop string, so it never streams.
-                safe = max(self.emitted, len(self.text) - longest + 1)
-            else:
-                safe = len(self.text)
-            if safe > self.emitted:
-                self.handle._put(TextDelta(self.text[self.emitted : safe]))
-                self.emitted = safe
-        if self.generated >= self.request.max_tokens:
-            self.finish("length")
-            return True
-        return False
+    joined: int = 0  # requests that joined a batch already running
 
 
 _STOP = object()
@@ -302,6 +114,9 @@ class Engine:
         self._holds: dict[int, int] = {}
         self._retired: dict[int, LoadedModel] = {}
         self._pending: queue.Queue[Any] = queue.Queue()
+        # Taken from the queue by a running batch but not its model's (or the stop marker):
+        # served first by the next batch.
+        self._deferred: collections.deque[Any] = collections.deque()
         self._stats = EngineStats()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="node-engine", daemon=True)
@@ -387,7 +202,7 @@ class Engine:
         try:
             prompt = self._prompt_ids(loaded, request)
             handle = RequestHandle(loaded.version, len(prompt), loop)
-            slot = _Slot(
+            slot = Slot(
                 handle=handle, loaded=loaded, request=request, prompt=prompt, release=self._release
             )
             if request.thinking is not None and loaded.markers is not None:
@@ -438,10 +253,10 @@ class Engine:
 
     def _run(self) -> None:
         while True:
-            first = self._pending.get()
+            first = self._deferred.popleft() if self._deferred else self._pending.get()
             if first is _STOP:
                 break
-            batch: list[_Slot] = [first]
+            batch: list[Slot] = [first]
             stopping = False
             # The window slides: each arrival extends it by batch_wait_s (up to 8 windows in
             # all), so a burst of clients submitting one after another lands in one batch.
@@ -449,6 +264,13 @@ class Engine:
             deadline = started + self.batch_wait_s
             while len(batch) < self.max_batch:
                 remaining = deadline - time.monotonic()
+                if self._deferred:
+                    item = self._deferred.popleft()
+                    if item is _STOP:
+                        stopping = True
+                        break
+                    batch.append(item)
+                    continue
                 try:
                     item = (
                         self._pending.get(timeout=remaining)
@@ -464,7 +286,7 @@ class Engine:
                 deadline = min(
                     time.monotonic() + self.batch_wait_s, started + 8 * self.batch_wait_s
                 )
-            groups: dict[int, list[_Slot]] = {}
+            groups: dict[int, list[Slot]] = {}
             for slot in batch:
                 groups.setdefault(id(slot.loaded), []).append(slot)
             for group in groups.values():
@@ -474,6 +296,10 @@ class Engine:
         self._drain()
 
     def _drain(self) -> None:
+        while self._deferred:
+            item = self._deferred.popleft()
+            if item is not _STOP:
+                item.finish("error", "the node is shutting down")
         while True:
             try:
                 item = self._pending.get_nowait()
@@ -482,7 +308,7 @@ class Engine:
             if item is not _STOP:
                 item.finish("error", "the node is shutting down")
 
-    def _generate(self, slots: list[_Slot]) -> None:
+    def _generate(self, slots: list[Slot]) -> None:
         live = [s for s in slots if not s.handle.cancelled]
         for s in slots:
             if s.handle.cancelled:
@@ -503,65 +329,67 @@ class Engine:
                 s.finish("error", "the engine stopped this request")  # a no-op once finished
 
     @torch.inference_mode()
-    def _decode_batch(self, slots: list[_Slot]) -> None:
+    def _decode_batch(self, slots: list[Slot]) -> None:
         loaded = slots[0].loaded
-        device = loaded.device
         model = loaded.model
-        for s in slots:
-            s.handle.batch_size = len(slots)
-        with self._lock:
-            self._stats.batches += 1
-            self._stats.largest_batch = max(self._stats.largest_batch, len(slots))
         pad = loaded.tokenizer.pad_token_id
         pad = pad if pad is not None else min(loaded.eos_ids, default=0)
-        width = max(len(s.prompt) for s in slots)
-        ids = torch.full((len(slots), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(slots), width), dtype=torch.long)
-        for row, s in enumerate(slots):
-            ids[row, width - len(s.prompt) :] = torch.tensor(s.prompt)
-            mask[row, width - len(s.prompt) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        next_pos = positions[:, -1:] + 1
-        alive = list(range(len(slots)))
-        passes = 1
+        rows: list[Slot] = []
+        batch: BatchCache | None = None
+        logits: torch.Tensor | None = None
+        new = slots
         while True:
-            rows = [slots[i] for i in alive]
-            tokens = self._sample(out.logits[:, -1, :], rows, loaded)
-            keep = [r for r, (s, t) in enumerate(zip(rows, tokens, strict=True)) if not s.accept(t)]
+            if new:
+                joined, new_logits = prefill(model, [s.prompt for s in new], pad, loaded.device)
+                if batch is None or logits is None:
+                    batch, logits = joined, new_logits
+                else:
+                    batch.join(joined)
+                    logits = torch.cat([logits, new_logits], dim=0)
+                rows += new
+                for s in rows:
+                    s.handle.batch_size = max(s.handle.batch_size, len(rows))
+                with self._lock:
+                    self._stats.batches += 1
+                    self._stats.forward_passes += 1
+                    self._stats.joined += len(new) if len(rows) > len(new) else 0
+                    self._stats.largest_batch = max(self._stats.largest_batch, len(rows))
+                new = []
+            assert batch is not None and logits is not None
+            tokens = self._sample(logits, rows, loaded)
+            keep = [i for i, (s, t) in enumerate(zip(rows, tokens, strict=True)) if not s.accept(t)]
             with self._lock:
                 self._stats.tokens_generated += len(rows)
             if not keep:
-                break
-            if len(keep) < len(alive):
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                mask, next_pos = mask[index], next_pos[index]
-                alive = [alive[r] for r in keep]
-            step_ids = torch.tensor([[tokens[r]] for r in keep], device=device)
-            mask = torch.cat([mask, mask.new_ones((len(keep), 1))], dim=-1)
-            out = model(
-                input_ids=step_ids,
-                attention_mask=mask,
-                position_ids=next_pos,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            next_pos = next_pos + 1
-            passes += 1
-        with self._lock:
-            self._stats.forward_passes += passes
+                return
+            if len(keep) < len(rows):
+                batch.keep(keep)
+                rows = [rows[i] for i in keep]
+                tokens = [tokens[i] for i in keep]
+            new = self._joiners(loaded, self.max_batch - len(rows))
+            logits = batch.step(model, tokens)
+            with self._lock:
+                self._stats.forward_passes += 1
 
-    def _sample(self, logits: torch.Tensor, rows: list[_Slot], loaded: LoadedModel) -> list[int]:
+    def _joiners(self, loaded: LoadedModel, room: int) -> list[Slot]:
+        """Waiting requests for the running batch's model, up to `room` of them."""
+        joiners: list[Slot] = []
+        # Requests for another model (after a swap) wait for this batch to end; while any
+        # does, none joins, so a steady stream of newcomers cannot starve them.
+        while room > len(joiners) and not self._deferred:
+            try:
+                item = self._pending.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP or item.loaded is not loaded:
+                self._deferred.append(item)
+            elif item.handle.cancelled:
+                item.finish("cancelled")
+            else:
+                joiners.append(item)
+        return joiners
+
+    def _sample(self, logits: torch.Tensor, rows: list[Slot], loaded: LoadedModel) -> list[int]:
         scores = logits.float()
         if loaded.vocab_size is not None and loaded.vocab_size < scores.shape[-1]:
             scores[:, loaded.vocab_size :] = float("-inf")  # padding rows, not real tokens

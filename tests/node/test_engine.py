@@ -230,3 +230,29 @@ def test_swaps_under_concurrent_load_never_fail_a_request(
     engine.close()
     assert not errors
     assert len(versions) == 16 and set(versions) <= {"a", "b"}
+
+
+def test_newcomers_join_a_running_batch_and_generate_the_same_text(engine: Engine) -> None:
+    """Continuous batching: a request arriving mid-generation joins the running batch.
+
+    Its KV cache is merged into the batch's (left-padded), so its greedy text must be what
+    it generates alone, and the long request's text must not change either.
+    """
+    long_alone = engine.submit(greedy(120)).result(timeout=60).text
+    short_request = GenerationRequest(
+        messages=[{"role": "user", "content": "a different and much longer question " * 3}],
+        max_tokens=8,
+        temperature=0,
+    )
+    short_alone = engine.submit(short_request).result(timeout=60).text
+    before = engine.stats()
+    long_handle = engine.submit(greedy(120))
+    events = long_handle.stream(timeout=60)
+    next(events)  # the long request is generating
+    short = engine.submit(short_request).result(timeout=60)
+    long_rest = list(events)
+    after = engine.stats()
+    assert after.joined - before.joined == 1
+    assert short.text == short_alone
+    assert short.batch_size == 2
+    assert isinstance(long_rest[-1], Finished) and long_rest[-1].text == long_alone
