@@ -6,17 +6,19 @@ from datetime import datetime
 from typing import Any, Literal
 
 import redis
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from rq.job import Job
 from rq.queue import Queue
 from rq.registry import BaseRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
 from bus import keys
+from services.node.auth import require_reader
 
 State = Literal["pending", "running", "done", "failed"]
 STATES: tuple[State, ...] = ("pending", "running", "done", "failed")
 
-router = APIRouter()
+# Open like the completions, or token-protected with them (R3_NODE_PROTECT_READS).
+router = APIRouter(dependencies=[Depends(require_reader)])
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from services.node.auth import require_reader
 
 END_OF_TURN = "<|im_end|>"
 MAX_MESSAGES = 64
@@ -101,11 +103,12 @@ def score_completion(
     return Scores(tokens=tokens, logprobs=[float(x) for x in picked], offsets=offsets)
 
 
-router = APIRouter()
+# Open like the completions, or token-protected with them (R3_NODE_PROTECT_READS).
+router = APIRouter(dependencies=[Depends(require_reader)])
 
 
 @router.post("/v1/score", response_model=ScoreResponse)
-def score_route(body: ScoreRequest, request: Request) -> ScoreResponse:
+def score_route(body: ScoreRequest, request: Request, response: Response) -> ScoreResponse:
     """Score on the model serving now; the response names it, as completions do."""
     node: Any = request.app.state.node
     # A lease keeps these weights alive through a swap until the forward pass is done.
@@ -120,6 +123,7 @@ def score_route(body: ScoreRequest, request: Request) -> ScoreResponse:
             )
         except ScoringError as err:
             raise HTTPException(status_code=400, detail=str(err)) from None
+    response.headers["X-Regime3-Model"] = loaded.version  # as every completion says it
     return ScoreResponse(
         model=loaded.version,
         tokens=scores.tokens,

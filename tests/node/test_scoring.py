@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -60,3 +61,23 @@ def test_the_client_retries_a_node_that_does_not_answer_then_says_where() -> Non
     ):
         client.score(PROMPT, COMPLETION)
     assert time.monotonic() - started >= 0.1 + 0.2  # two backoffs before giving up
+
+
+def test_score_and_jobs_are_protected_with_the_reads(
+    node_factory: Callable[..., RunningNode],
+) -> None:
+    node = node_factory(node_protect_reads=True, node_api_token="reader-secret")
+    body = {"messages": PROMPT, "completion": COMPLETION}
+    for method, path, kwargs in (("POST", "/v1/score", {"json": body}), ("GET", "/jobs", {})):
+        refused = httpx.request(method, f"{node.url}{path}", **kwargs)
+        assert refused.status_code == 401, path
+        wrong = httpx.request(
+            method, f"{node.url}{path}", headers={"Authorization": "Bearer nope"}, **kwargs
+        )
+        assert wrong.status_code == 401, path
+    with NodeClient(node.url, token="reader-secret") as client:
+        scored = client.score(PROMPT, COMPLETION)
+    answer = httpx.post(
+        f"{node.url}/v1/score", json=body, headers={"Authorization": "Bearer reader-secret"}
+    )
+    assert answer.headers["X-Regime3-Model"] == scored.model == answer.json()["model"]
