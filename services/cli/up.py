@@ -65,7 +65,6 @@ def _where_to_look(redis_url: str) -> str:
             f"regime3 up: redis-cli -u {redis_url} XREVRANGE {keys.STREAM_EVAL} + - COUNT 1",
             f"regime3 up: redis-cli -u {redis_url} XREVRANGE {keys.EVOLUTION} + - COUNT 1",
             f"regime3 up: redis-cli -u {redis_url} HGETALL {keys.FEEDER_STATUS}",
-            "regime3 up: Ctrl-C stops everything",
         ]
     )
 
