@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -192,7 +193,8 @@ async def chat_completions(
 ) -> JSONResponse | StreamingResponse:
     state = _state(request)
     gen = generation_request(body, state.settings)
-    handle = _submit(state, gen, asyncio.get_running_loop())
+    # Off the event loop: the chat template and tokenizer take a while on a large body.
+    handle = await run_in_threadpool(_submit, state, gen, asyncio.get_running_loop())
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     headers = {MODEL_HEADER: handle.version}
