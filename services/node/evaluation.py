@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import redis
 
@@ -29,14 +29,11 @@ from codec.evaluate import Scoreboard, aggregate, evaluate_output, split_output
 from codec.modes import Mode
 from codec.problem import STOP, Problem, RenderSettings
 from services.node.node_client import NodeClient, Scored
+from services.validation.trend import em_trend
 
 ECE_BINS = 10
 BUILTIN_SEED = 20_240  # fixed: a built-in set is the same problems every time it is named
 BUILTIN_PER_LEVEL = 10
-TREND_WINDOW = 3  # earlier results of the same set the trend compares with
-TREND_MARGIN = 0.02  # EM change (absolute) that counts as a move, not noise
-
-Trend = Literal["improving", "stable", "degrading"]
 
 
 class EvalSetError(ValueError):
@@ -122,20 +119,6 @@ def heatmap_grid(board: Scoreboard) -> dict[str, dict[str, float]]:
     for (domain, level), cell in sorted(board.cells.items()):
         grid.setdefault(domain, {})[str(level)] = round(cell.accuracy, 4)
     return grid
-
-
-def trend_of(previous: Sequence[float], current: float) -> Trend | None:
-    """improving / degrading when EM moved more than TREND_MARGIN from the mean of the last
-    TREND_WINDOW results of the same set, else stable; None with no earlier result."""
-    window = list(previous)[-TREND_WINDOW:]
-    if not window:
-        return None
-    base = sum(window) / len(window)
-    if current > base + TREND_MARGIN:
-        return "improving"
-    if current < base - TREND_MARGIN:
-        return "degrading"
-    return "stable"
 
 
 # --- eval sets -------------------------------------------------------------------------------
@@ -382,7 +365,7 @@ def summarize(
         fixed_eval_ce=ce,
         fixed_eval_ece=ece,
         val_train_gap=(ce - train_ce) if ce is not None and train_ce is not None else None,
-        fixed_eval_trend=trend_of(previous, em),
+        fixed_eval_trend=em_trend(previous, em),  # the trainer's rule, one definition
         pattern_heatmap=heatmap_grid(board),
     )
     samples = [

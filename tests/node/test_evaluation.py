@@ -22,7 +22,6 @@ from services.node.evaluation import (
     heatmap_grid,
     mean_cross_entropy,
     resolve_eval_set,
-    trend_of,
 )
 from services.node.node_client import Scored
 
@@ -83,13 +82,6 @@ def test_heatmap_grid_is_domain_then_difficulty() -> None:
         "arithmetic": {"1": 0.5, "2": 1.0},
         "word": {"1": 0.0},
     }
-
-
-def test_trend_rule() -> None:
-    assert trend_of([], 0.5) is None
-    assert trend_of([0.1, 0.5, 0.5, 0.5], 0.53) == "improving"  # mean of the last 3 is 0.5
-    assert trend_of([0.5, 0.5, 0.5], 0.51) == "stable"
-    assert trend_of([0.5, 0.5, 0.5], 0.47) == "degrading"
 
 
 def test_previous_ems_reads_the_same_set_from_the_eval_stream(r: redis.Redis) -> None:
