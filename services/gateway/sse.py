@@ -19,6 +19,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+import redis
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
@@ -26,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 from bus import keys
 from bus.broadcast import BroadcastReader
 from services.gateway import cursor
-from services.gateway.errors import BadRequest
+from services.gateway.errors import BadRequest, Unavailable
 from services.gateway.fanout import Frame, Hub, Subscriber, encode_frames
 
 router = APIRouter()
@@ -161,7 +162,13 @@ async def events(
         raise BadRequest(str(exc)) from None
     hub: Hub = request.app.state.hub
     settings = request.app.state.settings
-    sub = await hub.subscribe(followed)  # buffering live events before any catch-up read
+    try:
+        sub = await hub.subscribe(followed)  # buffering live events before any catch-up read
+    except redis.RedisError as exc:
+        raise Unavailable(
+            f"the event streams cannot be read: Redis at {hub.redis_url} does not answer "
+            f"({exc}); the gateway keeps retrying, reconnect in a few seconds"
+        ) from None
     positions = {s: start.get(s, hub.dispatched[s]) for s in followed}
     client = ClientStream(hub, sub, positions)
     return ClientResponse(
