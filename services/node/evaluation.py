@@ -212,7 +212,9 @@ def _stored_set(name: str, data_dir: Path) -> Path | None:
         sets = importlib.import_module("services.validation.sets")
     except ModuleNotFoundError:
         return None
-    root = Path(getattr(sets, "default_root", lambda d: d / "validation")(data_dir))
+    # The trainer's and the feeder's default root; drawn from the same seed, the node's copy
+    # holds exactly the trainer's problems.
+    root = data_dir / "validation"
     path: Path = sets.ensure_set(root, match["domain"], int(match["level"]), match["mode"])
     return path
 
