@@ -38,14 +38,16 @@ def test_frames_carry_type_stream_entry_id_and_a_cursor(gateway: Gateway, r: red
         step_id = pub.publish(step(7))
         alert_id = pub.publish(alert(1))
         frames = SseReader(resp).take(2)
-    assert [f.event for f in frames] == ["train.step", "alert"]
-    first, second = frames
+    # Live, each stream has its own reader: order holds within a stream, not across them.
+    last_id = frames[-1].id
+    first, second = sorted(frames, key=lambda f: f.event, reverse=True)
+    assert [first.event, second.event] == ["train.step", "alert"]
     assert first.data["stream"] == "training" and first.data["entry_id"] == step_id
     assert first.data["type"] == "train.step" and first.data["current_step"] == 7
     assert {"time", "host", "run_id", "loss", "learning_rate"} <= first.data.keys()
     assert second.data["stream"] == "alerts" and second.data["entry_id"] == alert_id
-    assert first.id is not None and second.id is not None
-    assert cursor.parse(second.id, ["training", "alerts"]) == {
+    assert first.id is not None and second.id is not None and last_id is not None
+    assert cursor.parse(last_id, ["training", "alerts"]) == {
         "training": step_id,
         "alerts": alert_id,
     }
