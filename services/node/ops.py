@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass
 
 from services.node.config import NodeSettings
-from services.node.power import PowerController, parse_schedule
+from services.node.power import PowerController, PowerError, parse_schedule
 from services.node.state import NodeState
 from services.node.telemetry import GpuProbe, SystemProbe, TelemetryLoop
 
@@ -24,11 +24,22 @@ class Ops:
     gpu: GpuProbe
     system: SystemProbe
     power: PowerController
+    schedule_error: str | None = None  # R3_POWER_SCHEDULE unreadable: no schedule runs
 
 
 def build_ops(settings: NodeSettings) -> Ops:
-    """Open NVML once (or learn why not) and configure power from the settings."""
+    """Open NVML once (or learn why not) and configure power from the settings.
+
+    An unreadable R3_POWER_SCHEDULE must not take telemetry down with it: the node runs
+    without a schedule, logs the error, and GET /power shows it.
+    """
     gpu = GpuProbe()
+    try:
+        schedule = parse_schedule(settings.power_schedule)
+        schedule_error = None
+    except PowerError as exc:
+        schedule, schedule_error = [], f"R3_POWER_SCHEDULE ignored: {exc.reason}"
+        log.error("%s", schedule_error)
     power = PowerController(
         gpu,
         profiles={
@@ -36,12 +47,16 @@ def build_ops(settings: NodeSettings) -> Ops:
             "normal": settings.power_normal_watts,
             "max": settings.power_max_watts,
         },
-        # A bad schedule fails the node's startup with the rule and the fix in the message.
-        schedule=parse_schedule(settings.power_schedule),
+        schedule=schedule,
         default_profile=settings.power_default_profile,
         sudo_nvidia_smi=settings.power_sudo_nvidia_smi,
     )
-    return Ops(gpu=gpu, system=SystemProbe(settings.models_dir), power=power)
+    return Ops(
+        gpu=gpu,
+        system=SystemProbe(settings.models_dir),
+        power=power,
+        schedule_error=schedule_error,
+    )
 
 
 def get_ops(state: NodeState) -> Ops:

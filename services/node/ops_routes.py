@@ -55,7 +55,8 @@ async def system(request: Request) -> dict[str, Any]:
 @router.get("/power", dependencies=[Depends(require_reader)])
 async def power(request: Request) -> dict[str, Any]:
     ops = await run_in_threadpool(_ops, request)
-    return await run_in_threadpool(ops.power.state)
+    state = await run_in_threadpool(ops.power.state)
+    return {**state, "schedule_error": ops.schedule_error}
 
 
 @router.post("/power/profile", dependencies=[Depends(require_admin)])

@@ -177,6 +177,7 @@ def test_power_over_http_needs_the_admin_token_and_explains_no_gpu(
     assert bad.status_code == 422 or bad.status_code == 400
     state = httpx.get(node.url + "/power", timeout=10).json()
     assert state["profiles"] == WATTS and state["schedule"] == []
+    assert state["schedule_error"] is None
     if state["gpus"] is None:  # this host: no NVML
         refused = httpx.post(url, json={"profile": "quiet"}, headers=node.admin_headers, timeout=10)
         assert refused.status_code == 503
@@ -207,3 +208,14 @@ def test_power_over_http_clamps_and_relays_nvmls_refusal(
     assert state["profile"] == "max" and state["gpus"][0]["limit_watts"] == 300.0
     gpu = httpx.get(node.url + "/gpu", timeout=10).json()
     assert gpu["gpus"][0]["power_limit_watts"] == 300.0 and gpu["reason"] is None
+
+
+def test_an_unreadable_schedule_is_reported_and_telemetry_still_runs(
+    node_factory: Callable[..., RunningNode],
+) -> None:
+    node = node_factory(checkpoint_watch=False, power_schedule="quiet 22-7")
+    state = httpx.get(node.url + "/power", timeout=10).json()
+    assert state["schedule"] == []
+    assert "R3_POWER_SCHEDULE ignored" in state["schedule_error"]
+    assert "profile=HH:MM-HH:MM" in state["schedule_error"]
+    assert httpx.get(node.url + "/gpu", timeout=10).status_code == 200
