@@ -107,9 +107,9 @@ class FixedEvaluator:
             publisher=trainer.publisher,
         )
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.sets)
+    def prompts(self) -> list[tuple[str, str]]:
+        """(question, golden answer) of every item, for the in-loop sample."""
+        return [(item.question, item.golden) for s in self.sets for item in s.items]
 
     def evaluate(
         self,

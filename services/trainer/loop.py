@@ -136,13 +136,14 @@ class Trainer:
             self.latest_cursor = latest.info.cursor
             log.info("resumed weights and optimizer from checkpoint %s", latest.info.id)
         self.layers = LayerMonitor(self.model, self.settings.layer_monitor_steps)
-        self.sampler = Sampler(
+        self.fixed_eval = FixedEvaluator.for_trainer(self, connection)
+        self.sampler = Sampler(  # the fixed sets' prompts when there are, else every domain's
             self.tokenizer,
             count=self.settings.eval_examples,
             max_new_tokens=self.loop.sample_max_new_tokens,
             seed=self.settings.seed,
+            prompts=self.fixed_eval.prompts(),
         )
-        self.fixed_eval = FixedEvaluator.for_trainer(self, connection)
         self.rows_per_batch = self.settings.rows_per_micro_batch
         self._stop = threading.Event()
         self.report.set_status(
@@ -489,8 +490,7 @@ class Trainer:
         if self.loop.fixed_eval_at_checkpoint and not self._stop.is_set():
             outcome = self._fixed_eval(checkpoint_id=info.id)
             if outcome is not None and outcome.ce is not None:
-                # Written beside the checkpoint before it is announced: retention keeps the
-                # lowest validation loss, and checkpoint.ready carries it to the nodes.
+                # Recorded before checkpoint.ready: retention keeps the lowest val_loss.
                 self.store.record_validation(info.id, outcome.ce)
                 info = self.store.info(info.id)
             fixed_em = outcome.em if outcome is not None else None

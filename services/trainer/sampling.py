@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, cast
@@ -42,8 +42,12 @@ class Sampler:
         count: int,
         max_new_tokens: int,
         seed: int = 0,
+        prompts: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.tokenizer = tokenizer
+        # (question, golden) pairs to cycle through instead (the trainer's fixed sets), so
+        # the sample asks what the run is scored on, not every domain's problems.
+        self.prompts = list(prompts)
         # Drawn as they are first needed: held-out problems are a tenth of the draws, so the
         # whole set up front would cost seconds at every trainer start.
         self.count = count
@@ -69,8 +73,13 @@ class Sampler:
     @torch.no_grad()
     def sample(self, model: PreTrainedModel, autocast: Any = None) -> SampleResult:
         """Generate for the next prompt; the model is left in the mode it was found in."""
-        problem = self.next_problem()
-        messages = [{"role": "user", "content": problem.question}]
+        if self.prompts:
+            question, golden = self.prompts[self.next_index % len(self.prompts)]
+            self.next_index += 1
+        else:
+            problem = self.next_problem()
+            question, golden = problem.question, problem.golden_text
+        messages = [{"role": "user", "content": question}]
         # Rendered as text, then tokenized: one return type whatever the transformers version.
         text = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False
@@ -97,10 +106,10 @@ class Sampler:
         finally:
             module.train(was_training)
         answer = self.tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True)
-        verdict = evaluate_output(answer, problem.golden_text)
+        verdict = evaluate_output(answer, golden)
         return SampleResult(
-            prompt=problem.question,
-            golden=problem.golden_text,
+            prompt=question,
+            golden=golden,
             answer=answer,
             matches=verdict.match,
             parse_failed=verdict.parse_failed,

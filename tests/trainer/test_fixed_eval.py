@@ -96,6 +96,9 @@ def test_fixed_eval_fills_status_events_checkpoints_and_evolution(
         saved = json.loads((store.root / info.id / "validation.json").read_text())
         assert saved["val_loss"] == pytest.approx(info.val_loss)
 
+    # The in-loop sample asks the fixed set's questions, not every domain's.
+    assert status.current_prompt in {i.question for i in load_set(stored)}
+
     history = read_evolution(r, eval_set="syllogism-d1-canonical")
     assert len(history["probes"]) == 3
     checkpointed = read_evolution(r, checkpoints_only=True)["evaluations"]
