@@ -288,7 +288,10 @@ class EvalReport:
 def previous_ems(connection: redis.Redis, eval_set: str, count: int = 200) -> list[float]:
     """EM of earlier results of `eval_set`, oldest first, from the eval stream's tail."""
     ems: list[float] = []
-    for _id, raw in reversed(connection.xrevrange(keys.STREAM_EVAL, count=count)):
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = connection.xrevrange(  # type: ignore[assignment]
+        keys.STREAM_EVAL, count=count
+    )
+    for _id, raw in reversed(entries):
         try:
             event = from_fields(raw)
         except MalformedEntry:
