@@ -23,8 +23,8 @@ jobs_env = jobs_fixtures.jobs_env
 gateway_url = jobs_fixtures.gateway_url
 
 REPO = Path(__file__).resolve().parents[2]
-# The lead moves these examples into README.md; until then they live in the helper's notes.
-SOURCES = (REPO / "README.md", Path("/work/notes/N3-readme.md"))
+# The examples live in README.md (the node jobs section).
+SOURCES = (REPO / "README.md",)
 
 
 def node_examples() -> list[list[str]]:
