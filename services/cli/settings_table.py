@@ -20,6 +20,7 @@ SETTINGS_CLASSES = (
     "services.inbox.config:InboxSettings",
     "services.gateway.config:GatewaySettings",
     "services.node.config:NodeSettings",
+    "services.feeder.config:FeederSettings",
 )
 
 
