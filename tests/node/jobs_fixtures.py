@@ -23,6 +23,7 @@ def jobs_env(
     monkeypatch.setenv("R3_DATA_DIR", str(tmp_path / "node-data"))
     monkeypatch.setenv("R3_EVAL_MAX_TOKENS", str(MAX_TOKENS))
     monkeypatch.setenv("R3_GEN_MAX_TOKENS", str(MAX_TOKENS))
+    monkeypatch.setenv("R3_NODE_NAME", node.state.node_name)  # the registry jobs read steps from
     get_node_settings.cache_clear()
     yield node
     get_node_settings.cache_clear()

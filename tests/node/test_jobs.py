@@ -236,3 +236,38 @@ def test_generate_without_a_gateway_fails_and_keeps_the_shard(
     [failed] = [e for e in events(r, keys.STREAM_JOBS) if isinstance(e, JobFailed)]
     assert "R3_GATEWAY_URL" in failed.reason
     assert (get_node_settings().generated_dir / "kept.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_a_swap_during_evaluation_restarts_it_on_the_new_model(
+    memorized_dir: Path,
+    jobs_env: RunningNode,
+    r: redis.Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.node import evaluation, jobs
+    from services.node.activation import activate
+
+    node = jobs_env
+    before = node.state.engine.active.version
+    node.state.registry.register("memorized-7", path=str(memorized_dir), step=7)
+    monkeypatch.setenv("R3_JOBS_CONCURRENCY", "1")  # items in order: the swap lands mid-run
+    get_node_settings.cache_clear()
+    real = evaluation._score_item
+    calls: list[str] = []
+
+    def score_then_swap(client: NodeClient, item: Any, max_tokens: int) -> Any:
+        outcome = real(client, item, max_tokens)
+        calls.append(item.id)
+        if len(calls) == 1:  # a real activation, as the checkpoint watcher would do
+            activate(node.state, "memorized-7", by="auto")
+        return outcome
+
+    monkeypatch.setattr(evaluation, "_score_item", score_then_swap)
+    result = jobs.evaluate(eval_set=str(memorized_set(tmp_path / "tiny.jsonl")))
+    assert calls == ["t0", "t1", "t2", "t0", "t1", "t2"]  # the whole set, twice
+    assert (result["model_id"], result["step"]) == ("memorized-7", 7) and before != "memorized-7"
+    assert (result["total"], result["correct"]) == (3, 2)
+    [published] = events(r, keys.STREAM_EVAL)
+    assert published.model_id == "memorized-7"
