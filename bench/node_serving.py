@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 import torch
+import transformers
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from services.model.embedded import ensure_embedded_model
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ratio": round(conc_tps / seq_tps, 2),
         "target_ratio": 5.0,
         "cpu_threads": torch.get_num_threads(),
-        "versions": {"torch": torch.__version__},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
 
 

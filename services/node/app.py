@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -47,7 +47,7 @@ BACKGROUND_TASKS: list[str] = [
 ]
 # ==== end of extension hooks ==================================================================
 
-BackgroundTask = Callable[[NodeState], Awaitable[None]]
+BackgroundTask = Callable[[NodeState], Coroutine[Any, Any, None]]
 
 
 def _resolve(path: str) -> Any:
@@ -113,7 +113,7 @@ def create_app(settings: NodeSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await run_in_threadpool(build_state, settings)
         app.state.node = state
-        tasks = [
+        tasks: list[asyncio.Task[None]] = [
             asyncio.create_task(cast(BackgroundTask, _resolve(path))(state), name=path)
             for path in BACKGROUND_TASKS
         ]

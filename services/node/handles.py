@@ -190,10 +190,10 @@ class Slot:
         # Incremental detokenization: decode a short window and keep back a trailing
         # replacement char, which means a multi-byte character is still incomplete.
         tok = self.loaded.tokenizer
-        prefix = tok.decode(
-            self.tokens[self.prefix_offset : self.read_offset], skip_special_tokens=True
+        prefix = str(
+            tok.decode(self.tokens[self.prefix_offset : self.read_offset], skip_special_tokens=True)
         )
-        full = tok.decode(self.tokens[self.prefix_offset :], skip_special_tokens=True)
+        full = str(tok.decode(self.tokens[self.prefix_offset :], skip_special_tokens=True))
         if len(full) > len(prefix) and not full.endswith("\ufffd"):
             self.prefix_offset = self.read_offset
             self.read_offset = len(self.tokens)

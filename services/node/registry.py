@@ -78,7 +78,7 @@ class Registry:
 
     def list(self) -> list[ModelEntry]:
         """Every entry, oldest registration first."""
-        raw: dict[Any, Any] = self.redis.hgetall(self.models_key)  # type: ignore[assignment]
+        raw: dict[Any, Any] = self.redis.hgetall(self.models_key)
         entries = [ModelEntry.model_validate_json(v) for v in raw.values()]
         return sorted(entries, key=lambda e: (e.registered_at, e.id))
 
@@ -99,7 +99,7 @@ class Registry:
         with self.redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(self.active_key)
+                    pipe.watch(self.active_key)  # type: ignore[no-untyped-call]
                     active = pipe.get(self.active_key)
                     if active is not None and as_str(active) == model_id:
                         raise ActiveModelDeleteError(model_id)
