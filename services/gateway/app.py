@@ -13,7 +13,15 @@ from fastapi.staticfiles import StaticFiles
 
 from bus.connections import connect
 from bus.settings import get_bus_settings
-from services.gateway import artifacts, errors, metrics, sse, status_routes, uploads
+from services.gateway import (
+    artifacts,
+    errors,
+    evolution_routes,
+    metrics,
+    sse,
+    status_routes,
+    uploads,
+)
 from services.gateway.config import GatewaySettings, get_gateway_settings
 from services.gateway.fanout import Hub
 from services.trainer.checkpoint_config import get_checkpoint_settings
@@ -35,7 +43,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.redis = connect(check=False)
     app.state.checkpoints_root = get_checkpoint_settings().checkpoints_path
     errors.install(app)
-    for module in (sse, status_routes, artifacts, uploads, metrics):
+    for module in (sse, status_routes, evolution_routes, artifacts, uploads, metrics):
         app.include_router(module.router)
 
     @app.get("/healthz", response_model=None)
