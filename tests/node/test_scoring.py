@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -81,3 +87,15 @@ def test_score_and_jobs_are_protected_with_the_reads(
         f"{node.url}/v1/score", json=body, headers={"Authorization": "Bearer reader-secret"}
     )
     assert answer.headers["X-Regime3-Model"] == scored.model == answer.json()["model"]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the README example uses curl")
+def test_the_readme_score_example_runs_as_written(node: RunningNode) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```sh\n(.*?)```", readme, flags=re.DOTALL)
+    [example] = [b for b in blocks if b.startswith("curl") and "/v1/score" in b]
+    argv = [a.replace("http://127.0.0.1:8765", node.url) for a in shlex.split(example)]
+    done = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=60)
+    answer = json.loads(done.stdout)
+    assert answer["model"] == node.state.engine.active.version
+    assert answer["tokens"][-1] == END_OF_TURN and len(answer["logprobs"]) == len(answer["tokens"])
