@@ -21,6 +21,7 @@ const RENDER = {
   models: panels.renderModels,
   hosts: panels.renderHosts,
   heatmap: panels.renderHeatmap,
+  evolution: panels.renderEvolution,
   layers: panels.renderLayers,
   alerts: panels.renderAlerts,
 };
@@ -106,10 +107,32 @@ function addEvalLines() {
   }
 }
 
+// Probe answers live in their own Redis stream, read over HTTP: after each evaluation (at
+// most once a second, so a replay of many eval.result events costs one request).
+let evolutionTimer = 0;
+function loadEvolutionSoon() {
+  if (evolutionTimer) return;
+  evolutionTimer = setTimeout(async () => {
+    evolutionTimer = 0;
+    try {
+      const response = await fetch("api/evolution?limit=60", { cache: "no-store" });
+      if (!response.ok) return;
+      state.evolution = await response.json();
+      dirty.add("evolution");
+      schedule();
+    } catch {
+      // the gateway is restarting: the next eval.result asks again
+    }
+  }, 1000);
+}
+
 function onEvent(type, event) {
   rate.n += 1;
   const changed = apply(state, type, event);
-  if (type === "eval.result") addEvalLines();
+  if (type === "eval.result") {
+    addEvalLines();
+    loadEvolutionSoon();
+  }
   for (const name of changed) {
     if (name === "charts") for (const chart of charts) chart.dirty = true;
     else dirty.add(name);
@@ -160,6 +183,7 @@ async function pollStatus() {
 }
 pollStatus();
 setInterval(pollStatus, STATUS_INTERVAL_MS);
+loadEvolutionSoon();
 
 const stream = new LiveStream("events", {
   onEvent,

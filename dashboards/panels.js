@@ -263,6 +263,39 @@ export function renderHeatmap(state) {
   );
 }
 
+// How each probe's answer changed over the last evaluations (GET /api/evolution).
+const EVOLUTION_COLUMNS = 6;
+const clip = (value, n) => (value.length > n ? `${value.slice(0, n - 1)}…` : value);
+
+export function renderEvolution(state) {
+  const evo = state.evolution;
+  if (!evo || !evo.probes?.length) return;
+  const sets = [...new Set(evo.probes.map((p) => p.eval_set))];
+  text("evolution-set", sets.join(", "));
+  const steps = [...new Set(evo.probes.flatMap((p) => p.history.map((x) => x.step)))]
+    .sort((a, b) => a - b)
+    .slice(-EVOLUTION_COLUMNS);
+  const cell = (entry) => {
+    if (!entry) return h("td", { class: "na" }, DASH);
+    const verdict = entry.parse_failed ? "unparsed" : entry.match ? "ok" : "bad";
+    return h("td", { class: `evo ${verdict}`, title: entry.answer }, clip(entry.answer || "(no answer)", 24));
+  };
+  fill(
+    "evolution",
+    h("div", { class: "scroll" },
+      h("table", { class: "evolution" },
+        h("thead", {}, h("tr", {}, h("th", {}, "probe (golden)"), steps.map((st) => h("th", {}, `step ${int(st)}`)))),
+        h("tbody", {}, evo.probes.map((p) => {
+          const byStep = new Map(p.history.map((x) => [x.step, x]));
+          return h("tr", {},
+            h("th", { title: p.question }, `${clip(p.question, 40)} (${clip(p.golden, 16)})`),
+            steps.map((st) => cell(byStep.get(st))));
+        })),
+      ),
+    ),
+  );
+}
+
 export function renderLayers(state) {
   const ly = state.layers;
   if (!ly) return;

@@ -11,6 +11,7 @@ export function newState() {
     sample: null, // the latest train.sample
     layers: null, // the latest train.layers
     evalResult: null, // the latest eval.result
+    evolution: null, // GET /api/evolution: probe answers per evaluation
     lastCheckpoint: null, // the latest checkpoint.ready (for val_loss)
     hosts: new Map(), // host → latest telemetry
     checkpoints: new Map(), // checkpoint id → {ready, nodes: Map node → {pulled, swapped, failed}}

@@ -508,3 +508,56 @@ def test_downsampling_keeps_each_buckets_extremes_and_zooms_from_raw(page: Any) 
     assert result["smoothed"] == [0, 5, 7.5, 8.75]
     assert result["resumed"] == [[1, 2, 3], [1, 2, 30]]
     assert result["evals"] == [100, 300]
+
+
+def test_answer_evolution_shows_how_a_probe_changed(
+    page: Any, publisher: Publisher, r: redis.Redis, artifacts_dir: Path
+) -> None:
+    from services.validation.evolution import ProbeAnswer, record_probes
+
+    answers = [(40, "", None), (80, "invalid", "step-00000080"), (120, "valid", "step-00000120")]
+    for n, (at_step, answer, checkpoint) in enumerate(answers):
+        record_probes(
+            r,
+            eval_set="syllogism-d1-canonical",
+            step=at_step,
+            model_id=checkpoint or f"step-{at_step}",
+            checkpoint_id=checkpoint,
+            time=f"2026-11-24T03:00:0{n}Z",
+            answers=[
+                ProbeAnswer(
+                    id="p1",
+                    question="All cats are animals. Tom is a cat. Is Tom an animal?",
+                    golden="valid",
+                    answer=answer,
+                    match=answer == "valid",
+                    parse_failed=answer == "",
+                )
+            ],
+        )
+    # The page reads the probe history after an eval.result arrives.
+    publisher.publish(
+        ev.EvalResult(
+            model_id="step-00000120",
+            eval_set="syllogism-d1-canonical",
+            step=120,
+            total=64,
+            correct=60,
+            fixed_eval_em=60 / 64,
+        )
+    )
+    page.wait_for_function(
+        "() => document.querySelectorAll('#evolution td.evo').length === 3", timeout=5000
+    )
+    cells = page.locator("#evolution td.evo")
+    assert [cells.nth(i).get_attribute("class") for i in range(3)] == [
+        "evo unparsed",
+        "evo bad",
+        "evo ok",
+    ]
+    assert page.locator("#evolution thead").inner_text().strip().split("\t")[1:] == [
+        "step 40",
+        "step 80",
+        "step 120",
+    ]
+    page.locator("#evolution-panel").screenshot(path=str(artifacts_dir / "evolution.png"))
