@@ -106,6 +106,9 @@ class _Sink:
 
     BLOCK = 1 << 20  # bytes handed to the threads at once
     DEPTH = 16  # blocks in flight before the receiver waits
+    # Flushed to disk as it goes, on the writer thread: the fsync before the rename then
+    # waits for the last few MiB, not the whole file (0.46 s of a 2.2 s pull of 1.2 GB).
+    SYNC_EVERY = 64 << 20
 
     def __init__(self, file: BinaryIO, hasher: Any) -> None:
         self.file = file
@@ -114,13 +117,22 @@ class _Sink:
         self.digester = ThreadPoolExecutor(1, thread_name_prefix="pull-hash")
         self.pending: deque[tuple[Future[Any], Future[Any]]] = deque()
         self.buffer = bytearray()
+        self.unsynced = 0
+
+    def _write(self, block: bytes) -> None:
+        self.file.write(block)
+        self.unsynced += len(block)
+        if self.unsynced >= self.SYNC_EVERY:
+            self.file.flush()
+            os.fdatasync(self.file.fileno())
+            self.unsynced = 0
 
     def _submit(self) -> None:
         block = bytes(self.buffer)
         self.buffer.clear()
         self.pending.append(
             (
-                self.writer.submit(self.file.write, block),
+                self.writer.submit(self._write, block),
                 self.digester.submit(self.hasher.update, block),
             )
         )
