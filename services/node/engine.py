@@ -8,7 +8,9 @@ that arrive meanwhile join the running batch after their own prefill (continuous
 so a newcomer never waits for a long generation to end.
 
 Swaps: a request captures the `LoadedModel` that is active when it is admitted and is
-generated on it to the end; `swap()` changes what new requests get, atomically. A model
+generated on it to the end; `swap()` changes what new requests get, atomically. Each model
+has its own running batch and the batches step in turn, so right after a swap the new
+model's requests start at once while the old model's batch drains. A model
 swapped out stays referenced while a request still holds it and is dropped (its memory
 freed) when the last one ends. The engine knows nothing of HTTP or of the codec.
 """
@@ -23,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,17 @@ class EngineStats:
 
 
 _STOP = object()
+
+
+@dataclass
+class _Run:
+    """One model's running batch: its rows, those admitted but not prefilled, its cache."""
+
+    loaded: LoadedModel
+    rows: list[Slot] = field(default_factory=list)
+    new: list[Slot] = field(default_factory=list)
+    cache: BatchCache | None = None
+    logits: torch.Tensor | None = None
 
 
 def _free_device_memory(device: torch.device) -> None:
@@ -193,9 +206,10 @@ class Engine:
             raise EngineClosed("the engine is stopped; no request is taken")
         if request.max_tokens < 1:
             raise PromptError("max_tokens must be at least 1")
-        if self._pending.qsize() >= self.max_queue:
+        waiting = self._pending.qsize() + len(self._deferred)
+        if waiting >= self.max_queue:
             raise EngineBusy(
-                f"{self._pending.qsize()} requests are waiting (R3_NODE_MAX_QUEUE="
+                f"{waiting} requests are waiting (R3_NODE_MAX_QUEUE="
                 f"{self.max_queue}); retry in a moment."
             )
         loaded = self._hold()
@@ -252,25 +266,51 @@ class Engine:
     # -- the engine thread -----------------------------------------------------------------
 
     def _run(self) -> None:
+        # One running batch per model: after a swap the new model's requests start at once,
+        # stepping in turn with the old model's batch until that one drains.
+        runs: dict[int, _Run] = {}
+        stopping = False
         while True:
-            first = self._deferred.popleft() if self._deferred else self._pending.get()
-            if first is _STOP:
-                break
-            batch: list[Slot] = [first]
-            stopping = False
-            # The window slides: each arrival extends it by batch_wait_s (up to 8 windows in
-            # all), so a burst of clients submitting one after another lands in one batch.
-            started = time.monotonic()
-            deadline = started + self.batch_wait_s
-            while len(batch) < self.max_batch:
+            if not runs:
+                if stopping:
+                    break
+                first = self._deferred.popleft() if self._deferred else self._pending.get()
+                if first is _STOP:
+                    break
+                stopping = self._gather(runs, first)
+                del first  # a finished request must not keep its model alive from here
+            elif not stopping:
+                stopping = self._take_waiting(runs)
+            for key in list(runs):
+                if self._advance(runs[key]):
+                    del runs[key]
+        self._drain()
+
+    def _place(self, runs: dict[int, _Run], slot: Slot) -> bool:
+        """Add `slot` to its model's run; False when that run is full."""
+        if slot.handle.cancelled:
+            slot.finish("cancelled")
+            return True
+        run = runs.get(id(slot.loaded))
+        if run is None:
+            run = runs[id(slot.loaded)] = _Run(slot.loaded)
+        if len(run.rows) + len(run.new) >= self.max_batch:
+            return False
+        run.new.append(slot)
+        return True
+
+    def _gather(self, runs: dict[int, _Run], first: Slot) -> bool:
+        """Start from idle: wait a short window for company. True when asked to stop."""
+        self._place(runs, first)
+        # The window slides: each arrival extends it by batch_wait_s (up to 8 windows in
+        # all), so a burst of clients submitting one after another lands in one batch.
+        started = time.monotonic()
+        deadline = started + self.batch_wait_s
+        while sum(len(r.new) for r in runs.values()) < self.max_batch:
+            if self._deferred:
+                item = self._deferred.popleft()
+            else:
                 remaining = deadline - time.monotonic()
-                if self._deferred:
-                    item = self._deferred.popleft()
-                    if item is _STOP:
-                        stopping = True
-                        break
-                    batch.append(item)
-                    continue
                 try:
                     item = (
                         self._pending.get(timeout=remaining)
@@ -279,21 +319,33 @@ class Engine:
                     )
                 except queue.Empty:
                     break
-                if item is _STOP:
-                    stopping = True
-                    break
-                batch.append(item)
-                deadline = min(
-                    time.monotonic() + self.batch_wait_s, started + 8 * self.batch_wait_s
-                )
-            groups: dict[int, list[Slot]] = {}
-            for slot in batch:
-                groups.setdefault(id(slot.loaded), []).append(slot)
-            for group in groups.values():
-                self._generate(group)
-            if stopping:
+            if item is _STOP:
+                return True
+            if not self._place(runs, item):
+                self._deferred.appendleft(item)
                 break
-        self._drain()
+            deadline = min(time.monotonic() + self.batch_wait_s, started + 8 * self.batch_wait_s)
+        return False
+
+    def _take_waiting(self, runs: dict[int, _Run]) -> bool:
+        """Place every waiting request that fits, without blocking. True when asked to stop."""
+        full: list[Any] = []
+        stop = False
+        while True:
+            if self._deferred:
+                item = self._deferred.popleft()
+            else:
+                try:
+                    item = self._pending.get_nowait()
+                except queue.Empty:
+                    break
+            if item is _STOP:
+                stop = True
+                break
+            if not self._place(runs, item):
+                full.append(item)
+        self._deferred.extendleft(reversed(full))  # first come, first placed next time
+        return stop
 
     def _drain(self) -> None:
         while self._deferred:
@@ -308,86 +360,69 @@ class Engine:
             if item is not _STOP:
                 item.finish("error", "the node is shutting down")
 
-    def _generate(self, slots: list[Slot]) -> None:
-        live = [s for s in slots if not s.handle.cancelled]
-        for s in slots:
-            if s.handle.cancelled:
-                s.finish("cancelled")
+    def _advance(self, run: _Run) -> bool:
+        """One step of one model's batch; True when it has no rows left."""
         try:
-            if live:
-                self._decode_batch(live)
+            return self._step(run)
         except Exception as exc:  # a device error fails this batch, never the engine
+            victims = run.rows + run.new
             reason = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, torch.cuda.OutOfMemoryError):
-                reason = f"out of GPU memory in a batch of {len(live)}; retry or lower load"
+                reason = f"out of GPU memory in a batch of {len(victims)}; retry or lower load"
             with self._lock:
                 self._stats.failed_batches += 1
-            for s in live:
+            for s in victims:
                 s.finish("error", reason)
-        finally:
-            for s in slots:
-                s.finish("error", "the engine stopped this request")  # a no-op once finished
+            return True
 
     @torch.inference_mode()
-    def _decode_batch(self, slots: list[Slot]) -> None:
-        loaded = slots[0].loaded
+    def _step(self, run: _Run) -> bool:
+        loaded = run.loaded
         model = loaded.model
-        pad = loaded.tokenizer.pad_token_id
-        pad = pad if pad is not None else min(loaded.eos_ids, default=0)
-        rows: list[Slot] = []
-        batch: BatchCache | None = None
-        logits: torch.Tensor | None = None
-        new = slots
-        while True:
+        if run.new:
+            new = [s for s in run.new if not s.handle.cancelled]
+            for s in run.new:
+                if s.handle.cancelled:
+                    s.finish("cancelled")
             if new:
-                joined, new_logits = prefill(model, [s.prompt for s in new], pad, loaded.device)
-                if batch is None or logits is None:
-                    batch, logits = joined, new_logits
+                pad = loaded.tokenizer.pad_token_id
+                pad = pad if pad is not None else min(loaded.eos_ids, default=0)
+                cache, logits = prefill(model, [s.prompt for s in new], pad, loaded.device)
+                joining = bool(run.rows)
+                if run.cache is None or run.logits is None or not joining:
+                    run.cache, run.logits = cache, logits
                 else:
-                    batch.join(joined)
-                    logits = torch.cat([logits, new_logits], dim=0)
-                rows += new
-                for s in rows:
-                    s.handle.batch_size = max(s.handle.batch_size, len(rows))
+                    run.cache.join(cache)
+                    run.logits = torch.cat([run.logits, logits], dim=0)
+                run.rows += new
+                run.new = []
+                for s in run.rows:
+                    s.handle.batch_size = max(s.handle.batch_size, len(run.rows))
                 with self._lock:
                     self._stats.batches += 1
                     self._stats.forward_passes += 1
-                    self._stats.joined += len(new) if len(rows) > len(new) else 0
-                    self._stats.largest_batch = max(self._stats.largest_batch, len(rows))
-                new = []
-            assert batch is not None and logits is not None
-            tokens = self._sample(logits, rows, loaded)
-            keep = [i for i, (s, t) in enumerate(zip(rows, tokens, strict=True)) if not s.accept(t)]
-            with self._lock:
-                self._stats.tokens_generated += len(rows)
-            if not keep:
-                return
-            if len(keep) < len(rows):
-                batch.keep(keep)
-                rows = [rows[i] for i in keep]
-                tokens = [tokens[i] for i in keep]
-            new = self._joiners(loaded, self.max_batch - len(rows))
-            logits = batch.step(model, tokens)
-            with self._lock:
-                self._stats.forward_passes += 1
-
-    def _joiners(self, loaded: LoadedModel, room: int) -> list[Slot]:
-        """Waiting requests for the running batch's model, up to `room` of them."""
-        joiners: list[Slot] = []
-        # Requests for another model (after a swap) wait for this batch to end; while any
-        # does, none joins, so a steady stream of newcomers cannot starve them.
-        while room > len(joiners) and not self._deferred:
-            try:
-                item = self._pending.get_nowait()
-            except queue.Empty:
-                break
-            if item is _STOP or item.loaded is not loaded:
-                self._deferred.append(item)
-            elif item.handle.cancelled:
-                item.finish("cancelled")
-            else:
-                joiners.append(item)
-        return joiners
+                    self._stats.joined += len(new) if joining else 0
+                    self._stats.largest_batch = max(self._stats.largest_batch, len(run.rows))
+        run.new = []  # all placed (or cancelled)
+        if not run.rows:
+            return True
+        assert run.cache is not None and run.logits is not None
+        rows = run.rows
+        tokens = self._sample(run.logits, rows, loaded)
+        keep = [i for i, (s, t) in enumerate(zip(rows, tokens, strict=True)) if not s.accept(t)]
+        with self._lock:
+            self._stats.tokens_generated += len(rows)
+        if not keep:
+            run.rows, run.cache, run.logits = [], None, None
+            return True
+        if len(keep) < len(rows):
+            run.cache.keep(keep)
+            run.rows = [rows[i] for i in keep]
+            tokens = [tokens[i] for i in keep]
+        run.logits = run.cache.step(model, tokens)
+        with self._lock:
+            self._stats.forward_passes += 1
+        return False
 
     def _sample(self, logits: torch.Tensor, rows: list[Slot], loaded: LoadedModel) -> list[int]:
         scores = logits.float()

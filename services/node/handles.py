@@ -179,6 +179,8 @@ class Slot:
         self.done = True
         # Released before the caller hears of the end, so in_use() is exact when it does.
         self.release(self.loaded)
+        # Whatever still references this slot must not keep a swapped-out model alive.
+        self.loaded = None  # type: ignore[assignment]
         if reason != "error" and self.emitted < len(self.text):
             self.handle._put(TextDelta(self.text[self.emitted :]))
             self.emitted = len(self.text)

@@ -256,3 +256,22 @@ def test_newcomers_join_a_running_batch_and_generate_the_same_text(engine: Engin
     assert short.text == short_alone
     assert short.batch_size == 2
     assert isinstance(long_rest[-1], Finished) and long_rest[-1].text == long_alone
+
+
+def test_after_a_swap_new_requests_start_while_the_old_batch_runs(
+    embedded_dir: Path, nudged_model_dir: Path
+) -> None:
+    """Each model has its own running batch, stepped in turn: no wait for the old one to end."""
+    engine = Engine(load(embedded_dir, "old"), batch_wait_ms=0)
+    try:
+        long_handle = engine.submit(greedy(400))
+        events = long_handle.stream(timeout=60)
+        next(events)
+        engine.swap(load(nudged_model_dir, "new"))
+        short = engine.submit(greedy(4)).result(timeout=60)
+        assert short.version == "new"
+        assert engine.in_use().get("old") == 1  # the old model's request is still generating
+        last = list(events)[-1]
+        assert isinstance(last, Finished) and last.completion_tokens == 400
+    finally:
+        engine.close()
