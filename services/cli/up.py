@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import secrets
 import threading
+from pathlib import Path
 
 import click
 
@@ -54,6 +56,27 @@ def _seed(env: dict[str, str]) -> None:
         )
 
 
+def _one_machine_env(env: dict[str, str], data_dir: Path) -> str | None:
+    """Both hosts on this machine: the node finds the gateway (and its own API) on the ports
+    chosen here, and shares a token with the gateway, kept in the data directory so a restart
+    keeps it. Without one the gateway serves no checkpoint and takes no shard: no hot-swap.
+    Returns a line saying where a new token was written, or None."""
+    env.setdefault("R3_GATEWAY_URL", f"http://127.0.0.1:{env.get('R3_GATEWAY_PORT', '8080')}")
+    env.setdefault("R3_NODE_URL", f"http://127.0.0.1:{env.get('R3_NODE_PORT', '8765')}")
+    if env.get("R3_NODE_TOKEN"):
+        return None
+    path = data_dir / "secrets" / "node-token"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+        env["R3_NODE_TOKEN"] = path.read_text().strip()
+        return f"regime3 up: generated the node token (gateway <-> node) in {path}"
+    env["R3_NODE_TOKEN"] = path.read_text().strip()
+    return None
+
+
 def _where_to_look(redis_url: str) -> str:
     gateway_port = os.environ.get("R3_GATEWAY_PORT", "8080")
     node_port = os.environ.get("R3_NODE_PORT", "8765")
@@ -100,6 +123,16 @@ def up_command(host: str, only: tuple[str, ...], seed: bool) -> None:
     chosen = [
         s for s in SERVICES if (host == "all" or s.host == host) and (not only or s.name in only)
     ]
+    if host == "all":
+        note = _one_machine_env(env, settings.data_dir)
+        if note:
+            click.echo(note, err=True)
+    elif not env.get("R3_NODE_TOKEN"):
+        click.echo(
+            "regime3 up: R3_NODE_TOKEN is not set: set the same value on both hosts, or the "
+            "node can pull no checkpoint and upload no shard",
+            err=True,
+        )
     trains_here = any(s.name == "trainer" for s in chosen)
     if seed and trains_here and _demo_env(env):
         threading.Thread(target=_seed, args=(env,), name="demo-seed", daemon=True).start()
