@@ -137,7 +137,9 @@ class Feeder:
                     "count": s.feeder_job_examples,
                     "difficulty": s.demo_difficulty,
                     "mode": mode.value,
-                    "priority": "normal",
+                    # Generated data trains after what users queue (DESIGN: new shard ->
+                    # train-low), and still counts as waiting for the marks above.
+                    "priority": "low",
                 },
                 description=(
                     f"generate {s.feeder_job_examples} {s.demo_domain} d{s.demo_difficulty} "

@@ -59,7 +59,7 @@ def test_fills_from_the_low_mark_to_the_maximum_then_pauses(r: redis.Redis, tmp_
         "count": 1000,
         "difficulty": 1,
         "mode": "canonical",
-        "priority": "normal",
+        "priority": "low",
     }
     # The node's job function takes exactly these arguments.
     from services.node import jobs as node_jobs
