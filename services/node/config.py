@@ -195,7 +195,7 @@ class NodeSettings(BaseSettings):
         "are clients of the local node, so a GPU holds one copy of the weights.",
     )
     jobs_concurrency: int = Field(
-        8,
+        32,  # the node's R3_NODE_MAX_BATCH: one full batch in flight
         ge=1,
         le=256,
         description="Requests an eval or generation job keeps in flight at once, so the node "
