@@ -5,6 +5,7 @@ import redis
 
 from bus import keys
 from bus.status import StatusStore, TrainingStatus
+from tests.bus.samples import B2_FIELDS
 
 
 def test_status_round_trips_and_reads_plainly(r: redis.Redis) -> None:
@@ -37,49 +38,7 @@ def test_none_removes_a_field_and_defaults_return(r: redis.Redis) -> None:
 
 
 def test_every_seed_field_is_present_in_the_payload() -> None:
-    seed_fields = [
-        "status",
-        "current_step",
-        "total_steps",
-        "epoch",
-        "loss",
-        "learning_rate",
-        "timestamp",
-        "model_name",
-        "max_output_tokens",
-        "context_window",
-        "batch_step",
-        "batch_total_steps",
-        "batch_number",
-        "batch_queue_size",
-        "current_file",
-        "current_system_prompt",
-        "current_prompt",
-        "golden_answer",
-        "model_answer",
-        "answer_matches",
-        "total_evals",
-        "total_correct",
-        "accuracy_percent",
-        "accuracy_last_20",
-        "accuracy_last_50",
-        "accuracy_trend",
-        "streaming_ce",
-        "loss_variance",
-        "token_entropy",
-        "loss_trend",
-        "fixed_eval_em",
-        "fixed_eval_ce",
-        "fixed_eval_ece",
-        "fixed_eval_trend",
-        "pattern_heatmap",
-        "pattern_loss_trend",
-        "layer_activity_summary",
-        "lora_stats",
-        "train_loss_history",
-        "accuracy_history",
-    ]
-    assert set(seed_fields) <= set(TrainingStatus().model_dump())
+    assert set(B2_FIELDS) <= set(TrainingStatus().model_dump())
 
 
 def test_bad_updates_are_refused_before_they_reach_redis(r: redis.Redis) -> None:

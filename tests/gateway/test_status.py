@@ -8,51 +8,8 @@ import redis
 from bus.events import GpuReading, Telemetry
 from bus.publish import Publisher
 from bus.status import StatusStore, TrainingStatus
+from tests.bus.samples import B2_FIELDS
 from tests.gateway.rig import Gateway
-
-# The example payload of questionnaire B2 (core/training_status.py), field for field.
-B2_FIELDS = [
-    "status",
-    "current_step",
-    "total_steps",
-    "epoch",
-    "loss",
-    "learning_rate",
-    "timestamp",
-    "model_name",
-    "max_output_tokens",
-    "context_window",
-    "batch_step",
-    "batch_total_steps",
-    "batch_number",
-    "batch_queue_size",
-    "current_file",
-    "current_system_prompt",
-    "current_prompt",
-    "golden_answer",
-    "model_answer",
-    "answer_matches",
-    "total_evals",
-    "total_correct",
-    "accuracy_percent",
-    "accuracy_last_20",
-    "accuracy_last_50",
-    "accuracy_trend",
-    "streaming_ce",
-    "loss_variance",
-    "token_entropy",
-    "loss_trend",
-    "fixed_eval_em",
-    "fixed_eval_ce",
-    "fixed_eval_ece",
-    "fixed_eval_trend",
-    "pattern_heatmap",
-    "pattern_loss_trend",
-    "layer_activity_summary",
-    "lora_stats",
-    "train_loss_history",
-    "accuracy_history",
-]
 
 
 def test_training_status_is_the_b2_payload(gateway: Gateway, r: redis.Redis) -> None:
