@@ -23,6 +23,7 @@ import time
 from datetime import UTC, datetime
 
 import redis
+from redis_claim import claim_db  # bench/ is on sys.path when run as a script
 
 from bus import keys
 from bus.broadcast import BroadcastReader
@@ -30,16 +31,6 @@ from bus.events import TrainStep
 from bus.publish import Publisher
 
 STREAM = keys.STREAM_TRAINING
-
-
-def claim_db() -> str:
-    if url := os.environ.get("R3_BENCH_REDIS_URL"):
-        return url
-    for db in range(15, 0, -1):
-        r = redis.Redis(db=db)
-        if r.dbsize() == 0 and r.set("r3:bench:claim", "1", nx=True):
-            return f"redis://127.0.0.1:6379/{db}"
-    raise SystemExit("no empty Redis database to benchmark in; set R3_BENCH_REDIS_URL")
 
 
 def reader(url: str, start_id: str, expected: int, ready: mp.Event, out: mp.Queue) -> None:
@@ -72,8 +63,9 @@ def run(url: str, *, rate: int | None, readers: int, seconds: float, batch: int)
     count_hint = expected if expected is not None else 10**9
     ready_events = [mp.Event() for _ in range(readers)]
     out: mp.Queue = mp.Queue()
-    procs = [mp.Process(target=reader, args=(url, start_id, count_hint, ev, out))
-             for ev in ready_events]
+    procs = [
+        mp.Process(target=reader, args=(url, start_id, count_hint, ev, out)) for ev in ready_events
+    ]
     for p in procs:
         p.start()
     for ev in ready_events:
@@ -92,8 +84,9 @@ def run(url: str, *, rate: int | None, readers: int, seconds: float, batch: int)
             sent += 1
     else:
         while time.perf_counter() - t0 < seconds:
-            pub.publish_many(TrainStep(current_step=sent + j, loss=1.0, learning_rate=1e-4)
-                             for j in range(batch))
+            pub.publish_many(
+                TrainStep(current_step=sent + j, loss=1.0, learning_rate=1e-4) for j in range(batch)
+            )
             sent += batch
     publish_seconds = time.perf_counter() - t0
     publish_end_wall = time.time()
@@ -137,16 +130,27 @@ def main() -> None:
     try:
         for n in [int(x) for x in args.readers.split(",")]:
             for rate in [int(x) for x in args.rates.split(",")]:
-                rows.append(run(url, rate=rate, readers=n, seconds=args.seconds,
-                                batch=args.batch))
+                rows.append(run(url, rate=rate, readers=n, seconds=args.seconds, batch=args.batch))
             rows.append(run(url, rate=None, readers=n, seconds=args.seconds, batch=args.batch))
     finally:
         if "R3_BENCH_REDIS_URL" not in os.environ:
             redis.Redis.from_url(url).flushdb()
-    print(f"machine: {platform.node()} {os.cpu_count()} cores, {platform.processor() or ''}"
-          f" python {platform.python_version()}, redis on loopback")
-    head = ("readers", "target_rate", "batch", "published", "publish_rate", "delivered_min",
-            "delivered_rate_per_reader", "p50_ms", "p99_ms", "max_ms")
+    print(
+        f"machine: {platform.node()} {os.cpu_count()} cores, {platform.processor() or ''}"
+        f" python {platform.python_version()}, redis on loopback"
+    )
+    head = (
+        "readers",
+        "target_rate",
+        "batch",
+        "published",
+        "publish_rate",
+        "delivered_min",
+        "delivered_rate_per_reader",
+        "p50_ms",
+        "p99_ms",
+        "max_ms",
+    )
     print(" | ".join(head))
     for row in rows:
         print(" | ".join(str(row[h]) for h in head))

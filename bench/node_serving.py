@@ -24,19 +24,13 @@ from typing import Any
 
 import torch
 import transformers
+from qwen_arch import QWEN3_06B  # bench/ is on sys.path when run as a script
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from services.model.embedded import ensure_embedded_model
 from services.model.loading import load_model_and_tokenizer, load_tokenizer
 from services.node.engine import Engine, GenerationRequest, LoadedModel
 from services.node.loading import serving_model
-
-QWEN3_06B = {
-    "vocab_size": 151_936, "hidden_size": 1024, "intermediate_size": 3072,
-    "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
-    "head_dim": 128, "max_position_embeddings": 40_960, "rope_theta": 1_000_000.0,
-    "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
-}  # fmt: skip
 
 TOPICS = (
     "Add 17 and 25.",

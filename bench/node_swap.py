@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from qwen_arch import QWEN3_06B  # bench/ is on sys.path when run as a script
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from services.model.embedded import ensure_embedded_model
@@ -66,12 +67,6 @@ from services.trainer.manifest import (
 TOKEN = "bench-token"
 TARGET_SWAP_S = 1.0
 TARGET_DOWNLOAD_MB_S = 500.0
-QWEN3_06B = {
-    "vocab_size": 151_936, "hidden_size": 1024, "intermediate_size": 3072,
-    "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
-    "head_dim": 128, "max_position_embeddings": 40_960, "rope_theta": 1_000_000.0,
-    "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
-}  # fmt: skip
 
 
 def build_model_dir(kind: str, work: Path, device: str) -> Path:

@@ -41,6 +41,7 @@ from pathlib import Path
 import httpx
 import psutil
 import redis
+from redis_claim import claim_db  # bench/ is on sys.path when run as a script
 
 from bus.events import TrainStep
 from bus.publish import Publisher
@@ -52,16 +53,6 @@ PREBUILT = [
 PER_PROCESS = 25
 TIME_KEY = b'"time":"'
 TIME_LEN = len("2026-11-24T02:31:00.123456Z")
-
-
-def claim_db() -> str:
-    if url := os.environ.get("R3_BENCH_REDIS_URL"):
-        return url
-    for db in range(15, 0, -1):
-        r = redis.Redis(db=db)
-        if r.dbsize() == 0 and r.set("r3:bench:claim", "1", nx=True):
-            return f"redis://127.0.0.1:6379/{db}"
-    raise SystemExit("no empty Redis database to benchmark in; set R3_BENCH_REDIS_URL")
 
 
 def free_port() -> int:

@@ -29,18 +29,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from qwen_arch import QWEN3_06B  # bench/ is on sys.path when run as a script
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from services.trainer.loss import IGNORE_INDEX, forward_loss
 from services.trainer.optim import BF16AdamW
 from services.trainer.packing import best_fit_decreasing
 
-QWEN3_06B = {
-    "vocab_size": 151_936, "hidden_size": 1024, "intermediate_size": 3072,
-    "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
-    "head_dim": 128, "max_position_embeddings": 40_960, "rope_theta": 1_000_000.0,
-    "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
-}  # fmt: skip
 TINY = {**QWEN3_06B, "vocab_size": 4096, "hidden_size": 64, "intermediate_size": 128,
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
         "head_dim": 16}  # fmt: skip
@@ -75,8 +70,13 @@ def packed_rows(examples: list[Example], row_len: int) -> list[dict[str, np.ndar
             ids.append(e.ids)
             labels.append(lab)
             pos.append(np.arange(len(e.ids)))
-        rows.append({"input_ids": np.concatenate(ids), "labels": np.concatenate(labels),
-                     "position_ids": np.concatenate(pos)})
+        rows.append(
+            {
+                "input_ids": np.concatenate(ids),
+                "labels": np.concatenate(labels),
+                "position_ids": np.concatenate(pos),
+            }
+        )
     return rows
 
 
@@ -100,8 +100,9 @@ def peak_gib() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
-def run_regime3(cfg: dict[str, Any], examples: list[Example], args: argparse.Namespace,
-                device: str) -> dict[str, Any]:
+def run_regime3(
+    cfg: dict[str, Any], examples: list[Example], args: argparse.Namespace, device: str
+) -> dict[str, Any]:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = Qwen3ForCausalLM(Qwen3Config(**cfg, attn_implementation=args.attn)).to(device, dtype)
     model.train()
@@ -135,8 +136,13 @@ def run_regime3(cfg: dict[str, Any], examples: list[Example], args: argparse.Nam
                 for i in range(0, len(step_rows), micro):
                     batch = collate_rows(step_rows[i : i + micro], device)
                     with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-                        out = forward_loss(model, batch["input_ids"], batch["position_ids"],
-                                           batch["labels"], chunk_tokens=args.loss_chunk)
+                        out = forward_loss(
+                            model,
+                            batch["input_ids"],
+                            batch["position_ids"],
+                            batch["labels"],
+                            chunk_tokens=args.loss_chunk,
+                        )
                     (out.loss_sum / loss_tokens).backward()
                     total += float(out.loss_sum.detach())
                 break
@@ -162,21 +168,29 @@ def run_regime3(cfg: dict[str, Any], examples: list[Example], args: argparse.Nam
     gpu_sync()
     seconds = time.perf_counter() - (t0 or time.perf_counter())
     return {
-        "setup": "regime3", "attn": args.attn, "checkpointing": args.checkpointing,
-        "compile": args.compile, "tf32": args.tf32,
-        "loss_chunk": args.loss_chunk, "steps_timed": len(steps) - args.warmup,
+        "setup": "regime3",
+        "attn": args.attn,
+        "checkpointing": args.checkpointing,
+        "compile": args.compile,
+        "tf32": args.tf32,
+        "loss_chunk": args.loss_chunk,
+        "steps_timed": len(steps) - args.warmup,
         "optimizer_share": round(opt_seconds / seconds, 3) if seconds else None,
-        "tokens_per_step": args.tokens_per_step, "micro_rows_final": micro, "ooms": ooms,
+        "tokens_per_step": args.tokens_per_step,
+        "micro_rows_final": micro,
+        "ooms": ooms,
         "tokens_per_sec": round(timed_tokens / seconds) if seconds else None,
         "peak_gib": round(peak_gib(), 2) if peak_gib() is not None else None,
         "packing_efficiency": round(real_tokens / slots, 4),
-        "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4),
+        "first_loss": round(losses[0], 4),
+        "last_loss": round(losses[-1], 4),
         "examples": len(examples),
     }
 
 
-def run_baseline(cfg: dict[str, Any], examples: list[Example], args: argparse.Namespace,
-                 batch: int, device: str) -> dict[str, Any]:
+def run_baseline(
+    cfg: dict[str, Any], examples: list[Example], args: argparse.Namespace, batch: int, device: str
+) -> dict[str, Any]:
     from torch.utils.data import Dataset
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
@@ -188,8 +202,11 @@ def run_baseline(cfg: dict[str, Any], examples: list[Example], args: argparse.Na
             e = examples[i]
             labels = e.ids.tolist()
             labels[: e.prompt] = [IGNORE_INDEX] * e.prompt
-            return {"input_ids": e.ids.tolist(), "labels": labels,
-                    "attention_mask": [1] * len(e.ids)}
+            return {
+                "input_ids": e.ids.tolist(),
+                "labels": labels,
+                "attention_mask": [1] * len(e.ids),
+            }
 
     class PadToLongest:
         tokenizer_pad = 0
@@ -205,9 +222,16 @@ def run_baseline(cfg: dict[str, Any], examples: list[Example], args: argparse.Na
     model = Qwen3ForCausalLM(Qwen3Config(**cfg, attn_implementation="sdpa")).to(device)
     steps = args.baseline_steps
     targs = TrainingArguments(
-        output_dir="/tmp/r3-baseline", per_device_train_batch_size=batch, max_steps=steps,
-        learning_rate=2e-5, bf16=device == "cuda", logging_steps=10**9, save_strategy="no",
-        report_to=[], dataloader_num_workers=0, use_cpu=device != "cuda",
+        output_dir="/tmp/r3-baseline",
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        learning_rate=2e-5,
+        bf16=device == "cuda",
+        logging_steps=10**9,
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        use_cpu=device != "cuda",
     )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -227,14 +251,19 @@ def run_baseline(cfg: dict[str, Any], examples: list[Example], args: argparse.Na
         gpu_sync()
         seconds = time.perf_counter() - t0
     except torch.OutOfMemoryError as exc:
-        result = {"setup": f"baseline batch {batch}", "oom": True,
-                  "error": str(exc).splitlines()[0][:160],
-                  "peak_gib": round(peak_gib(), 2) if peak_gib() is not None else None}
+        result = {
+            "setup": f"baseline batch {batch}",
+            "oom": True,
+            "error": str(exc).splitlines()[0][:160],
+            "peak_gib": round(peak_gib(), 2) if peak_gib() is not None else None,
+        }
         del trainer, model
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
         return result
     result = {
-        "setup": f"baseline batch {batch}", "oom": False, "steps_timed": steps,
+        "setup": f"baseline batch {batch}",
+        "oom": False,
+        "steps_timed": steps,
         "tokens_per_sec": round(counted["tokens"] / seconds),  # includes the first step
         "peak_gib": round(peak_gib(), 2) if peak_gib() is not None else None,
     }
@@ -259,13 +288,23 @@ def main() -> None:
     ap.add_argument("--attn", default="sdpa", help="sdpa | flex_attention | eager")
     ap.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     ap.add_argument("--compile", action="store_true", help="torch.compile each decoder layer")
-    ap.add_argument("--tf32", action="store_true",
-                    help="TF32 tensor cores for the loss's fp32 head-gradient GEMM")
-    ap.add_argument("--cap-gib", type=float, default=None,
-                    help="cap this process's GPU memory (set_per_process_memory_fraction)")
+    ap.add_argument(
+        "--tf32",
+        action="store_true",
+        help="TF32 tensor cores for the loss's fp32 head-gradient GEMM",
+    )
+    ap.add_argument(
+        "--cap-gib",
+        type=float,
+        default=None,
+        help="cap this process's GPU memory (set_per_process_memory_fraction)",
+    )
     ap.add_argument("--json-out", default=None)
-    ap.add_argument("--profile", default=None,
-                    help="write a torch.profiler table of the timed steps' CUDA kernels here")
+    ap.add_argument(
+        "--profile",
+        default=None,
+        help="write a torch.profiler table of the timed steps' CUDA kernels here",
+    )
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
@@ -277,10 +316,14 @@ def main() -> None:
     cfg = TINY if args.tiny else QWEN3_06B
     examples = synthetic(args.examples, vocab=cfg["vocab_size"], max_len=args.max_length, seed=0)
     lengths = np.array([len(e.ids) for e in examples])
-    info = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
-            "torch": torch.__version__, "cap_gib": args.cap_gib,
-            "mean_len": round(float(lengths.mean()), 1), "max_len": int(lengths.max()),
-            "examples": len(examples)}
+    info = {
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "cap_gib": args.cap_gib,
+        "mean_len": round(float(lengths.mean()), 1),
+        "max_len": int(lengths.max()),
+        "examples": len(examples),
+    }
     print(json.dumps(info), flush=True)
     results = []
     if args.only in (None, "regime3") and args.profile:
@@ -289,8 +332,11 @@ def main() -> None:
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             results.append(run_regime3(cfg, examples, args, device))
         with open(args.profile, "w") as f:
-            f.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40,
-                                              max_name_column_width=90))
+            f.write(
+                prof.key_averages().table(
+                    sort_by="cuda_time_total", row_limit=40, max_name_column_width=90
+                )
+            )
     elif args.only in (None, "regime3"):
         results.append(run_regime3(cfg, examples, args, device))
         print(json.dumps(results[-1]), flush=True)
