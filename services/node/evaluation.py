@@ -29,9 +29,9 @@ from codec.evaluate import Scoreboard, aggregate, evaluate_output, split_output
 from codec.modes import Mode
 from codec.problem import STOP, Problem, RenderSettings
 from services.node.node_client import NodeClient, Scored
+from services.validation.calibration import expected_calibration_error
 from services.validation.trend import em_trend
 
-ECE_BINS = 10
 BUILTIN_SEED = 20_240  # fixed: a built-in set is the same problems every time it is named
 BUILTIN_PER_LEVEL = 10
 
@@ -53,31 +53,6 @@ class EvalItem:
 
 
 # --- the numbers -----------------------------------------------------------------------------
-
-
-def expected_calibration_error(
-    confidences: Sequence[float], correct: Sequence[bool], bins: int = ECE_BINS
-) -> float | None:
-    """ECE over equal-width bins of [0, 1]: Σ_b (n_b / N) · |accuracy_b − mean confidence_b|.
-
-    A confidence of exactly 1.0 falls in the top bin. None when there is nothing to bin.
-    """
-    if len(confidences) != len(correct):
-        raise ValueError(f"{len(confidences)} confidences but {len(correct)} verdicts")
-    if not confidences:
-        return None
-    count = [0] * bins
-    conf_sum = [0.0] * bins
-    right = [0] * bins
-    for conf, ok in zip(confidences, correct, strict=True):
-        if not 0.0 <= conf <= 1.0 or math.isnan(conf):
-            raise ValueError(f"confidence {conf} is not a probability")
-        b = min(int(conf * bins), bins - 1)
-        count[b] += 1
-        conf_sum[b] += conf
-        right[b] += ok
-    total = len(confidences)
-    return sum((n / total) * abs(right[b] / n - conf_sum[b] / n) for b, n in enumerate(count) if n)
 
 
 def mean_cross_entropy(scores: Sequence[Scored]) -> float | None:

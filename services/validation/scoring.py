@@ -14,9 +14,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from codec.codebook import Codebook
 from codec.evaluate import EvalResult, Scoreboard, evaluate_output
 from codec.problem import STOP
+from services.validation.calibration import expected_calibration_error
 from services.validation.sets import ValidationItem
-
-ECE_BINS = 10
 
 
 @dataclass(frozen=True)
@@ -52,23 +51,6 @@ class FixedEvalScore:
         for cell in self.heatmap["cells"]:
             out[cell["domain"]][str(cell["difficulty"])] = cell["accuracy"]
         return dict(out)
-
-
-def expected_calibration_error(confidences: Sequence[float], correct: Sequence[bool]) -> float:
-    """ECE over ECE_BINS equal-width bins: sum over bins of |accuracy - mean confidence|
-    weighted by the bin's share of the items."""
-    if not confidences:
-        raise ValueError("ECE of no items is undefined")
-    bins: dict[int, list[tuple[float, bool]]] = defaultdict(list)
-    for conf, ok in zip(confidences, correct, strict=True):
-        bins[min(ECE_BINS - 1, int(conf * ECE_BINS))].append((conf, ok))
-    total = len(confidences)
-    return sum(
-        len(items)
-        / total
-        * abs(sum(ok for _, ok in items) / len(items) - sum(c for c, _ in items) / len(items))
-        for items in bins.values()
-    )
 
 
 def _prompt_ids(tokenizer: PreTrainedTokenizerBase, question: str) -> list[int]:
