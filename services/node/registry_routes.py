@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bus.events import ModelSwapFailed
 from services.model.errors import ModelNotFoundError
@@ -42,6 +42,25 @@ class SetActiveBody(BaseModel):
     id: str = Field(min_length=1, max_length=128)
 
 
+B = TypeVar("B", bound=BaseModel)
+
+
+async def _json_body(request: Request, model: type[B]) -> B:
+    """The body as JSON whatever its Content-Type: the users' scripts call these routes with
+    `curl -d '{...}'`, which says application/x-www-form-urlencoded."""
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw or b"null")
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        raise ApiError(
+            400,
+            f'{where}: {error["msg"]} (send a JSON object, e.g. {{"id": "ck1"}})',
+            param=where,
+        ) from exc
+
+
 def _state(request: Request) -> NodeState:
     return request.app.state.node  # type: ignore[no-any-return]
 
@@ -55,7 +74,8 @@ def _registry_error(exc: RegistryError) -> ApiError:
 
 
 @router.post("/models/register", dependencies=[Depends(require_admin)])
-async def register(body: RegisterBody, request: Request) -> dict[str, Any]:
+async def register(request: Request) -> dict[str, Any]:
+    body = await _json_body(request, RegisterBody)
     state = _state(request)
     path = body.path
     if body.url is None:
@@ -76,7 +96,8 @@ async def register(body: RegisterBody, request: Request) -> dict[str, Any]:
 
 
 @router.post("/models/set_active", dependencies=[Depends(require_admin)])
-async def set_active(body: SetActiveBody, request: Request) -> dict[str, Any]:
+async def set_active(request: Request) -> dict[str, Any]:
+    body = await _json_body(request, SetActiveBody)
     state = _state(request)
     try:
         swapped = await run_in_threadpool(activate, state, body.id, by="manual")

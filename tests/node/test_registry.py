@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -152,3 +153,43 @@ def test_restart_falls_back_to_the_default_when_the_active_does_not_load(
     node = node_factory()
     assert serving(node) == "embedded-v1"
     assert registry.active_id() == "embedded-v1"
+
+
+def test_the_users_curl_commands_work_as_written(node: RunningNode, nudged_model_dir: Path) -> None:
+    """Questionnaire C2: `curl -X POST …/models/register -d '{…}'` — curl -d sends
+    application/x-www-form-urlencoded, and the node must still read the JSON."""
+    target = node.settings.models_dir / "checkpoint_name"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(nudged_model_dir, target_is_directory=True)
+    auth = ["-H", f"Authorization: {node.admin_headers['Authorization']}"]
+    for path, body in (
+        ("/models/register", '{"id": "checkpoint_name", "source": "4090"}'),
+        ("/models/set_active", '{"id": "checkpoint_name"}'),
+    ):
+        out = subprocess.run(
+            [
+                "curl",
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "-X",
+                "POST",
+                node.url + path,
+                *auth,
+                "-d",
+                body,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        text, code = out.rsplit("\n", 1)
+        assert code == "200", text
+    assert node.state.engine.active.version == "checkpoint_name"
+    bad = subprocess.run(
+        ["curl", "-s", "-w", "\n%{http_code}", "-X", "POST", node.url + "/models/set_active",
+         *auth, "-d", "id=checkpoint_name"],
+        capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    text, code = bad.rsplit("\n", 1)
+    assert code == "400" and "JSON" in text
