@@ -283,7 +283,13 @@ class Engine:
                 stopping = self._take_waiting(runs)
             for key in list(runs):
                 if self._advance(runs[key]):
+                    device = runs[key].loaded.device
+                    retired = runs[key].loaded is not self._active
                     del runs[key]
+                    if retired:
+                        # _release emptied the cache while this run still held the old
+                        # weights; now that it is gone, give their memory back for real.
+                        _free_device_memory(device)
         self._drain()
 
     def _place(self, runs: dict[int, _Run], slot: Slot) -> bool:

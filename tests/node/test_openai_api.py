@@ -101,6 +101,7 @@ def test_streaming_without_usage_has_no_usage_chunk(node: RunningNode) -> None:
         ({"messages": HI, "n": 2}, "n"),
         ({"messages": HI, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"messages": HI, "max_tokens": 100_000}, "max_tokens"),
+        ({"messages": HI, "seed": 2**64}, "seed"),
         ([1, 2, 3], "body"),
     ],
 )
