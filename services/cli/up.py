@@ -66,15 +66,19 @@ def _one_machine_env(env: dict[str, str], data_dir: Path) -> str | None:
     if env.get("R3_NODE_TOKEN"):
         return None
     path = data_dir / "secrets" / "node-token"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as f:
-            f.write(secrets.token_urlsafe(32))
-        env["R3_NODE_TOKEN"] = path.read_text().strip()
-        return f"regime3 up: generated the node token (gateway <-> node) in {path}"
+    token = path.read_text().strip() if path.is_file() else ""
+    if token:
+        env["R3_NODE_TOKEN"] = token
+        return None
+    # Written under a temporary name and renamed: a crash never leaves an empty token behind.
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    part = path.with_name(f".node-token.{os.getpid()}")
+    descriptor = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as f:
+        f.write(secrets.token_urlsafe(32))
+    os.replace(part, path)
     env["R3_NODE_TOKEN"] = path.read_text().strip()
-    return None
+    return f"regime3 up: generated the node token (gateway <-> node) in {path}"
 
 
 def _where_to_look(redis_url: str) -> str:

@@ -68,6 +68,13 @@ class FeederSettings(BaseSettings):
                 f"R3_FEEDER_LOW_MARK={self.feeder_low_mark} must be below "
                 f"R3_FEEDER_MAX_QUEUE={self.feeder_max_queue}, or generation never pauses"
             )
+        if self.feeder_low_mark + self.feeder_job_examples > self.feeder_max_queue:
+            raise ValueError(
+                f"R3_FEEDER_LOW_MARK={self.feeder_low_mark} + R3_FEEDER_JOB_EXAMPLES="
+                f"{self.feeder_job_examples} must not pass R3_FEEDER_MAX_QUEUE="
+                f"{self.feeder_max_queue}: below the low mark one more job must fit, or "
+                "generation pauses for good while the queue is low"
+            )
         return self
 
     @property

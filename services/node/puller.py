@@ -469,8 +469,13 @@ class Puller:
         (staging / PULLED).write_text(json.dumps(record, indent=2) + "\n")
         for sub in sorted({p.parent for p in staging.rglob("*")} | {staging}, reverse=True):
             fsync_dir(sub)
-        if final.exists():  # an older, unverifiable copy under the same id: set it aside
-            shutil.rmtree(final)
+        if final.exists():
+            if (final / PULLED).is_file():  # an earlier pull of ours under the same id
+                shutil.rmtree(final)
+            else:  # copied in by hand (rsync): never deleted, set aside with a time stamp
+                aside = final.with_name(f".replaced-{final.name}-{int(time.time())}")
+                os.rename(final, aside)
+                log.warning("%s was not pulled by this node: kept as %s", final, aside)
         os.rename(staging, final)
         fsync_dir(self.models_dir)
 

@@ -65,7 +65,7 @@ def test_regime3_up_runs_the_loop(tmp_path: Path) -> None:
         # The feeder in miniature: the seeded file is taken by the trainer at once, so the
         # queue is "low" from the start and the feeder asks the node for small shards.
         R3_FEEDER_LOW_MARK="5",
-        R3_FEEDER_MAX_QUEUE="8",
+        R3_FEEDER_MAX_QUEUE="9",
         R3_FEEDER_JOB_EXAMPLES="4",
         R3_FEEDER_INTERVAL_S="2",
         R3_GEN_MAX_TOKENS="64",

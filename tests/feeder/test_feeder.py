@@ -6,6 +6,7 @@ import inspect
 import json
 from pathlib import Path
 
+import pytest
 import redis
 from rq import Queue
 
@@ -100,3 +101,15 @@ def test_the_curriculum_moves_from_english_to_encoded(r: redis.Redis, tmp_path: 
     feeder.generated_total = 0
     feeder.step()
     assert generate_jobs(r)[0].kwargs["mode"] == "english"
+
+
+def test_marks_that_would_stall_generation_are_refused(tmp_path: Path) -> None:
+    # Below the low mark one more job must fit under the maximum, or the feeder would pause
+    # on every look while the queue stays low.
+    with pytest.raises(ValueError, match="R3_FEEDER_JOB_EXAMPLES"):
+        FeederSettings(
+            data_dir=tmp_path, feeder_low_mark=500, feeder_max_queue=1000, feeder_job_examples=600
+        )
+    FeederSettings(
+        data_dir=tmp_path, feeder_low_mark=400, feeder_max_queue=1000, feeder_job_examples=600
+    )

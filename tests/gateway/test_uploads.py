@@ -115,3 +115,21 @@ def test_token_and_form_are_required(gateway: Gateway, r: redis.Redis) -> None:
     )
     assert other.status_code == 400 and "`file`" in other.json()["error"]
     assert sum(queues.depths(r).values()) == 0
+
+
+def test_without_any_token_configured_uploads_and_artifacts_are_off(
+    start_gateway: Callable[..., Gateway],
+) -> None:
+    gw = start_gateway(R3_ADMIN_TOKEN="", R3_NODE_TOKEN="")
+    headers = {"Authorization": f"Bearer {NODE}"}
+    r = httpx.post(
+        gw.url + "/datasets",
+        headers=headers,
+        files={"file": ("a.jsonl", b'{"messages": []}\n')},
+        timeout=10,
+    )
+    assert r.status_code == 403 and "R3_NODE_TOKEN" in r.text
+    r = httpx.get(
+        gw.url + "/artifacts/checkpoints/step-00000001/manifest.json", headers=headers, timeout=10
+    )
+    assert r.status_code == 403 and "R3_NODE_TOKEN" in r.text

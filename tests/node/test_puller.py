@@ -187,3 +187,17 @@ def test_a_download_killed_midway_fails_then_the_next_pull_resumes_from_staging(
     assert sha256(result.path / WEIGHTS) == next(
         e.sha256 for e in result.manifest.files if e.path == WEIGHTS
     )
+
+
+def test_a_hand_copied_model_under_the_same_id_is_set_aside_not_deleted(
+    gateway_url: str, info: CheckpointInfo, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    by_hand = models / info.id
+    by_hand.mkdir(parents=True)
+    (by_hand / "notes.txt").write_text("rsynced by hand")
+    with puller(gateway_url, models) as p:
+        result = p.pull(info.id, manifest_sha256=info.manifest_sha256, url_path=info.url_path)
+    assert (result.path / PULLED).is_file()
+    (aside,) = models.glob(f".replaced-{info.id}-*")
+    assert (aside / "notes.txt").read_text() == "rsynced by hand"
