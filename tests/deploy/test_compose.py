@@ -25,7 +25,12 @@ from services.supervisor import SERVICES
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 SCHEMA = Path(__file__).with_name("compose-spec.json")
-ENV = {"R3_TRAINER_HOST": "192.168.1.10", "R3_ADMIN_TOKEN": "a" * 32, "R3_NODE_TOKEN": "n" * 32}
+ENV = {
+    "R3_TRAINER_HOST": "192.168.1.10",
+    "R3_REDIS_PASSWORD": "pw" * 16,
+    "R3_ADMIN_TOKEN": "a" * 32,
+    "R3_NODE_TOKEN": "n" * 32,
+}
 PATTERN = re.compile(
     r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:-|:\?|-|\?)(?P<arg>[^}]*))?\}"
 )
@@ -93,7 +98,9 @@ def test_the_schema_catches_a_mistake() -> None:
     assert list(Draft201909Validator(compose_schema()).iter_errors(data))
 
 
-@pytest.mark.parametrize("missing", ["R3_TRAINER_HOST", "R3_ADMIN_TOKEN", "R3_NODE_TOKEN"])
+@pytest.mark.parametrize(
+    "missing", ["R3_TRAINER_HOST", "R3_REDIS_PASSWORD", "R3_ADMIN_TOKEN", "R3_NODE_TOKEN"]
+)
 def test_required_variables_stop_compose_with_their_name(missing: str) -> None:
     env = {k: v for k, v in ENV.items() if k != missing}
     with pytest.raises(MissingVariable, match=missing):
@@ -140,7 +147,10 @@ def test_state_lives_in_volumes() -> None:
         assert any(v.endswith(":/models:ro") for v in services[name]["volumes"]), name
     # The node host reaches the trainer host's Redis and gateway at the address given.
     env = services["node"]["environment"]
-    assert env["R3_REDIS_URL"] == "redis://192.168.1.10:6379/0"
+    assert env["R3_REDIS_URL"] == f"redis://:{'pw' * 16}@192.168.1.10:6379/0"
+    # Redis itself asks for the password (RQ jobs are pickles: writing to Redis runs code).
+    assert services["redis"]["command"][-2:] == ["--requirepass", "pw" * 16]
+    assert services["trainer"]["environment"]["R3_REDIS_URL"].startswith(f"redis://:{'pw' * 16}@")
     assert env["R3_GATEWAY_URL"] == "http://192.168.1.10:8080"
 
 

@@ -148,7 +148,9 @@ def two_hosts(tmp_path: Path, embedded_dir: Path) -> Iterator[tuple[Host, Host]]
         "R3_MODEL": str(embedded_dir),
         "R3_ADMIN_TOKEN": "admin-" + "a" * 32,
         "R3_NODE_TOKEN": "node-" + "n" * 32,
-        "R3_REDIS_URL": f"redis://{trainer_ip}:6379/0",
+        # A password, as compose sets one (RQ jobs are pickles: Redis must not be open).
+        "R3_REDIS_URL": f"redis://:twohostpw@{trainer_ip}:6379/0",
+        "REDISCLI_AUTH": "twohostpw",
         "R3_RUN_ID": f"twohost-{tag}",
     }
     trainer = Host(
@@ -190,8 +192,7 @@ def two_hosts(tmp_path: Path, embedded_dir: Path) -> Iterator[tuple[Host, Host]]
             "redis",
             ["redis-server", "--bind", trainer_ip, "--port", "6379", "--save", "",
              "--appendonly", "no", "--dir", str(tmp_path / "redis"),
-             # What the redis image's entrypoint does: the node host is not loopback.
-             "--protected-mode", "no"],
+             "--requirepass", "twohostpw"],
         )  # fmt: skip
         yield trainer, node
     finally:
