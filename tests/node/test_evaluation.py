@@ -128,7 +128,8 @@ def test_a_jsonl_file_in_the_training_format(tmp_path: Path) -> None:
 
 
 def test_a_stored_validation_set_name_goes_through_services_validation(tmp_path: Path) -> None:
-    sets = pytest.importorskip("services.validation.sets")
+    from services.validation import sets
+
     items = resolve_eval_set("word-d1-canonical", data_dir=tmp_path)
     stored = sets.load_set(sets.set_path(tmp_path / "validation", "word", 1, "canonical"))
     assert [i.id for i in items] == [s.id for s in stored]

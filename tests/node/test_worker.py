@@ -39,7 +39,7 @@ def node_examples() -> list[list[str]]:
         ]
         if found:
             return found
-    pytest.skip(f"no `rq enqueue … services.node.jobs.*` example in {', '.join(map(str, SOURCES))}")
+    pytest.fail(f"no `rq enqueue … services.node.jobs.*` example in {', '.join(map(str, SOURCES))}")
 
 
 def func_of(argv: list[str]) -> str:
