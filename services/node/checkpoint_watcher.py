@@ -120,7 +120,12 @@ class CheckpointWatcher:
         log.info("checkpoint %s pulled; activate: %s (%s)", event.checkpoint_id, go, why)
         if go:
             self._activate(result)
-        self.prune()
+        try:
+            self.prune()
+        except Exception:
+            # Housekeeping: the checkpoint is pulled and (by policy) serving, so the entry is
+            # done; a pruning error must not turn it into a swap failure and a redelivery.
+            log.exception("pruning old pulled checkpoints failed; trying again after the next")
 
     def _activate(self, result: PullResult) -> None:
         activate(
