@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import gc
 import time
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from bus.events import ModelActivated, ModelSwapped
 from services.node.config import NodeSettings
+from services.node.engine import free_device_memory
 from services.node.errors import ModelLoadError
 from services.node.loading import load_for_serving, warm_up
 from services.node.registry import ModelEntry
@@ -57,7 +55,7 @@ def activate(
         except ModelLoadError:
             device = loaded.device
             del loaded
-            _free(device)
+            free_device_memory(device)
             raise
         load_seconds = time.perf_counter() - started
         swap_started = time.perf_counter()
@@ -68,7 +66,7 @@ def activate(
         # The engine keeps the old weights alive for requests still on them; this was the
         # last other reference.
         del old, loaded
-        _free(device)
+        free_device_memory(device)
         state.registry.set_active(model_id)
     swapped = ModelSwapped(
         node=state.node_name,
@@ -89,9 +87,3 @@ def activate(
         ]
     )
     return swapped
-
-
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()

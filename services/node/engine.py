@@ -102,7 +102,8 @@ class _Run:
     logits: torch.Tensor | None = None
 
 
-def _free_device_memory(device: torch.device) -> None:
+def free_device_memory(device: torch.device) -> None:
+    """Collect dropped models and give their device memory back (the node's one way to)."""
     gc.collect()
     if device.type == "cuda" and torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -171,7 +172,7 @@ class Engine:
         if freed is not None:
             device = freed.device
             del freed, loaded
-            _free_device_memory(device)
+            free_device_memory(device)
 
     def in_use(self) -> dict[str, int]:
         """Requests holding each model version (retired ones included)."""
@@ -289,7 +290,7 @@ class Engine:
                     if retired:
                         # _release emptied the cache while this run still held the old
                         # weights; now that it is gone, give their memory back for real.
-                        _free_device_memory(device)
+                        free_device_memory(device)
         self._drain()
 
     def _place(self, runs: dict[int, _Run], slot: Slot) -> bool:

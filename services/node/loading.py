@@ -10,7 +10,7 @@ import torch
 from services.model.errors import ModelNotFoundError
 from services.model.loading import load_model_and_tokenizer
 from services.node.config import NodeSettings
-from services.node.engine import LoadedModel
+from services.node.engine import LoadedModel, free_device_memory
 from services.node.errors import ModelLoadError
 from services.node.thinking import ThinkingMarkers
 
@@ -81,7 +81,7 @@ def load_for_serving(
     except ModelNotFoundError as exc:
         raise ModelLoadError(version, str(exc), kind="missing") from exc
     except torch.cuda.OutOfMemoryError as exc:
-        _release_partial(device)
+        free_device_memory(device)
         raise ModelLoadError(
             version,
             f"out of GPU memory while loading {path} beside the serving model ({exc}); "
@@ -89,16 +89,11 @@ def load_for_serving(
             kind="out_of_memory",
         ) from exc
     except Exception as exc:  # a corrupt file fails in many libraries' own error types
-        _release_partial(device)
+        free_device_memory(device)
         raise ModelLoadError(
             version, f"{path}: {type(exc).__name__}: {exc}", kind="invalid"
         ) from exc
     return serving_model(model, tokenizer, version, path=Path(path), step=step)
-
-
-def _release_partial(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 @torch.inference_mode()
