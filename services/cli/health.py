@@ -7,7 +7,6 @@ heartbeat key after every pass (`bus.keys.HEARTBEAT`).
 
 from __future__ import annotations
 
-import os
 import socket
 from datetime import UTC, datetime
 
@@ -20,14 +19,24 @@ from bus.connections import RedisUnavailable, connect
 from bus.keys import heartbeat_key
 from bus.settings import get_bus_settings
 
-HTTP_PORTS = {"gateway": ("R3_GATEWAY_PORT", 8080), "node": ("R3_NODE_PORT", 8765)}
+HTTP_SERVICES = ("gateway", "node")
 WORKER_QUEUES = {"trainer": "train", "node-worker": "node"}
-SERVICES = (*HTTP_PORTS, *WORKER_QUEUES, "inbox")
+SERVICES = (*HTTP_SERVICES, *WORKER_QUEUES, "inbox")
+
+
+def _port(service: str) -> int:
+    # The port the service itself reads (its settings: environment or .env).
+    if service == "gateway":
+        from services.gateway.config import GatewaySettings
+
+        return GatewaySettings().gateway_port
+    from services.node.config import NodeSettings
+
+    return NodeSettings().node_port
 
 
 def check_http(service: str, timeout: float = 3.0) -> str:
-    variable, default = HTTP_PORTS[service]
-    url = f"http://127.0.0.1:{os.environ.get(variable, default)}/healthz"
+    url = f"http://127.0.0.1:{_port(service)}/healthz"
     try:
         response = httpx.get(url, timeout=timeout)
     except httpx.HTTPError as exc:
@@ -69,7 +78,7 @@ def check_inbox() -> str:
 def health_command(service: str) -> None:
     """Exit 0 when SERVICE on this host is alive, 1 (with the reason) when it is not."""
     try:
-        if service in HTTP_PORTS:
+        if service in HTTP_SERVICES:
             message = check_http(service)
         elif service in WORKER_QUEUES:
             message = check_worker(service)

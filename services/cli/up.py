@@ -56,13 +56,26 @@ def _seed(env: dict[str, str]) -> None:
         )
 
 
+def _local_urls() -> tuple[str, str]:
+    """The gateway's and the node's base URLs on this machine, from the ports those services
+    will read (their settings: environment or .env)."""
+    from services.gateway.config import GatewaySettings
+    from services.node.config import NodeSettings
+
+    return (
+        f"http://127.0.0.1:{GatewaySettings().gateway_port}",
+        f"http://127.0.0.1:{NodeSettings().node_port}",
+    )
+
+
 def _one_machine_env(env: dict[str, str], data_dir: Path) -> str | None:
     """Both hosts on this machine: the node finds the gateway (and its own API) on the ports
     chosen here, and shares a token with the gateway, kept in the data directory so a restart
     keeps it. Without one the gateway serves no checkpoint and takes no shard: no hot-swap.
     Returns a line saying where a new token was written, or None."""
-    env.setdefault("R3_GATEWAY_URL", f"http://127.0.0.1:{env.get('R3_GATEWAY_PORT', '8080')}")
-    env.setdefault("R3_NODE_URL", f"http://127.0.0.1:{env.get('R3_NODE_PORT', '8765')}")
+    gateway_url, node_url = _local_urls()
+    env.setdefault("R3_GATEWAY_URL", gateway_url)
+    env.setdefault("R3_NODE_URL", node_url)
     if env.get("R3_NODE_TOKEN"):
         return None
     path = data_dir / "secrets" / "node-token"
@@ -73,21 +86,21 @@ def _one_machine_env(env: dict[str, str], data_dir: Path) -> str | None:
     # Written under a temporary name and renamed: a crash never leaves an empty token behind.
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     part = path.with_name(f".node-token.{os.getpid()}")
+    token = secrets.token_urlsafe(32)
     descriptor = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as f:
-        f.write(secrets.token_urlsafe(32))
+        f.write(token)
     os.replace(part, path)
-    env["R3_NODE_TOKEN"] = path.read_text().strip()
+    env["R3_NODE_TOKEN"] = token
     return f"regime3 up: generated the node token (gateway <-> node) in {path}"
 
 
 def _where_to_look(redis_url: str) -> str:
-    gateway_port = os.environ.get("R3_GATEWAY_PORT", "8080")
-    node_port = os.environ.get("R3_NODE_PORT", "8765")
+    gateway_url, node_url = _local_urls()
     return "\n".join(
         [
-            f"regime3 up: dashboard  http://127.0.0.1:{gateway_port}",
-            f"regime3 up: node API   http://127.0.0.1:{node_port}/v1/chat/completions",
+            f"regime3 up: dashboard  {gateway_url}",
+            f"regime3 up: node API   {node_url}/v1/chat/completions",
             f"regime3 up: redis-cli -u {redis_url} HGETALL {keys.STATUS_TRAINING}",
             f"regime3 up: redis-cli -u {redis_url} XREVRANGE {keys.STREAM_EVAL} + - COUNT 1",
             f"regime3 up: redis-cli -u {redis_url} XREVRANGE {keys.EVOLUTION} + - COUNT 1",
