@@ -240,7 +240,10 @@ class Engine:
             try:
                 prompt = list(
                     loaded.tokenizer.apply_chat_template(
-                        list(request.messages), add_generation_prompt=True, tokenize=True
+                        list(request.messages),
+                        add_generation_prompt=True,
+                        tokenize=True,
+                        return_dict=False,
                     )
                 )
             except Exception as exc:  # jinja's TemplateError and friends

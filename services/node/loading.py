@@ -106,7 +106,10 @@ def warm_up(loaded: LoadedModel, tokens: int = 4) -> None:
     tok = loaded.tokenizer
     try:
         prompt = tok.apply_chat_template(
-            [{"role": "user", "content": "warm up"}], add_generation_prompt=True, tokenize=True
+            [{"role": "user", "content": "warm up"}],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
         )
         ids = torch.tensor([list(prompt)], device=loaded.device)
         out = loaded.model(input_ids=ids, use_cache=True)

@@ -106,7 +106,10 @@ def test_processor_shapes_model_generate_output(marker_model_dir: Path) -> None:
     markers = ThinkingMarkers.from_tokenizer(tokenizer)
     assert markers is not None
     prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=True
+        [{"role": "user", "content": "hi"}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
     )
     ids = torch.tensor([prompt])
 
