@@ -15,6 +15,22 @@ from bus.errors import RedisUnavailable
 from bus.status import StatusStore
 
 
+def _node_names(connection: redis.Redis) -> list[str]:
+    """Nodes that reported telemetry, and nodes whose registry has an active model."""
+    names = {raw.decode() for raw in connection.smembers(keys.NODES)}  # type: ignore[union-attr]
+    pattern = keys.node_active_model_key("*")
+    prefix, suffix = pattern.split("*")
+    for raw in connection.scan_iter(match=pattern, count=500):
+        key = raw.decode()
+        names.add(key[len(prefix) : len(key) - len(suffix)])
+    return sorted(names)
+
+
+def _figure(value: Any) -> str:
+    """A loss or CE as a human reads it: 4 significant digits, `-` when there is none."""
+    return "-" if value is None else f"{value:.4g}"
+
+
 def collect(connection: redis.Redis) -> dict[str, Any]:
     """Everything `status` shows, as plain data."""
     depths = queues.depths(connection)
@@ -51,10 +67,14 @@ def collect(connection: redis.Redis) -> dict[str, Any]:
         )
     )
     nodes = {}
-    for raw in sorted(connection.smembers(keys.NODES)):  # type: ignore[union-attr]
-        name = raw.decode()
+    for name in _node_names(connection):
         fields = connection.hgetall(keys.node_status_key(name))
-        nodes[name] = {k.decode(): v.decode() for k, v in fields.items()}  # type: ignore[union-attr]
+        node = {k.decode(): v.decode() for k, v in fields.items()}  # type: ignore[union-attr]
+        # The registry's active model is its own key (what /models and set_active use); the
+        # status hash has only what telemetry reports.
+        active = connection.get(keys.node_active_model_key(name))
+        node["active_model"] = active.decode() if isinstance(active, bytes) else None
+        nodes[name] = node
     return {
         "queues": {
             kind: {p: depths[f"{kind}-{p}"] for p in keys.PRIORITIES} for kind in ("train", "node")
@@ -76,12 +96,12 @@ def render(data: dict[str, Any]) -> str:
     t = data["training"]
     progress = f"{t['current_step']}/{t['total_steps'] or '?'}"
     lines.append(
-        f"training    {t['status']}  step {progress}  loss {t['loss']}  "
+        f"training    {t['status']}  step {progress}  loss {_figure(t['loss'])}  "
         f"file {t['current_file'] or '-'}"
     )
     lines.append(f"nodes       {len(data['nodes'])}")
     for name, n in data["nodes"].items():
-        lines.append(f"  {name}  active {n.get('active_model', '-')}")
+        lines.append(f"  {name}  active {n.get('active_model') or '-'}")
     return "\n".join(lines)
 
 

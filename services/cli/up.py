@@ -32,14 +32,17 @@ def _demo_env(env: dict[str, str]) -> bool:
 
 
 def _seed(env: dict[str, str]) -> None:
-    """Queue the demo's data (in the background: services start meanwhile)."""
+    """Queue the demo's data (in the background: services start meanwhile), then give the
+    feeder its go-ahead (R3_FEEDER_AWAIT_SEED), whether seeding worked or not."""
     from services.feeder.config import get_feeder_settings
     from services.feeder.demo import seed_queue
+    from services.feeder.feeder import SEEDED_FIELD
 
     settings = get_feeder_settings()
+    connection = connect(env["R3_REDIS_URL"])
     try:
         jobs = seed_queue(
-            connect(env["R3_REDIS_URL"]),
+            connection,
             settings,
             validation_sets=env["R3_FIXED_EVAL_SETS"],
             validation_size=int(env.get("R3_EVAL_EXAMPLES", "64")),
@@ -47,6 +50,8 @@ def _seed(env: dict[str, str]) -> None:
     except Exception as exc:  # the services run on; say why the queue stayed empty
         click.echo(f"regime3 up: seeding the demo data failed: {exc}", err=True)
         return
+    finally:
+        connection.hset(keys.FEEDER_STATUS, SEEDED_FIELD, env["R3_FEEDER_AWAIT_SEED"])
     if jobs:
         click.echo(
             f"regime3 up: queued {len(jobs)} demo files ({settings.demo_seed_examples} "
@@ -152,6 +157,9 @@ def up_command(host: str, only: tuple[str, ...], seed: bool) -> None:
         )
     trains_here = any(s.name == "trainer" for s in chosen)
     if seed and trains_here and _demo_env(env):
+        # The feeder, started beside the seeding thread, must not read the still-empty queue
+        # as "nothing to train" and queue a generate job: it waits for this id (one per up).
+        env["R3_FEEDER_AWAIT_SEED"] = secrets.token_hex(8)
         threading.Thread(target=_seed, args=(env,), name="demo-seed", daemon=True).start()
     supervisor.add_services(chosen, env)
     click.echo(_where_to_look(settings.redis_url), err=True)

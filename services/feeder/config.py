@@ -54,6 +54,12 @@ class FeederSettings(BaseSettings):
     feeder_interval_s: float = Field(
         10.0, gt=0, description="Seconds between the feeder's looks at the queues."
     )
+    feeder_await_seed: str | None = Field(
+        None,
+        description="Set by `regime3 up` while it seeds the demo data: the feeder queues no "
+        "generation until the feeder hash's `seeded` field holds this value, so it never "
+        "mistakes a queue about to be seeded for an empty one.",
+    )
     curriculum_examples: int = Field(
         200_000,
         ge=1,

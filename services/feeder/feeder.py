@@ -30,6 +30,10 @@ from services.feeder.config import FeederSettings
 
 log = logging.getLogger(__name__)
 
+# The field of keys.FEEDER_STATUS that `regime3 up` sets to its seed id once the demo data is
+# queued (or seeding failed): the feeder's go-ahead when R3_FEEDER_AWAIT_SEED is set.
+SEEDED_FIELD = "seeded"
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -37,7 +41,9 @@ class Decision:
 
     queued_examples: int  # lines of the files waiting in train-high/normal/low
     pending_generation: int  # examples promised by unfinished generate jobs
-    action: str  # "generate", "paused" (full), "enough" (above the low mark)
+    # "generate", "paused" (full), "enough" (above the low mark), "awaiting_seed" (`regime3 up`
+    # is still queuing the demo data: an empty queue now says nothing)
+    action: str
     mode: str | None = None  # the mode of the queued generate job
     job_id: str | None = None
     generated_total: int = 0  # examples asked of the node so far (the curriculum position)
@@ -113,8 +119,20 @@ class Feeder:
         schedule = TransitionalSchedule(total=self.settings.curriculum_examples)
         return schedule.mode_for(self.generated_total, self.rng)
 
+    def seeding(self) -> bool:
+        """True while `regime3 up` has not finished seeding the demo data it announced."""
+        expected = self.settings.feeder_await_seed
+        if not expected:
+            return False
+        done = self.connection.hget(keys.FEEDER_STATUS, SEEDED_FIELD)
+        return done is None or done.decode() != expected
+
     def step(self) -> Decision:
         s = self.settings
+        if self.seeding():
+            decision = Decision(0, 0, "awaiting_seed", generated_total=self.generated_total)
+            self._record(decision)
+            return decision
         waiting = self.queued_examples()
         pending = self.pending_generation()
         have = waiting + pending

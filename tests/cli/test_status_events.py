@@ -35,7 +35,7 @@ def test_status_json_shows_queues_workers_training_and_nodes(r: redis.Redis) -> 
         status="training", current_step=12, total_steps=100, loss=1.25, current_file="a.jsonl"
     )
     r.sadd(keys.NODES, "node-3090")
-    r.hset(keys.node_status_key("node-3090"), mapping={"active_model": "step-000100"})
+    r.set(keys.node_active_model_key("node-3090"), "step-000100")  # the node's registry
     data = json.loads(invoke("status", "--json").output)
     assert data["queues"]["train"] == {"high": 0, "normal": 0, "low": 1}
     assert data["queues"]["node"] == {"high": 1, "normal": 0, "low": 0}

@@ -113,3 +113,30 @@ def test_marks_that_would_stall_generation_are_refused(tmp_path: Path) -> None:
     FeederSettings(
         data_dir=tmp_path, feeder_low_mark=400, feeder_max_queue=1000, feeder_job_examples=600
     )
+
+
+def test_while_regime3_up_seeds_the_feeder_queues_no_generation(
+    r: redis.Redis, tmp_path: Path
+) -> None:
+    from services.feeder.feeder import SEEDED_FIELD
+
+    settings = FeederSettings(
+        data_dir=tmp_path,
+        feeder_low_mark=500,
+        feeder_max_queue=3000,
+        feeder_job_examples=1000,
+        demo_mode="canonical",
+        feeder_await_seed="up-1",
+    )
+    # A seed id of an earlier `regime3 up` is no go-ahead for this one.
+    r.hset(keys.FEEDER_STATUS, SEEDED_FIELD, "up-0")
+    feeder = Feeder(r, settings)
+    # The queue is empty only because the seeding thread has not queued its files yet.
+    assert feeder.step().action == "awaiting_seed"
+    assert generate_jobs(r) == []
+    assert r.hget(keys.FEEDER_STATUS, "action") == b"awaiting_seed"
+
+    queue_file(r, tmp_path / "seed.jsonl", 2000)
+    r.hset(keys.FEEDER_STATUS, SEEDED_FIELD, "up-1")  # what `regime3 up` writes when done
+    assert feeder.step().action == "enough"  # 2000 seeded examples: above the low mark
+    assert generate_jobs(r) == []
