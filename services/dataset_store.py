@@ -31,6 +31,34 @@ class DatasetError(ValueError):
     """A file that cannot be queued; the message says which file, where, and what to do."""
 
 
+BOM = "\ufeff"
+
+
+def json_line_problem(exc: BaseException) -> str:
+    """Why `json.loads` refused a line, in words shared by every entry point and the trainer.
+
+    Besides JSONDecodeError, json.loads raises RecursionError for nesting deeper than the
+    interpreter's stack and ValueError for an integer of more than 4,300 digits (CPython's
+    int_max_str_digits): those are bad lines too, never a crash of whoever reads them.
+    """
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at column {exc.colno}"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to parse (over ~1,000 levels of [ or {)"
+    first = str(exc).split(";")[0].strip() or type(exc).__name__
+    return first  # e.g. "Exceeds the limit (4300 digits) for integer string conversion..."
+
+
+def loads_line(text: str, *, first: bool = False) -> object:
+    """One JSONL line parsed; a UTF-8 byte-order mark before the first line is not data.
+
+    Raises ValueError or RecursionError (see `json_line_problem` for the words).
+    """
+    if first and text.startswith(BOM):
+        text = text[len(BOM) :]
+    return json.loads(text)
+
+
 @dataclass(frozen=True)
 class CheckedFile:
     lines: int  # non-blank lines, each a JSON object
@@ -82,13 +110,13 @@ def check_jsonl(path: Path, *, shown_as: Path | None = None) -> CheckedFile:
                     f"{name}:{number}: not UTF-8 (byte {exc.start} of the line); "
                     "save the file as UTF-8"
                 ) from None
-            if not text.strip():
+            if not text.strip() or (number == 1 and text.lstrip(BOM).strip() == ""):
                 continue
             try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
+                value = loads_line(text, first=number == 1)
+            except (ValueError, RecursionError) as exc:
                 raise DatasetError(
-                    f"{name}:{number}: not JSON ({exc.msg} at column {exc.colno}); "
+                    f"{name}:{number}: not JSON ({json_line_problem(exc)}); "
                     "JSONL is one complete JSON object per line"
                 ) from None
             if not isinstance(value, dict):
@@ -111,38 +139,50 @@ class DatasetStore:
     def path_for(self, sha256: str) -> Path:
         return self.root / f"{sha256}.jsonl"
 
-    def add(self, source: Path, *, move: bool = False) -> StoredDataset:
+    def add(
+        self, source: Path, *, move: bool = False, shown_as: str | Path | None = None
+    ) -> StoredDataset:
         """Copy (or move) `source` in, then check and hash that copy; the same bytes are
         stored once. Checking the copy, not the source, means what is stored is what was
-        checked even if someone writes to the source meanwhile. On a bad file nothing is
-        stored and a moved source is put back."""
+        checked even if someone writes to the source meanwhile.
+
+        On any failure (a bad line, a full disk, an error nobody foresaw) nothing is stored
+        and a moved source is put back where it was: the store never loses a user's file.
+        `shown_as` names the file in messages (default: `source`'s name, never a server path).
+        """
+        name = Path(shown_as).name if shown_as is not None else source.name
         if not source.is_file():
-            check_jsonl(source)  # raises the right message: missing or a directory
+            check_jsonl(source, shown_as=Path(name))  # raises: missing or a directory
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".incoming-", suffix=".part")
         os.close(fd)
         tmp = Path(tmp_name)
+        moved = False
         try:
             if move:
                 shutil.move(source, tmp)
+                moved = True
             else:
                 shutil.copyfile(source, tmp)
-            try:
-                checked = check_jsonl(tmp, shown_as=source)
-            except DatasetError:
-                if move:
-                    shutil.move(tmp, source)
-                raise
+            checked = check_jsonl(tmp, shown_as=Path(name))
             target = self.path_for(checked.sha256)
             new = not target.exists()
             if new:
                 os.replace(tmp, target)
+            moved = False  # stored: the user's bytes are safe in the store
+        except BaseException:
+            if moved:
+                # Put the user's file back; only once that worked may the copy go.
+                shutil.move(tmp, source)
+                moved = False
+            raise
         finally:
-            tmp.unlink(missing_ok=True)
+            if not moved:
+                tmp.unlink(missing_ok=True)
         return StoredDataset(
             sha256=checked.sha256,
             path=target,
-            name=source.name,
+            name=name,
             lines=checked.lines,
             size_bytes=checked.size_bytes,
             new=new,

@@ -11,10 +11,17 @@ class GatewayError(Exception):
 
     status = 500
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        fields: dict[str, object] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers
+        self.fields = fields or {}  # more of the answer, beside "error" (e.g. "queued": false)
 
 
 class BadRequest(GatewayError):
@@ -50,6 +57,8 @@ def install(app: FastAPI) -> None:
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, GatewayError)
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+        return JSONResponse(
+            {"error": exc.message, **exc.fields}, status_code=exc.status, headers=exc.headers
+        )
 
     app.add_exception_handler(GatewayError, handle)

@@ -18,14 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import redis
 from fastapi import APIRouter, Depends, Query, Request
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from bus import keys, queues
 from services.dataset_store import DatasetError, DatasetStore, StoredDataset
 from services.gateway.auth import require_token
 from services.gateway.config import GatewaySettings
-from services.gateway.errors import BadRequest, TooLarge, Unprocessable
+from services.gateway.errors import BadRequest, TooLarge, Unavailable, Unprocessable
 
 router = APIRouter()
 
@@ -111,13 +114,30 @@ async def receive_file(request: Request, into: Path, limit: int) -> _FileField:
     with into.open("wb") as out:
         field = _FileField(out, limit)
         parser = MultipartParser(boundary, field.callbacks())  # type: ignore[arg-type]
-        async for chunk in request.stream():
-            parser.write(chunk)
-            if field.too_large:
-                raise _too_large(limit)
+        try:
+            async for chunk in request.stream():
+                parser.write(chunk)
+                if field.too_large:
+                    raise _too_large(limit)
+        except MultipartParseError as exc:
+            raise BadRequest(
+                f"the multipart body is malformed ({exc}); send the file with a standard "
+                "client (curl -F file=@data.jsonl ...); nothing was stored"
+            ) from None
+        except ClientDisconnect:
+            raise BadRequest(
+                "the client hung up before the upload ended; nothing was stored"
+            ) from None
         parser.finalize()
     if not field.found:
         raise BadRequest("no form field `file` in the upload: send the JSONL as `file`")
+    if parser.state != MultipartState.END:
+        # python-multipart's finalize() does not check this: without the closing boundary
+        # the file may be cut anywhere, and a cut file must never be queued as complete.
+        raise BadRequest(
+            "the multipart body ended before its closing boundary (a cut upload?); "
+            "nothing was stored. Send it again"
+        )
     return field
 
 
@@ -150,15 +170,26 @@ async def upload_dataset(
         field = await receive_file(request, tmp, settings.upload_max_bytes)
         shown = Path(name or field.filename or "upload.jsonl").name  # a name, never a path
         try:
-            stored = await anyio.to_thread.run_sync(functools.partial(store.add, tmp, move=True))
+            stored = await anyio.to_thread.run_sync(
+                functools.partial(store.add, tmp, move=True, shown_as=shown)
+            )
         except DatasetError as exc:
-            message = str(exc).replace(str(tmp), shown)
-            raise Unprocessable(f"{message}; nothing was stored or queued") from None
+            raise Unprocessable(f"{exc}; nothing was stored or queued") from None
     finally:
         tmp.unlink(missing_ok=True)
         work.rmdir()
     stored = dataclasses.replace(stored, name=shown)
-    job = await anyio.to_thread.run_sync(_queue, request, stored, priority)
+    try:
+        job = await anyio.to_thread.run_sync(_queue, request, stored, priority)
+    except redis.RedisError:
+        # Stored but not queued: say so, so the client knows to send it again (the same
+        # bytes are stored once, so a retry costs nothing but the transfer).
+        raise Unavailable(
+            f"{shown} was stored (dataset {stored.sha256[:12]}) but NOT queued: the message "
+            "bus (Redis) is unreachable. Upload it again when the gateway's /health is ok",
+            headers={"Retry-After": "10"},
+            fields={"queued": False, "stored": True, "sha256": stored.sha256, "name": shown},
+        ) from None
     return {
         "sha256": stored.sha256,
         "name": shown,
@@ -169,5 +200,7 @@ async def upload_dataset(
         "job_id": job.id,
         "queue": keys.train_queue(priority),
         "priority": priority,
-        "path": str(stored.path),
+        "queued": True,
+        # The store's own name for it, relative to the data dir: never a server path.
+        "path": f"datasets/{stored.path.name}",
     }

@@ -115,13 +115,14 @@ class Inbox:
             found.extend(
                 (Path(entry.path), priority)
                 for entry in entries
-                if entry.is_file(follow_symlinks=False) and not in_progress(entry.name)
+                if (entry.is_file(follow_symlinks=False) or entry.is_symlink())
+                and not in_progress(entry.name)
             )
         return sorted(found)
 
     def _stable(self, path: Path, now: float) -> bool:
         try:
-            stat = path.stat()
+            stat = path.lstat()
         except FileNotFoundError:
             self._seen.pop(path, None)
             return False
@@ -165,6 +166,15 @@ class Inbox:
 
     def take(self, path: Path, drop: DropName) -> Outcome:
         """Queue one stable file, or move it to duplicates/ or rejected/ saying why."""
+        if path.is_symlink():
+            # Not followed: a link could hand the trainer (and the store) any file this
+            # service can read. The link itself goes to rejected/; its target is untouched.
+            return self._reject(
+                path,
+                drop,
+                f"{path.name}: a symbolic link (to {os.readlink(path)}); the inbox does not "
+                "follow links. Copy or move the file itself into the inbox",
+            )
         if not is_dataset(path):
             return self._reject(
                 path,

@@ -46,6 +46,17 @@ class TrainingInterrupted(TrainerError):
     """A stop was asked for (SIGTERM): the step finished and a checkpoint holds the cursor."""
 
 
+def _named(exc: TrainerError, path: Path, name: str) -> TrainerError:
+    """`exc` with the user's file name where it named the stored `<sha256>.jsonl`: the person
+    reading a failed job knows their file, not the store's (nor the server's paths)."""
+    text = str(exc)
+    for shown in (str(path.resolve()), str(path)):
+        text = text.replace(shown, name)
+    if text != str(exc):
+        exc.args = (text,)
+    return exc
+
+
 def lr_factor(settings: TrainerSettings, decay_steps: int) -> Callable[[int], float]:
     """The schedule as a multiplier of the peak rate: linear warmup, then decay or constant."""
     warmup, floor = settings.warmup_steps, settings.min_lr_ratio
@@ -328,7 +339,7 @@ class Trainer:
         digest = sha256_file(path)
         if sha256 is not None and sha256 != digest:
             raise DataChangedError(
-                f"{path}: sha256 is {digest[:12]}…, the job was queued for {sha256[:12]}…; the "
+                f"{name}: sha256 is {digest[:12]}…, the job was queued for {sha256[:12]}…; the "
                 "file changed after it was queued. Queue it again."
             )
         resume = self._start_cursor(job_id, digest)
@@ -352,8 +363,11 @@ class Trainer:
                     r.lines, None, unit="lines", message="validating"
                 ),
             )
-        except Exception:
+        except TrainerError as exc:
             self.report.set_status("idle")  # a bad file is not a crash of the trainer
+            raise _named(exc, path, name) from None
+        except Exception:
+            self.report.set_status("idle")
             raise
         state = FileProgress(
             job_id=job_id,
@@ -392,6 +406,9 @@ class Trainer:
         except TrainingInterrupted:
             self.report.set_status("idle")
             raise
+        except TrainerError as exc:
+            self.report.set_status("crashed")
+            raise _named(exc, path, name) from None
         except Exception:
             self.report.set_status("crashed")
             raise

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from services.dataset_store import json_line_problem
 from services.trainer.config import TrainerSettings
 from services.trainer.dataset_reader import DataCursor, RawLine, check_file, read_lines
 from services.trainer.errors import DataChangedError, DataFileError, RejectThresholdError
@@ -196,8 +197,10 @@ def process_line(raw: RawLine, chat: ChatTokenizer, settings: TrainerSettings) -
             raise _Reject("utf8", f"invalid UTF-8 at byte {err.start} of the line") from None
         try:
             obj = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise _Reject("json", f"not valid JSON: {err.msg} at column {err.colno}") from None
+        except (ValueError, RecursionError) as err:
+            # The same words as at every entry point (dataset_store): deep nesting and
+            # over-long integers are bad lines too, never a crash of the whole job.
+            raise _Reject("json", f"not valid JSON: {json_line_problem(err)}") from None
         messages, key = check_conversation(obj, settings)
         try:
             pieces = chat.encode_within(

@@ -102,3 +102,30 @@ def test_no_redis_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert result.exit_code == 1
     assert "no Redis answers at redis://127.0.0.1:1/0" in result.output
     assert "regime3 up" in result.output
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        (b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", "nested too deeply"),
+        (b'{"n": ' + b"9" * 5000 + b"}\n", "4300"),
+    ],
+)
+def test_a_line_json_loads_refuses_is_refused_with_its_line_not_a_traceback(
+    run, tmp_path: Path, r: redis.Redis, line: bytes, why: str
+) -> None:
+    data = json.dumps(GOOD).encode() + b"\n" + line
+    path = write(tmp_path / "hostile.jsonl", data)
+    result = CliRunner().invoke(cli, ["enqueue", str(path)])
+    assert result.exit_code == 1 and result.exception is not None
+    assert isinstance(result.exception, SystemExit)  # a ClickException, not a traceback
+    assert "hostile.jsonl:2: not JSON" in result.output and why in result.output
+    assert path.read_bytes() == data
+    assert sum(queues.depths(r).values()) == 0
+
+
+def test_a_utf8_bom_is_accepted(run, tmp_path: Path, r: redis.Redis) -> None:
+    path = write(tmp_path / "windows.jsonl", b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n")
+    result = run("enqueue", str(path))
+    assert result.exit_code == 0, result.output
+    assert queues.depths(r)["train-normal"] == 1

@@ -270,3 +270,69 @@ def test_the_service_queues_a_dropped_file_and_stops_on_sigterm(
     assert proc.returncode == 0, output
     assert took < 1.5, f"took {took:.2f}s to stop"
     assert "queued drop.jsonl" in output and "inbox stopped" in output
+
+
+DEEP = b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+HUGE_INT = b'{"messages": [], "n": ' + b"9" * 5000 + b"}\n"
+
+
+@pytest.mark.parametrize(("line", "why"), [(DEEP, "nested too deeply"), (HUGE_INT, "4300")])
+def test_a_line_json_loads_refuses_rejects_the_file_never_deletes_it(
+    r: redis.Redis, inbox: Inbox, clock: Clock, line: bytes, why: str
+) -> None:
+    # RecursionError / ValueError from json.loads used to escape the check, and the store's
+    # `finally` then removed the moved file: the user's only copy was gone.
+    data = dataset("ok", lines=2) + line
+    drop(inbox.root / "hostile.jsonl", data)
+    [outcome] = take_stable(inbox, clock)
+    assert outcome.action == "rejected"
+    rejected = inbox.root / "rejected" / "hostile.jsonl"
+    assert rejected.read_bytes() == data
+    text = (inbox.root / "rejected" / "hostile.jsonl.error.txt").read_text()
+    assert "hostile.jsonl:3: not JSON" in text and why in text
+    assert inbox.settings.datasets_path.name not in text  # the user's name, not the store's
+    assert all(not queued(r, p) for p in ("high", "normal", "low"))
+    assert [p.name for p in inbox.settings.datasets_path.iterdir()] == []
+
+
+def test_a_store_failure_puts_the_users_file_back(
+    r: redis.Redis, inbox: Inbox, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import services.dataset_store as store_module
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    data = dataset("kept", lines=3)
+    path = drop(inbox.root / "kept.jsonl", data)
+    monkeypatch.setattr(store_module, "check_jsonl", boom)
+    assert inbox.scan_once() == []
+    clock.now += STABLE
+    with pytest.raises(OSError):
+        inbox.scan_once()
+    assert path.read_bytes() == data  # still where the user put it, for the next pass
+    monkeypatch.undo()
+    [outcome] = inbox.scan_once()
+    assert outcome.action == "queued"
+
+
+def test_a_utf8_bom_is_accepted(r: redis.Redis, inbox: Inbox, clock: Clock) -> None:
+    drop(inbox.root / "windows.jsonl", b"\xef\xbb\xbf" + dataset("bom", lines=2))
+    [outcome] = take_stable(inbox, clock)
+    assert outcome.action == "queued", outcome.reason
+
+
+def test_a_symlink_is_reported_not_skipped_forever(
+    r: redis.Redis, inbox: Inbox, clock: Clock, tmp_path: Path
+) -> None:
+    target = drop(tmp_path / "elsewhere" / "real.jsonl", dataset("link", lines=2))
+    (inbox.root / "link.jsonl").symlink_to(target)
+    [outcome] = take_stable(inbox, clock)
+    assert outcome.action == "rejected" and "symbolic link" in (outcome.reason or "")
+    assert target.read_bytes() == dataset("link", lines=2)  # the target is untouched
+    moved = inbox.root / "rejected" / "link.jsonl"
+    assert moved.is_symlink()
+    assert "Copy or move the file itself" in Path(f"{moved}.error.txt").read_text()
+    alerts = [d.event for d in BroadcastReader(r, {keys.STREAM_ALERTS: EARLIEST}).read(0)]
+    assert [a.code for a in alerts] == ["inbox_rejected"]
+    assert all(not queued(r, p) for p in ("high", "normal", "low"))

@@ -334,3 +334,25 @@ def test_a_template_error_on_one_line_rejects_that_line(tokenizer: Any, write_js
     report = validate_file(path, ChatTokenizer(picky), settings(reject_threshold=1.0))
     assert [(r.line, r.kind) for r in report.first_rejects] == [(2, "template")]
     assert "no forbidden words" in report.first_rejects[0].reason
+
+
+def test_lines_json_loads_refuses_are_rejected_with_their_number_not_a_crash(
+    chat: ChatTokenizer, write_jsonl: Write, tmp_path: Path
+) -> None:
+    # RecursionError (deep nesting) and ValueError (an integer over 4,300 digits) are not
+    # JSONDecodeError: they used to fail the whole job without a line number.
+    rows: list[Any] = [good(i) for i in range(4)]
+    rows.insert(1, '{"messages": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    rows.insert(3, '{"messages": [], "n": ' + "9" * 5000 + "}")
+    path = write_jsonl(rows)
+    report = validate_file(path, chat, settings(reject_threshold=1.0))
+    assert [(r.line, r.kind) for r in report.first_rejects] == [(2, "json"), (4, "json")]
+    assert "not valid JSON: nested too deeply" in report.first_rejects[0].reason
+    assert "4300" in report.first_rejects[1].reason
+    assert report.accepted_lines == 4
+
+
+def test_a_utf8_bom_is_accepted(chat: ChatTokenizer, write_jsonl: Write) -> None:
+    path = write_jsonl([b"\xef\xbb\xbf" + json.dumps(good(1)).encode(), good(2)])
+    report = validate_file(path, chat, settings())
+    assert (report.accepted_lines, report.rejected) == (2, 0)

@@ -1,0 +1,100 @@
+"""POST /datasets under hostile input and a missing bus: a 4xx or 503 that says what
+happened (stored? queued?), never a 500, never a cut file queued as complete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from bus import queues
+from tests.faults.redis_server import KillableRedis, killable_redis  # noqa: F401
+from tests.gateway.rig import Gateway, gateway_env
+from tests.gateway.test_uploads import AUTH, jsonl, upload
+
+HEAD = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
+MULTIPART = {**AUTH, "Content-Type": "multipart/form-data; boundary=xyz"}
+
+
+def stored_files(gw: Gateway) -> list[str]:
+    store = Path(gw.env["R3_DATA_DIR"]) / "datasets"
+    return sorted(p.name for p in store.iterdir()) if store.exists() else []
+
+
+def test_a_body_without_its_closing_boundary_is_never_queued(
+    gateway: Gateway, r: redis.Redis
+) -> None:
+    resp = httpx.post(gateway.url + "/datasets", content=HEAD + jsonl(5), headers=MULTIPART)
+    assert resp.status_code == 400 and "closing boundary" in resp.json()["error"]
+    assert sum(queues.depths(r).values()) == 0 and stored_files(gateway) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"--xyz\r\nContent-Disposition form-data\r\n\r\nx\r\n--xyz--\r\n",  # header without ':'
+        b"--abc\r\n\r\n",  # another boundary than the declared one
+        b"--xyz\r\n" + b"X" * 70_000 + b": y\r\n\r\n",  # a header past the parser's limit
+    ],
+)
+def test_a_malformed_multipart_body_is_a_400_not_a_500(
+    gateway: Gateway, r: redis.Redis, body: bytes
+) -> None:
+    resp = httpx.post(gateway.url + "/datasets", content=body, headers=MULTIPART)
+    assert resp.status_code == 400, resp.text
+    assert sum(queues.depths(r).values()) == 0 and stored_files(gateway) == []
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        (b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", "nested too deeply"),
+        (b'{"n": ' + b"9" * 5000 + b"}\n", "4300"),
+    ],
+)
+def test_a_line_json_loads_refuses_is_a_422_with_its_line(
+    gateway: Gateway, r: redis.Redis, line: bytes, why: str
+) -> None:
+    resp = upload(gateway, jsonl(2) + line)
+    assert resp.status_code == 422, resp.text
+    error = resp.json()["error"]
+    assert "shard-7.jsonl:3: not JSON" in error and why in error
+    assert sum(queues.depths(r).values()) == 0 and stored_files(gateway) == []
+
+
+def test_a_utf8_bom_is_accepted_and_no_server_path_is_answered(
+    gateway: Gateway, r: redis.Redis
+) -> None:
+    resp = upload(gateway, b"\xef\xbb\xbf" + jsonl(3))
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["lines"] == 3 and body["queued"] is True
+    assert body["path"] == f"datasets/{body['sha256']}.jsonl"
+    assert gateway.env["R3_DATA_DIR"] not in json.dumps(body)
+
+
+def test_an_upload_while_redis_is_down_says_stored_not_queued(
+    killable_redis: KillableRedis, tmp_path: Path  # noqa: F811
+) -> None:
+    env = gateway_env(killable_redis.url, tmp_path, {})
+    gw = Gateway(env, int(env["R3_GATEWAY_PORT"]), tmp_path / "gateway.log")
+    gw.start()
+    try:
+        killable_redis.kill()
+        resp = upload(gw, jsonl(4))
+        assert resp.status_code == 503, resp.text
+        body = resp.json()
+        assert body["queued"] is False and body["stored"] is True
+        assert "NOT queued" in body["error"] and "Retry-After" in resp.headers
+        assert stored_files(gw) == [f"{body['sha256']}.jsonl"]
+        killable_redis.start()
+        again = upload(gw, jsonl(4))  # the retry the answer asked for
+        assert again.status_code == 200 and again.json()["queued"] is True
+        assert again.json()["new"] is False
+        assert queues.depths(killable_redis.client())["train-normal"] == 1
+    finally:
+        gw.stop()
+
