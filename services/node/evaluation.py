@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import random
 import re
 import time
@@ -29,7 +28,8 @@ from codec.evaluate import Scoreboard, aggregate, evaluate_output, split_output
 from codec.modes import Mode
 from codec.problem import STOP, Problem, RenderSettings
 from services.node.node_client import NodeClient, Scored
-from services.validation.calibration import expected_calibration_error
+from services.validation import calibration
+from services.validation.calibration import answer_span, expected_calibration_error
 from services.validation.trend import em_trend
 
 BUILTIN_SEED = 20_240  # fixed: a built-in set is the same problems every time it is named
@@ -64,28 +64,10 @@ def mean_cross_entropy(scores: Sequence[Scored]) -> float | None:
     return -sum(sum(s.logprobs) for s in scores) / tokens
 
 
-def answer_span(raw: str) -> tuple[int, int] | None:
-    """Character range of the answer after the last 🛑 marker; None when there is none."""
-    parts = split_output(raw)
-    if parts is None or not parts[1]:
-        return None
-    after = raw.rfind(STOP) + len(STOP)
-    start = raw.index(parts[1], after)
-    return start, start + len(parts[1])
-
-
 def answer_confidence(scored: Scored, span: tuple[int, int]) -> float:
-    """Probability the model gives its own answer: the product over the answer's tokens.
-
-    A token counts when its characters overlap the answer (a token may carry a leading
-    newline with the answer's first digit); the end-of-turn token does not.
-    """
-    lo, hi = span
-    total = 0.0
-    for (start, end), logprob in zip(scored.offsets, scored.logprobs, strict=True):
-        if start < hi and end > lo:
-            total += logprob
-    return math.exp(total)
+    """Probability the model gives its own answer (services.validation.calibration, the
+    definition the trainer uses too): the product over the answer's tokens."""
+    return calibration.answer_confidence(scored.offsets, scored.logprobs, span)
 
 
 def heatmap_grid(board: Scoreboard) -> dict[str, dict[str, float]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,8 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from codec.codebook import Codebook
 from codec.evaluate import EvalResult, Scoreboard, evaluate_output
-from codec.problem import STOP
-from services.validation.calibration import expected_calibration_error
+from services.validation.calibration import expected_calibration_error, text_confidence
 from services.validation.sets import ValidationItem
 
 
@@ -29,7 +27,9 @@ class ItemAnswer:
     match: bool
     parse_failed: bool
     predicted: str | None  # the answer in canonical form when it parsed
-    confidence: float  # probability the model gave the answer tokens after its last 🛑
+    # Probability the model gave its answer's own tokens (services.validation.calibration);
+    # None when there is no answer after a 🛑 (left out of ECE, as on the node).
+    confidence: float | None
 
 
 @dataclass
@@ -60,15 +60,12 @@ def _prompt_ids(tokenizer: PreTrainedTokenizerBase, question: str) -> list[int]:
     return list(tokenizer(str(text), add_special_tokens=False)["input_ids"])
 
 
-def _answer_confidence(
-    tokenizer: PreTrainedTokenizerBase, ids: list[int], logps: list[float]
-) -> float:
-    # The answer is what follows the last 🛑; its probability is the product over its tokens
-    # (the end-of-turn token excluded). No 🛑 at all: the whole output is the "answer".
-    stop_ids = set(tokenizer(STOP, add_special_tokens=False)["input_ids"])
-    last = max((i for i, t in enumerate(ids) if t in stop_ids), default=-1)
-    tail = logps[last + 1 :]
-    return math.exp(sum(tail)) if tail else 0.0
+def _ece(answers: Sequence[ItemAnswer]) -> float | None:
+    """ECE over the answers that have one (a confidence); None when none has."""
+    scored = [a for a in answers if a.confidence is not None]
+    return expected_calibration_error(
+        [a.confidence for a in scored if a.confidence is not None], [a.match for a in scored]
+    )
 
 
 @torch.no_grad()
@@ -115,8 +112,10 @@ def generate_answers(
             for row, index in enumerate(chunk):
                 ids = new[row].tolist()
                 cut = next((k for k, t in enumerate(ids) if t in (eos, pad)), len(ids))
-                kept = [t for t in ids[:cut] if t not in special]
-                text = tokenizer.decode(kept, skip_special_tokens=True)
+                kept = [k for k, t in enumerate(ids[:cut]) if t not in special]
+                kept_ids = [ids[k] for k in kept]
+                text = tokenizer.decode(kept_ids, skip_special_tokens=True)
+                kept_logps = chosen[row, :cut].tolist()
                 item = items[index]
                 verdict: EvalResult = evaluate_output(text, item.golden, codebook=codebook)
                 results[index] = ItemAnswer(
@@ -127,7 +126,11 @@ def generate_answers(
                     match=verdict.match,
                     parse_failed=verdict.parse_failed,
                     predicted=verdict.predicted,
-                    confidence=_answer_confidence(tokenizer, ids[:cut], chosen[row, :cut].tolist()),
+                    confidence=text_confidence(
+                        lambda part: tokenizer.decode(part, skip_special_tokens=True),
+                        kept_ids,
+                        [kept_logps[k] for k in kept],
+                    ),
                 )
     return [results[i] for i in range(len(items))]
 
@@ -209,9 +212,7 @@ def score(
         parse_failures=sum(a.parse_failed for a in answers),
         em=correct / len(answers) if answers else 0.0,
         ce=ce,
-        ece=expected_calibration_error([a.confidence for a in answers], [a.match for a in answers])
-        if answers
-        else None,
+        ece=_ece(answers),
         heatmap=board.heatmap(),
         answers=answers,
     )
