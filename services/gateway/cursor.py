@@ -29,7 +29,12 @@ from collections.abc import Iterable, Mapping
 from bus import keys
 
 EARLIEST = "0-0"
-_ENTRY_ID = re.compile(r"^\d{1,20}(?:-\d{1,20})?$")
+# fullmatch, not `$` (which also matches before a trailing newline: "5-0\n" would pass, go
+# into the next frame's `id:` line, cut the SSE framing, and a browser would reconnect in a
+# loop). Each part is an unsigned 64-bit integer in Redis: a larger one is refused here,
+# not by Redis once the stream has started.
+_ENTRY_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
+U64_MAX = 2**64 - 1
 SHORT_BY_KEY = {key: short for short, key in keys.STREAMS.items()}
 ORDER = {short: i for i, short in enumerate(keys.STREAMS)}
 
@@ -39,10 +44,16 @@ class CursorError(ValueError):
 
 
 def _entry_id(text: str, where: str) -> str:
-    if not _ENTRY_ID.match(text):
+    found = _ENTRY_ID.fullmatch(text)
+    if not found:
         raise CursorError(
             f"{where}: {text!r} is not a Redis entry id (<milliseconds>-<sequence>); "
             "pass back the `id:` of the last event received, or since=0 to replay"
+        )
+    if any(int(part) > U64_MAX for part in found.groups() if part is not None):
+        raise CursorError(
+            f"{where}: {text!r} is past the largest Redis entry id (each part at most "
+            f"{U64_MAX}); pass back the `id:` of the last event received, or since=0"
         )
     return text if "-" in text else f"{text}-0"
 
@@ -54,7 +65,6 @@ def parse(text: str, followed: Iterable[str]) -> dict[str, str]:
     client no longer follows are ignored (it may have narrowed `streams=`).
     """
     followed = list(followed)
-    text = text.strip()
     if text == "0":
         return dict.fromkeys(followed, EARLIEST)
     if ":" not in text:

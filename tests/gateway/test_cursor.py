@@ -42,3 +42,25 @@ def test_entry_ids_compare_numerically() -> None:
 def test_the_gateway_never_imports_torch() -> None:
     code = "import sys, services.gateway.app; assert 'torch' not in sys.modules, 'torch'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "18446744073709551616-0",  # 2**64: past what Redis can hold
+        "5-18446744073709551616",
+        "training:18446744073709551616-0",
+        "5-0\n",  # a trailing newline would cut the SSE framing of the next frame's id
+        "training:5-0\n",
+        "training:5-0\n,jobs:1-0",
+        "0\n",
+    ],
+)
+def test_a_cursor_past_u64_or_with_a_newline_is_refused(text: str) -> None:
+    with pytest.raises(cursor.CursorError):
+        cursor.parse(text, ["training", "jobs"])
+
+
+def test_the_largest_entry_id_is_accepted() -> None:
+    top = f"{2**64 - 1}-{2**64 - 1}"
+    assert cursor.parse(f"training:{top}", ["training"]) == {"training": top}
