@@ -81,7 +81,10 @@ def test_fixed_eval_fills_status_events_checkpoints_and_evolution(
 
     status = StatusStore(r).read()
     assert status.fixed_eval_em is not None and status.fixed_eval_ce is not None
-    assert status.fixed_eval_ece is not None and status.validation_loss is not None
+    assert status.validation_loss is not None
+    # ECE calibrates the answers' own confidence: an output with no answer after a 🛑 (the
+    # untrained tiny model's usual) has none, so ECE may be None, never a made-up number.
+    assert status.fixed_eval_ece is None or 0.0 <= status.fixed_eval_ece <= 1.0
     assert status.val_train_gap is not None
     assert status.pattern_heatmap is not None
     assert status.pattern_heatmap["domains"] == ["syllogism"]
