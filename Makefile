@@ -25,9 +25,12 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
+# Chromium for the dashboard tests, and a colour emoji font: without one the page's 🤔/🛑
+# markers are empty boxes in screenshots (the page also spells them out: see dashboards/).
 .stamp-browser:
-	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq \
-		&& DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	{ command -v chromium >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi 'Noto Color Emoji'; } \
+		|| { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) \
+			apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null; }
 	touch $@
 
 install: .stamp-install
