@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from rq import get_current_job
 from rq.executions import Execution
@@ -21,7 +21,7 @@ from rq.queue import Queue
 from rq.timeouts import BaseDeathPenalty
 from rq.worker import SimpleWorker
 
-from bus.events import Event, JobFailed, JobFinished, JobProgress, JobStarted
+from bus.events import Event, JobFailed, JobFinished, JobProgress, JobQueued, JobStarted
 from bus.publish import Publisher
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,19 @@ class NoTimeLimit(BaseDeathPenalty):
 
     def cancel_death_penalty(self) -> None:
         pass
+
+
+class Interrupted(Exception):
+    """Raised by a job stopped on request (SIGTERM, Ctrl-C) after saving where it was.
+
+    Not a failure: the worker puts the job back at the front of its queue (status queued, no
+    traceback in RQ's failed registry), and the next worker to take it resumes it.
+    """
+
+
+def _priority(queue_name: str) -> Literal["high", "normal", "low"]:
+    tail = queue_name.rpartition("-")[2]
+    return tail if tail in ("high", "low") else "normal"  # type: ignore[return-value]
 
 
 def _one_line(exc: BaseException | None) -> str:
@@ -84,6 +97,31 @@ class EventWorker(SimpleWorker):
             except Exception:
                 log.exception("heartbeat for job %s failed; retrying", job.id)
 
+    def _finalize_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        execution: Execution,
+        exc_info: tuple[type[BaseException] | None, BaseException | None, TracebackType | None],
+    ) -> None:
+        exc = exc_info[1]
+        if not isinstance(exc, Interrupted):
+            super()._finalize_failure(job, queue, execution, exc_info)
+            return
+        # A requested stop: the job's execution ends, and the job goes back to the front of
+        # its queue, as RQ would queue a new one (RQ itself knows only failed or finished).
+        self._last_exc = exc
+        with self.connection.pipeline() as pipeline:
+            self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+            pipeline.execute()
+        queue.enqueue_job(job, at_front=True)
+        log.info(
+            "job %s stopped on request and queued again at the front of %s: %s",
+            job.id,
+            queue.name,
+            _one_line(exc),
+        )
+
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
         self._last_exc = None
         base = {
@@ -113,6 +151,16 @@ class EventWorker(SimpleWorker):
                     worker=self.name,
                     duration_seconds=took,
                     result=value if isinstance(value, dict) else None,
+                )
+            )
+        elif isinstance(self._last_exc, Interrupted):
+            self._publish(
+                JobQueued(
+                    job_id=job.id,
+                    queue=queue.name,
+                    func=job.func_name,
+                    description=job.description,
+                    priority=_priority(queue.name),
                 )
             )
         else:

@@ -7,10 +7,16 @@ from types import FrameType
 
 from bus import queues
 from bus.connections import connect
+from bus.events import Alert
 from bus.worker import LongJobWorker
 from services.trainer import jobs
 from services.trainer.loop import Trainer
-from services.trainer.resume import forget_dead_workers, requeue_unfinished
+from services.trainer.resume import (
+    forget_dead_workers,
+    lost_jobs,
+    lost_span_message,
+    requeue_unfinished,
+)
 
 log = logging.getLogger("services.trainer")
 
@@ -36,10 +42,27 @@ def main() -> None:
     cursor = trainer.latest_cursor
     # Even a cursor at the end of its file counts: killed between the last checkpoint and
     # RQ's bookkeeping, the job resumes at the end, trains nothing and is marked finished.
-    requeued = requeue_unfinished(conn, cursor)
+    set_aside = trainer.store.set_aside
+    requeued = requeue_unfinished(conn, cursor, lost=lost_jobs(set_aside))
+    if set_aside:
+        lost = [job for job in requeued if job.id in lost_jobs(set_aside)]
+        loaded = trainer.resumed_from
+        message = lost_span_message(set_aside, loaded, trainer.global_step, lost)
+        log.error("%s", message)
+        trainer.publisher.publish(
+            Alert(level="error", source="trainer", code="checkpoint_lost", message=message)
+        )
     if cursor is not None and any(job.id == cursor.job_id for job in requeued):
         trainer.pending_resume = cursor
-        log.info("job %s resumes at byte %d of its file", cursor.job_id, cursor.byte_offset)
+        log.info(
+            "job %s resumes at byte %d (line %d) of its file, %d examples done, %d packed "
+            "rows of that point already trained",
+            cursor.job_id,
+            cursor.byte_offset,
+            cursor.line,
+            cursor.examples_done,
+            cursor.rows_done,
+        )
     worker = TrainerWorker(queues.queues(conn, "train"), connection=conn)
     worker.trainer = trainer
     worker.work()

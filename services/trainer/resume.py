@@ -13,14 +13,16 @@ from pathlib import Path
 
 import redis
 from rq.exceptions import NoSuchJobError
+from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
-from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.worker import Worker
 
 from bus.events import JobQueued
 from bus.keys import TRAIN_QUEUES
 from bus.publish import Publisher
+from services.trainer.checkpoint import CheckpointInfo
 from services.trainer.dataset_reader import DataCursor
 from services.trainer.manifest import JobCursor
 from services.trainer.validate import ExampleId
@@ -55,6 +57,24 @@ class FileProgress:
             rows_done=self.cursor.rows_done,
             examples_done=self.examples_done,
         )
+
+
+def resume_point(name: str, cursor: JobCursor, examples: int | None = None) -> str:
+    """Where a job resumes, in words: examples done, and where reading starts again.
+
+    The byte offset alone misleads: it is the start of the pack buffer the cut step came
+    from (line 1 of a file that fits one buffer), and `rows_done` of its rows are skipped.
+    """
+    of = f" of {examples}" if examples is not None else ""
+    skipped = (
+        f", skipping the {cursor.rows_done} packed rows already trained from there"
+        if cursor.rows_done
+        else ""
+    )
+    return (
+        f"resuming {name} after {cursor.examples_done}{of} examples: reading again from line "
+        f"{cursor.line} (byte {cursor.byte_offset}){skipped}"
+    )
 
 
 def append_ledger(path: Path, job_id: str | None, step: int, examples: Sequence[ExampleId]) -> None:
@@ -102,17 +122,50 @@ def _interrupted(job: Job) -> bool:
     return any(name in text for name in INTERRUPTIONS)
 
 
-def _to_front(connection: redis.Redis, job: Job) -> Job | None:
-    """Put a job that did not finish back at the front of its queue; None when it must not."""
+def forget_executions(connection: redis.Redis, job: Job) -> int:
+    """Take a dead worker's executions of `job` out of its started registry; returns how many.
+
+    Not RQ's `remove_executions`: it fetches each execution record, and RQ keeps a job's list
+    of executions longer than the records themselves, so a trainer restarted a minute or two
+    after a kill -9 got `ValueError: Execution … not found in Redis` and crash-looped. Here the
+    registry entries are matched by job id, and list entries whose record expired are dropped
+    so RQ's own later calls (delete, cancel) cannot trip on them either.
+    """
+    started = StartedJobRegistry(job.origin, connection=connection)
+    mine = [
+        entry
+        for entry in connection.zrange(started.key, 0, -1)
+        if started.parse_job_id(entry) == job.id
+    ]
+    if mine:
+        connection.zrem(started.key, *mine)
+    listed = job.execution_registry
+    for raw in connection.zrange(listed.key, 0, -1):
+        execution_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+        record = Execution(id=execution_id, job_id=job.id, connection=connection)
+        if not connection.exists(record.key):
+            connection.zrem(listed.key, raw)
+    return len(mine)
+
+
+def _to_front(connection: redis.Redis, job: Job, *, lost: bool = False) -> Job | None:
+    """Put a job that did not finish back at the front of its queue; None when it must not.
+
+    `lost`: the job's training lived in a checkpoint that was quarantined, so even a job RQ
+    calls finished is trained again (from the surviving checkpoint's cursor, or the top).
+    """
     status = job.get_status()
     queue = Queue(job.origin, connection=connection)
-    if status == JobStatus.FAILED:
+    if status == JobStatus.FINISHED and lost:
+        FinishedJobRegistry(job.origin, connection=connection).remove(job)
+        job = queue.enqueue_job(job, at_front=True)
+    elif status == JobStatus.FAILED:
         if not _interrupted(job):
             log.info("job %s failed for a reason of its own; not resumed", job.id)
             return None
         job = FailedJobRegistry(job.origin, connection=connection).requeue(job, at_front=True)
     elif status == JobStatus.STARTED:
-        StartedJobRegistry(job.origin, connection=connection).remove_executions(job)
+        forget_executions(connection, job)
         job = queue.enqueue_job(job, at_front=True)
     elif status == JobStatus.QUEUED:
         queue.remove(job)
@@ -132,16 +185,21 @@ def _to_front(connection: redis.Redis, job: Job) -> Job | None:
     return job
 
 
-def requeue_unfinished(connection: redis.Redis, cursor: JobCursor | None) -> list[Job]:
+def requeue_unfinished(
+    connection: redis.Redis, cursor: JobCursor | None, *, lost: Sequence[str] = ()
+) -> list[Job]:
     """Put every train job a dead trainer left unfinished back at the front of its queue:
     the job the newest checkpoint's `cursor` names (resumed from that cursor: the caller sets
     `Trainer.pending_resume`), and any train job still marked started (cut before its first
     checkpoint: it restarts from the top of its file). Returns the jobs requeued.
 
+    `lost` (oldest first) are jobs whose training lived only in quarantined checkpoints
+    (`lost_jobs`): requeued even when RQ calls them finished, after the cursor's job.
+
     Call it at startup, before the worker takes jobs. Assumes one trainer per Redis: a train
     job still marked started belongs to the trainer that died, whatever its heartbeat says.
     """
-    ids: list[str] = []
+    ids: list[str] = list(lost)
     for name in TRAIN_QUEUES:
         ids.extend(StartedJobRegistry(name, connection=connection).get_job_ids(cleanup=False))
     if cursor is not None and cursor.job_id is not None:
@@ -154,7 +212,37 @@ def requeue_unfinished(connection: redis.Redis, cursor: JobCursor | None) -> lis
         except NoSuchJobError:
             log.warning("job %s is gone from RQ; not resumed", job_id)
             continue
-        moved = _to_front(connection, job)
+        moved = _to_front(connection, job, lost=job_id in lost)
         if moved is not None:
             requeued.append(moved)
     return requeued
+
+
+def lost_jobs(set_aside: Sequence[CheckpointInfo]) -> list[str]:
+    """Jobs named by quarantined checkpoints' cursors, oldest first: their training is lost."""
+    ids = [
+        info.cursor.job_id
+        for info in sorted(set_aside, key=lambda info: info.order)
+        if info.cursor is not None and info.cursor.job_id is not None
+    ]
+    return list(dict.fromkeys(ids))
+
+
+def lost_span_message(
+    set_aside: Sequence[CheckpointInfo], loaded: str | None, loaded_step: int, requeued: list[Job]
+) -> str:
+    """What a quarantine cost and what was done about it, for the alert and the log."""
+    newest = max(info.step for info in set_aside)
+    names = ", ".join(info.id for info in sorted(set_aside, key=lambda info: info.order))
+    again = (
+        "requeued at the front to train again: "
+        + ", ".join(f"{job.id} ({job.kwargs.get('name', job.description)})" for job in requeued)
+        if requeued
+        else "no job could be named to requeue"
+    )
+    return (
+        f"checkpoint(s) {names} failed verification and were moved aside (.corrupt-*); "
+        f"training resumed from {loaded or 'the base model'} at step {loaded_step}, so steps "
+        f"{loaded_step + 1}-{newest} are lost; {again}. A file trained in that span without a "
+        "checkpoint of its own is not named here: requeue it (regime3 enqueue) if it was"
+    )

@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import pickle
 import re
+import signal
 import time
 from array import array
 from collections import Counter, deque
@@ -234,6 +235,9 @@ def _worker_init(chat_pickle: bytes, settings: TrainerSettings) -> None:
     # A worker only tokenizes: transformers without torch costs ~70 MB of RSS instead of
     # ~300 MB, so it is told before the tokenizer is unpickled (which imports transformers).
     os.environ["USE_TORCH"] = "0"
+    # Ctrl-C in a terminal reaches the whole process group: the trainer stops after its
+    # step and ends the pool itself; a worker killed by the same keypress would break it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     global _worker_state
     _worker_state = (pickle.loads(chat_pickle), settings)
