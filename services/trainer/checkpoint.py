@@ -19,6 +19,7 @@ has matched every size and sha256; a corrupt one is moved aside to `.corrupt-<id
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import json
 import logging
@@ -62,6 +63,11 @@ RNG_STATE = "rng_state.pt"
 # deliberately not in the manifest: the manifest, and the id's content, never change.
 VALIDATION = "validation.json"
 UNLISTED = frozenset({MANIFEST, MANIFEST_DIGEST, VALIDATION})
+
+# Every id a save ever published, one a line, appended (fsynced) before the rename that
+# publishes it. Ids are never reused: not after a quarantine moved the newest aside and
+# training went on from an older step, nor after retention deleted one.
+ISSUED = ".issued-ids"
 
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
@@ -204,18 +210,36 @@ class CheckpointStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        # What the last `load_latest` quarantined, newest first, as their manifests said:
+        # the training that lived only there is lost, and the trainer says what to requeue.
+        self.set_aside: builtins.list[CheckpointInfo] = []
 
     # -- writing ------------------------------------------------------------------------------
 
+    def issued(self) -> set[str]:
+        """Every id this store ever gave out: listed, quarantined, deleted or recorded."""
+        ids = {entry.name for entry in self._entries()}
+        ids.update(quarantined_id(path) for path in self.quarantined())
+        with contextlib.suppress(FileNotFoundError):
+            ids.update(self.root.joinpath(ISSUED).read_text().split())
+        return {i for i in ids if parse_id(i) is not None}
+
     def next_id(self, step: int) -> tuple[str, int]:
-        """The id a save at `step` gets: the plain one, or the next free `-rN` after a resume."""
+        """The id a save at `step` gets: the plain one, or the next free `-rN` when that id was
+        ever given out (a resume from an older checkpoint, a quarantined one)."""
         taken = [
             parsed[1]
-            for entry in self._entries()
-            if (parsed := parse_id(entry.name)) is not None and parsed[0] == step
+            for name in self.issued()
+            if (parsed := parse_id(name)) is not None and parsed[0] == step
         ]
         revision = max(taken) + 1 if taken else 0
         return checkpoint_id(step, revision), revision
+
+    def _record_issued(self, checkpoint: str) -> None:
+        with self.root.joinpath(ISSUED).open("a") as f:
+            f.write(checkpoint + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def save(
         self,
@@ -288,6 +312,7 @@ class CheckpointStore:
             for sub in sorted({p.parent for p in tmp.rglob("*") if p.is_file()}, reverse=True):
                 fsync_dir(sub)
             final = self.root / checkpoint
+            self._record_issued(checkpoint)  # before it can be seen: never given out twice
             # rename(2) refuses a non-empty target, so an existing id is never overwritten.
             os.rename(tmp, final)
             fsync_dir(self.root)
@@ -418,12 +443,14 @@ class CheckpointStore:
         Also removes leftovers of a crashed save (`recover()`): call it at trainer startup.
         """
         self.recover()
+        self.set_aside = []
         for info in reversed(self.list()):
             try:
                 return self.load(info.id)
             except CheckpointCorrupt as exc:
                 log.error("%s; moving it aside and trying the one before", exc)
                 self.quarantine(info.id, exc.problems)
+                self.set_aside.append(info)
         return None
 
     # -- removing -----------------------------------------------------------------------------
@@ -480,6 +507,11 @@ class CheckpointStore:
         freed = _tree_bytes(trash)
         shutil.rmtree(trash)
         return freed
+
+
+def quarantined_id(path: Path) -> str:
+    """The checkpoint id of a `.corrupt-<id>-<time>-<hex>` directory."""
+    return path.name.removeprefix(CORRUPT_PREFIX).rsplit("-", 2)[0]
 
 
 def publish_ready(

@@ -15,7 +15,7 @@ import torch
 
 from bus.events import Alert
 from bus.publish import Publisher
-from bus.worker import report_progress
+from bus.worker import Interrupted, report_progress
 from services.dataset_store import sha256_file
 from services.model.loading import load_model_and_tokenizer
 from services.trainer.checkpoint import CheckpointStore, publish_ready
@@ -33,7 +33,7 @@ from services.trainer.metrics import Reporter, StepFigures
 from services.trainer.oom import Backoff, run_with_backoff
 from services.trainer.optim import BF16AdamW
 from services.trainer.packing import StepRows, file_rows, optimizer_steps
-from services.trainer.resume import FileProgress, append_ledger
+from services.trainer.resume import FileProgress, append_ledger, resume_point
 from services.trainer.retention import RetentionPolicy, apply_retention
 from services.trainer.sampling import Sampler
 from services.trainer.tokenize import ChatTokenizer
@@ -42,8 +42,9 @@ from services.trainer.validate import validate_file
 log = logging.getLogger(__name__)
 
 
-class TrainingInterrupted(TrainerError):
-    """A stop was asked for (SIGTERM): the step finished and a checkpoint holds the cursor."""
+class TrainingInterrupted(TrainerError, Interrupted):
+    """A stop was asked for (SIGTERM, Ctrl-C): the step finished and a checkpoint holds the
+    cursor. Not a failure: the worker queues the job again at the front (bus.worker)."""
 
 
 def _named(exc: TrainerError, path: Path, name: str) -> TrainerError:
@@ -137,6 +138,7 @@ class Trainer:
         self.pending_resume: JobCursor | None = None
         self.latest_cursor: JobCursor | None = None
         self.resumed_state: dict[str, Any] = {}  # trainer_state of the checkpoint loaded
+        self.resumed_from: str | None = None  # its id
         if latest is not None:
             latest.restore(optimizer=self.optimizer, scheduler=self.scheduler, rng=True)
             state = self.resumed_state = latest.trainer_state()
@@ -145,6 +147,7 @@ class Trainer:
             for loss in state.get("train_loss_history", []):
                 self.report.loss.add(float(loss))
             self.latest_cursor = latest.info.cursor
+            self.resumed_from = latest.info.id
             log.info("resumed weights and optimizer from checkpoint %s", latest.info.id)
         self.layers = LayerMonitor(self.model, self.settings.layer_monitor_steps)
         self.fixed_eval = FixedEvaluator.for_trainer(self, connection)
@@ -384,9 +387,7 @@ class Trainer:
             state.file_step = int(self.resumed_state.get("file_step", 0))
             if self.global_step == self.resumed_state.get("global_step"):
                 state.saved_at = self.global_step  # the checkpoint resumed from is this state
-            log.info(
-                "job %s: resuming %s at byte %d (line %d)", job_id, name, start.offset, start.line
-            )
+            log.info("job %s: %s", job_id, resume_point(name, resume, report.examples))
         try:
             for epoch in range(state.epoch, self.settings.epochs):
                 state.epoch = epoch
@@ -404,6 +405,14 @@ class Trainer:
             if self.global_step != state.saved_at:
                 self._save(state, at_end=True)
         except TrainingInterrupted:
+            # Taken again by this process (the stop was for this job, not the worker), it
+            # goes on from the step just saved, not from the top of the file.
+            self.pending_resume = state.job_cursor()
+            self.resumed_state = {
+                "global_step": self.global_step,
+                "epoch": state.epoch,
+                "file_step": state.file_step,
+            }
             self.report.set_status("idle")
             raise
         except TrainerError as exc:
