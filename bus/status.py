@@ -82,6 +82,7 @@ class TrainingStatus(BaseModel):
     gpu_vram_used_bytes: int | None = None
     gpu_vram_total_bytes: int | None = None
     gpu_power_watts: float | None = None
+    compile_seconds: float | None = None  # the trainer's first compiled step, compile included
 
 
 _JSON_FIELDS = frozenset(

@@ -12,6 +12,9 @@ ThinkingMarkers = Literal["require", "allow", "ignore"]
 Overlong = Literal["reject", "split"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 LrSchedule = Literal["cosine", "linear", "constant"]
+Compile = Literal["auto", "on", "off"]
+Attention = Literal["auto", "varlen", "flex_attention", "sdpa"]
+Liger = Literal["auto", "loss", "all", "off"]
 
 
 class TrainerSettings(BaseSettings):
@@ -111,10 +114,40 @@ class TrainerSettings(BaseSettings):
         "auto",
         description="Training dtype: `auto` is bf16 on a GPU that supports it, else fp32.",
     )
-    activation_checkpointing: bool = Field(
-        True,
+    activation_checkpointing: bool | Literal["auto"] = Field(
+        "auto",
         description="Recompute each layer's activations in backward instead of keeping them: "
-        "less memory per micro-batch for about a third more compute.",
+        "less memory per micro-batch for about a third more compute. `auto`: off until a step "
+        "does not fit the free memory (or R3_GPU_MEMORY_GIB), then on for the rest of the run "
+        "(before the out-of-memory back-off halves the micro-batch); `true` or `false` force it.",
+    )
+    gpu_memory_gib: float | None = Field(
+        None,
+        gt=0.0,
+        description="Most GPU memory the trainer may use, in GiB (e.g. 22 on a 24 GB 4090 that "
+        "also drives a display); past it a step counts as out of memory and the trainer turns "
+        "activation checkpointing on, then lowers the micro-batch. Unset: the whole GPU.",
+    )
+    compile: Compile = Field(
+        "auto",
+        description="torch.compile the decoder on the packed rows' fixed shapes (every row is "
+        "R3_MAX_LENGTH long). `auto`: on with CUDA, off on CPU; the compile time is logged, "
+        "published as an info alert and kept in the status hash (`compile_seconds`).",
+    )
+    attention: Attention = Field(
+        "auto",
+        description="Attention over packed documents, none of which sees another: `varlen` "
+        "(torch.nn.attention.varlen, CUDA, no mask at all), `flex_attention` (a document block "
+        "mask), `sdpa` (a dense mask transformers builds from the position ids). `auto`: varlen "
+        "on CUDA, sdpa on CPU.",
+    )
+    liger: Liger = Field(
+        "auto",
+        description="Liger-Kernel on CUDA (the `cuda` extra): `loss` is its fused linear "
+        "cross-entropy alone, `all` adds its RMSNorm, RoPE and SwiGLU kernels, `off` keeps the "
+        "chunked loss. `auto`: `loss` when the decoder is compiled (inductor fuses those "
+        "elementwise chains itself, measured faster in bench/README.md), `all` when it is not; "
+        "off on CPU.",
     )
     loss_chunk_tokens: int = Field(
         1024,

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,10 @@ from services.trainer.config import TrainerSettings, get_trainer_settings
 from services.trainer.dataset_reader import DataCursor
 from services.trainer.errors import DataChangedError, TrainerError
 from services.trainer.fixed_eval import FixedEvalOutcome, FixedEvaluator
+from services.trainer.forward import StepForward, StepPlan
 from services.trainer.gpu import GpuMeter
 from services.trainer.layer_monitor import LayerMonitor
 from services.trainer.loop_config import LoopSettings
-from services.trainer.loss import forward_loss
 from services.trainer.manifest import JobCursor
 from services.trainer.metrics import Reporter, StepFigures
 from services.trainer.oom import Backoff, run_with_backoff
@@ -113,10 +114,24 @@ class Trainer:
             )
             self.model_name = Path(str(self.model.name_or_path or "model")).name
         self.model.train()
-        if self.settings.activation_checkpointing:
-            self.model.gradient_checkpointing_enable(  # type: ignore[no-untyped-call]
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+        if self.device.type == "cuda" and self.settings.gpu_memory_gib is not None:
+            # Past the budget an allocation raises an out-of-memory like a full card would,
+            # which is what turns checkpointing on and then lowers the micro-batch.
+            total = torch.cuda.get_device_properties(self.device).total_memory / 2**30
+            fraction = min(1.0, self.settings.gpu_memory_gib / total)
+            torch.cuda.set_per_process_memory_fraction(fraction, self.device)
+        self.checkpointing = False
+        if self.settings.activation_checkpointing is True:
+            self._enable_checkpointing()
+        self.plan = StepPlan.resolve(self.settings, self.device)
+        self.forward = StepForward(
+            self.model,
+            self.plan,
+            chunk_tokens=self.settings.loss_chunk_tokens,
+            max_length=self.settings.max_length,
+        )
+        self.compile_seconds: float | None = None  # set by the first step when compiled
+        log.info("training step: %s", self.plan.describe())
         self.chat = ChatTokenizer(self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
@@ -217,33 +232,62 @@ class Trainer:
 
     # -- one optimizer step ----------------------------------------------------------------
 
-    def _micro_batches(self, step: StepRows, rows_per_batch: int) -> tuple[float, float, int]:
-        total_loss_tokens = max(1, step.loss_tokens)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        entropy_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        tokens = 0
-        for batch in step.micro_batches(rows_per_batch, self.pad_id):
+    def _enable_checkpointing(self) -> bool:
+        """Turn activation checkpointing on (once); False if it already was."""
+        if self.checkpointing:
+            return False
+        self.model.gradient_checkpointing_enable(  # type: ignore[no-untyped-call]
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+        self.checkpointing = True
+        return True
+
+    def _lighten(self) -> bool:
+        # Under `auto`, the first out-of-memory turns checkpointing on before any halving.
+        if self.settings.activation_checkpointing != "auto":
+            return False
+        return self._enable_checkpointing()
+
+    def _micro_batches(
+        self, step: StepRows, rows_per_batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Forward and backward of every micro-batch of the step. Returns device tensors (the
+        summed loss and sampled entropy) and the entropy's token count: nothing here waits for
+        the GPU, the step reads the figures once at its end."""
+        total_loss_tokens = max(1, step.loss_tokens)  # from the packer, on the host
+        loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
+        entropy_sum = torch.zeros((), dtype=torch.float32, device=self.device)
+        entropy_tokens = 0
+        # Compiled: every micro-batch has one shape (full rows, the last filled up with empty
+        # rows), so the graph compiles once, not once per shape.
+        width = self.settings.max_length if self.plan.compile else None
+        for batch in step.micro_batches(rows_per_batch, self.pad_id, width):
             batch = batch.to(self.device)
             with self._autocast():
-                out = forward_loss(
-                    self.model,
-                    batch.input_ids,
-                    batch.position_ids,
-                    batch.labels,
-                    chunk_tokens=self.settings.loss_chunk_tokens,
-                    with_entropy=True,
-                )
+                out = self.forward(batch)
             # Token-weighted over the whole step: each micro-batch's summed loss over the
             # step's loss tokens, so the accumulated gradient is that of one big batch.
             self.scaler.scale(out.loss_sum / total_loss_tokens).backward()  # type: ignore[no-untyped-call]
-            loss_sum += out.loss_sum.detach().double()
-            if out.entropy_sum is not None:
-                entropy_sum += out.entropy_sum.double()
-            tokens += out.tokens
-        tokens = max(1, tokens)
-        return float(loss_sum) / tokens, float(entropy_sum) / tokens, tokens
+            loss_sum += out.loss_sum.detach()
+            entropy_sum += out.entropy_sum
+            entropy_tokens += out.entropy_tokens
+        return loss_sum, entropy_sum, entropy_tokens
 
     def _alert_oom(self, backoff: Backoff) -> None:
+        if backoff.checkpointing:
+            self.publisher.publish(
+                Alert(
+                    level="warning",
+                    source="trainer",
+                    code="oom_recovered",
+                    message=(
+                        f"step {backoff.step}: out of memory at {backoff.rows_before} rows per "
+                        "micro-batch; activation checkpointing turned on (R3_ACTIVATION_"
+                        "CHECKPOINTING=auto) and the step retried at the same size"
+                    ),
+                )
+            )
+            return
         self.publisher.publish(
             Alert(
                 level="warning",
@@ -257,18 +301,44 @@ class Trainer:
             )
         )
 
+    def _report_compile(self, seconds: float) -> None:
+        """The first compiled step's wall time (compilation, forward and backward included;
+        later steps take well under a second): logged, alerted and kept in the status hash."""
+        self.compile_seconds = round(seconds, 1)
+        log.info("first compiled step took %.1f s (%s)", seconds, self.plan.describe())
+        self.publisher.publish(
+            Alert(
+                level="info",
+                source="trainer",
+                code="compiled",
+                message=f"the training step was compiled in {seconds:.1f} s (first step, "
+                f"compilation included; {self.plan.describe()}); R3_COMPILE=off skips it",
+            )
+        )
+        self.report.status.update(compile_seconds=self.compile_seconds)
+
     def _optimizer_step(self, step: StepRows) -> dict[str, Any]:
         number = self.global_step + 1
-        (loss, entropy, _), self.rows_per_batch = run_with_backoff(
+        started = time.perf_counter() if self.compile_seconds is None else None
+        (loss_sum, entropy_sum, entropy_tokens), self.rows_per_batch = run_with_backoff(
             lambda rows: self._micro_batches(step, rows),
             self.rows_per_batch,
             step=number,
             reset=lambda: self.optimizer.zero_grad(set_to_none=True),
             on_backoff=self._alert_oom,
+            lighten=self._lighten,
         )
         self.scaler.unscale_(self.optimizer)
         clip = self.settings.grad_clip if self.settings.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        # The step's one read of the device: loss, entropy and gradient norm together.
+        loss_total, entropy_total, grad_norm = (
+            torch.stack([loss_sum.float(), entropy_sum.float(), norm.float()]).tolist()
+        )
+        loss = loss_total / max(1, step.loss_tokens)
+        entropy = entropy_total / max(1, entropy_tokens)
+        if started is not None and self.plan.compile:
+            self._report_compile(time.perf_counter() - started)
         if not math.isfinite(grad_norm) and self.amp_dtype != torch.float16:
             # One NaN/inf step would poison every weight it touches; skip it and say so.
             # (Under fp16 the GradScaler skips such steps itself and lowers its scale.)

@@ -27,6 +27,9 @@ class Backoff:
     step: int
     rows_before: int
     rows_after: int
+    # True when this out-of-memory turned activation checkpointing on instead of halving
+    # the micro-batch (rows_after == rows_before then).
+    checkpointing: bool = False
 
 
 def free_memory() -> None:
@@ -43,10 +46,12 @@ def run_with_backoff(
     step: int,
     reset: Callable[[], None],
     on_backoff: Callable[[Backoff], None],
+    lighten: Callable[[], bool] | None = None,
 ) -> tuple[T, int]:
     """Run `attempt(rows_per_batch)` (all micro-batches of one step); on an out-of-memory,
-    `reset()` (zero the gradients: a partial accumulation must not count), halve the rows per
-    micro-batch and try the whole step again. The step's rows, and so its loss and global batch,
+    `reset()` (zero the gradients: a partial accumulation must not count), then first try
+    `lighten()` (turn activation checkpointing on; True if it changed anything) at the same
+    rows, else halve the rows per micro-batch, and try the whole step again. The step's rows, and so its loss and global batch,
     are unchanged: only accumulation grows.
 
     Returns the attempt's result and the rows per micro-batch that worked (callers keep it, so
@@ -61,10 +66,19 @@ def run_with_backoff(
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
             del exc  # its traceback holds the failed attempt's activations
             free_memory()
+            if lighten is not None and lighten():
+                log.warning(
+                    "step %d: out of memory at %d rows per micro-batch; activation "
+                    "checkpointing turned on, retrying at the same size",
+                    step,
+                    rows,
+                )
+                on_backoff(Backoff(step, rows, rows, checkpointing=True))
+                continue
             if rows <= 1:
                 raise StepOutOfMemory(
                     f"step {step}: out of memory with a single packed row per micro-batch "
-                    f"({reason}). Lower R3_MAX_LENGTH, turn on R3_ACTIVATION_CHECKPOINTING, "
+                    f"({reason}). Lower R3_MAX_LENGTH, set R3_ACTIVATION_CHECKPOINTING=auto or true, "
                     "lower R3_LOSS_CHUNK_TOKENS, or use a GPU with more memory."
                 ) from None
             smaller = max(1, rows // 2)

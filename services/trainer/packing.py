@@ -181,9 +181,19 @@ class PackingStats:
         return self.tokens / (self.rows * self.max_length) if self.rows else 0.0
 
 
+# cu_seqlens is padded with zero-length documents to a multiple of this many entries, so its
+# shape (and a compiled graph's guards) changes only every this many documents.
+DOC_SLOTS = 64
+
+
 @dataclass(frozen=True)
 class PackedBatch:
-    """Rows stacked into tensors for one forward/backward pass (no attention mask needed)."""
+    """Rows stacked into tensors for one forward/backward pass (no attention mask needed).
+
+    Everything the step needs to know about the batch's documents and loss positions is
+    computed here, on the host, from the packer's own records: the GPU step never has to ask
+    the device (a host synchronisation) how many tokens carry a loss or where documents end.
+    """
 
     input_ids: torch.Tensor  # (B, T) int64, padded with the pad token
     labels: torch.Tensor  # (B, T) int64, -100 on padding
@@ -192,33 +202,73 @@ class PackedBatch:
     loss_tokens: int
     examples: tuple[ExampleId, ...]
     cursor_after: DataCursor
+    # Document boundaries over the B*T flattened tokens (padding a document of its own),
+    # int32, padded to a multiple of DOC_SLOTS entries with zero-length documents at the end.
+    cu_seqlens: torch.Tensor | None = None
+    # Flattened positions b*T + t whose next token carries a loss, and those next tokens:
+    # the loss multiplies only these hidden states by the vocabulary.
+    loss_index: torch.Tensor | None = None
+    loss_targets: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> PackedBatch:
+        # From pinned memory a copy to the GPU is truly asynchronous; from pageable memory
+        # CUDA waits for the stream first, a host synchronisation per micro-batch.
+        pin = torch.device(device).type == "cuda"
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            return (t.pin_memory() if pin else t).to(device, non_blocking=True)
+
         return PackedBatch(
-            self.input_ids.to(device, non_blocking=True),
-            self.labels.to(device, non_blocking=True),
-            self.position_ids.to(device, non_blocking=True),
+            move(self.input_ids),  # type: ignore[arg-type]
+            move(self.labels),  # type: ignore[arg-type]
+            move(self.position_ids),  # type: ignore[arg-type]
             self.tokens,
             self.loss_tokens,
             self.examples,
             self.cursor_after,
+            move(self.cu_seqlens),
+            move(self.loss_index),
+            move(self.loss_targets),
         )
 
 
-def collate(rows: Sequence[PackedRow], pad_id: int) -> PackedBatch:
-    """Stack rows, padding each to the longest; padding never takes part in the loss."""
+def collate(
+    rows: Sequence[PackedRow], pad_id: int, width: int | None = None, batch_rows: int | None = None
+) -> PackedBatch:
+    """Stack rows, padding each to the longest, or to `width` and the batch to `batch_rows`
+    with empty rows, so that every batch of a run has one shape (what a compiled graph wants:
+    a new shape is a new compilation). Padding never takes part in the loss."""
     if not rows:
         raise ValueError("collate needs at least one row")
-    width = max(r.tokens for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    longest = max(r.tokens for r in rows)
+    width = longest if width is None else width
+    batch_rows = len(rows) if batch_rows is None else batch_rows
+    if width < longest or batch_rows < len(rows):
+        raise ValueError(
+            f"collate: {len(rows)} rows of up to {longest} tokens do not fit {batch_rows} x {width}"
+        )
+    ids = torch.full((batch_rows, width), pad_id, dtype=torch.long)
+    labels = torch.full((batch_rows, width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.arange(width).repeat(batch_rows, 1)
+    bounds: list[int] = [0]
+    index: list[np.ndarray] = []
     for i, row in enumerate(rows):
         n = row.tokens
         ids[i, :n] = torch.from_numpy(row.input_ids)
         labels[i, :n] = torch.from_numpy(row.labels)
         positions[i, :n] = torch.from_numpy(row.position_ids)
         positions[i, n:] = torch.arange(width - n)
+        for length in (*row.doc_lengths, width - n):
+            if length:
+                bounds.append(bounds[-1] + length)
+        # Position t predicts label t + 1; the row's labels are -100 past its end.
+        index.append(np.flatnonzero(row.labels[1:] != IGNORE_INDEX) + i * width)
+    for _ in range(len(rows), batch_rows):
+        bounds.append(bounds[-1] + width)  # an empty row: one padding document
+    bounds += [bounds[-1]] * (-len(bounds) % DOC_SLOTS)
+    loss_index = torch.from_numpy(np.concatenate(index).astype(np.int64))
     return PackedBatch(
         input_ids=ids,
         labels=labels,
@@ -227,6 +277,9 @@ def collate(rows: Sequence[PackedRow], pad_id: int) -> PackedBatch:
         loss_tokens=sum(r.loss_tokens for r in rows),
         examples=tuple(e for r in rows for e in r.examples),
         cursor_after=rows[-1].cursor_after,
+        cu_seqlens=torch.tensor(bounds, dtype=torch.int32),
+        loss_index=loss_index,
+        loss_targets=labels.view(-1)[loss_index + 1],
     )
 
 
@@ -250,13 +303,17 @@ class StepRows:
     def examples(self) -> tuple[ExampleId, ...]:
         return tuple(e for r in self.rows for e in r.examples)
 
-    def micro_batches(self, rows_per_batch: int, pad_id: int) -> list[PackedBatch]:
+    def micro_batches(
+        self, rows_per_batch: int, pad_id: int, width: int | None = None
+    ) -> list[PackedBatch]:
         """Consecutive groups of `rows_per_batch` rows (after an out-of-memory, pass fewer:
-        the step's rows and so its loss are unchanged, only accumulation grows)."""
+        the step's rows and so its loss are unchanged, only accumulation grows). With `width`,
+        every micro-batch is `rows_per_batch` x `width`, the last one filled with empty rows."""
         if rows_per_batch < 1:
             raise ValueError(f"rows_per_batch={rows_per_batch}: need at least 1")
+        full = rows_per_batch if width is not None else None
         return [
-            collate(self.rows[i : i + rows_per_batch], pad_id)
+            collate(self.rows[i : i + rows_per_batch], pad_id, width, full)
             for i in range(0, len(self.rows), rows_per_batch)
         ]
 
