@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from services.node.decode_graphs import DecodeStep
 from services.node.errors import EngineBusy, EngineClosed, PromptError
 from services.node.handles import (
     Completion,
@@ -42,7 +43,7 @@ from services.node.handles import (
     StreamEvent,
     TextDelta,
 )
-from services.node.kv import BatchCache, prefill
+from services.node.kv import SlotCache, prefill, use_slot_attention
 from services.node.thinking import ThinkingMarkers, ThinkingState, apply_constraints
 
 __all__ = [
@@ -73,6 +74,9 @@ class LoadedModel:
     markers: ThinkingMarkers | None = None
     max_positions: int | None = None
     vocab_size: int | None = None  # tokenizer entries; embedding rows past it are never sampled
+    # The engine's serving state of this model (slot cache, captured steps): it lives and
+    # dies with the model, so a swapped-out model's cache goes with its weights.
+    runtime: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
 
 @dataclass
@@ -93,13 +97,23 @@ _STOP = object()
 
 @dataclass
 class _Run:
-    """One model's running batch: its rows, those admitted but not prefilled, its cache."""
+    """One model's running batch: its rows (by cache slot) and those admitted, not prefilled."""
 
     loaded: LoadedModel
     rows: list[Slot] = field(default_factory=list)
     new: list[Slot] = field(default_factory=list)
-    cache: BatchCache | None = None
-    logits: torch.Tensor | None = None
+
+
+@dataclass
+class _Serving:
+    """What the engine keeps per model: its slot cache and its (captured) decode step."""
+
+    cache: SlotCache
+    step: DecodeStep
+
+
+# Prompt tokens prefilled in one forward pass at most (newcomers beyond wait a step).
+PREFILL_TOKENS = 8192
 
 
 def free_device_memory(device: torch.device) -> None:
@@ -119,8 +133,10 @@ class Engine:
         max_batch: int = 32,
         batch_wait_ms: float = 5.0,
         max_queue: int = 1024,
+        cuda_graphs: bool = True,
     ) -> None:
         self.max_batch = max_batch
+        self.cuda_graphs = cuda_graphs
         self.batch_wait_s = batch_wait_ms / 1000
         self.max_queue = max_queue
         self._active = initial
@@ -376,91 +392,136 @@ class Engine:
             return self._step(run)
         except Exception as exc:  # a device error fails this batch, never the engine
             victims = run.rows + run.new
+            run.rows, run.new = [], []
             reason = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 reason = f"out of GPU memory in a batch of {len(victims)}; retry or lower load"
             with self._lock:
                 self._stats.failed_batches += 1
+            serving = run.loaded.runtime.get("serving")
             for s in victims:
+                if serving is not None and s.index >= 0:
+                    serving.cache.give_back(s.index)
+                    s.index = -1
                 s.finish("error", reason)
             return True
 
+    def _serving(self, loaded: LoadedModel) -> _Serving:
+        serving = loaded.runtime.get("serving")
+        if serving is None:
+            use_slot_attention(loaded.model)
+            dtype = next(loaded.model.parameters()).dtype
+            cache = SlotCache(loaded.model, self.max_batch, loaded.device, dtype)
+            step = DecodeStep(loaded.model, cache, graphs=self.cuda_graphs)
+            serving = loaded.runtime["serving"] = _Serving(cache, step)
+        return serving  # type: ignore[no-any-return]
+
     @torch.inference_mode()
     def _step(self, run: _Run) -> bool:
+        """Prefill the newcomers into free slots, then one decode step for every row."""
         loaded = run.loaded
-        model = loaded.model
+        serving = self._serving(loaded)
         if run.new:
-            new = [s for s in run.new if not s.handle.cancelled]
-            for s in run.new:
-                if s.handle.cancelled:
-                    s.finish("cancelled")
-            if new:
-                pad = loaded.tokenizer.pad_token_id
-                pad = pad if pad is not None else min(loaded.eos_ids, default=0)
-                cache, logits = prefill(model, [s.prompt for s in new], pad, loaded.device)
-                joining = bool(run.rows)
-                if run.cache is None or run.logits is None or not joining:
-                    run.cache, run.logits = cache, logits
-                else:
-                    run.cache.join(cache)
-                    run.logits = torch.cat([run.logits, logits], dim=0)
-                run.rows += new
-                run.new = []
-                for s in run.rows:
-                    s.handle.batch_size = max(s.handle.batch_size, len(run.rows))
-                with self._lock:
-                    self._stats.batches += 1
-                    self._stats.forward_passes += 1
-                    self._stats.joined += len(new) if joining else 0
-                    self._stats.largest_batch = max(self._stats.largest_batch, len(run.rows))
-        run.new = []  # all placed (or cancelled)
+            self._admit(run, serving)
         if not run.rows:
             return True
-        assert run.cache is not None and run.logits is not None
-        rows = run.rows
-        tokens = self._sample(run.logits, rows, loaded)
-        keep = [i for i, (s, t) in enumerate(zip(rows, tokens, strict=True)) if not s.accept(t)]
-        with self._lock:
-            self._stats.tokens_generated += len(rows)
-        if not keep:
-            run.rows, run.cache, run.logits = [], None, None
-            return True
-        if len(keep) < len(rows):
-            run.cache.keep(keep)
-            run.rows = [rows[i] for i in keep]
-            tokens = [tokens[i] for i in keep]
-        run.logits = run.cache.step(model, tokens)
+        rows = sorted(run.rows, key=lambda s: s.index)
+        used = rows[-1].index + 1
+        ids, positions = [0] * used, [0] * used
+        for s in rows:
+            ids[s.index], positions[s.index] = s.last, s.position
+        logits = serving.step(ids, positions)
+        if used == len(rows):
+            logits = logits[:used]
+        else:
+            logits = logits[torch.tensor([s.index for s in rows], device=logits.device)]
         with self._lock:
             self._stats.forward_passes += 1
-        return False
+        run.rows = self._take_tokens(serving, rows, self._sample(logits, rows, loaded))
+        return not run.rows
+
+    def _admit(self, run: _Run, serving: _Serving) -> None:
+        """Prefill newcomers (up to PREFILL_TOKENS of prompt) into free slots; first tokens."""
+        new: list[Slot] = []
+        budget = PREFILL_TOKENS
+        for s in run.new:
+            if s.handle.cancelled:
+                s.finish("cancelled")
+            elif not new or len(s.prompt) <= budget:
+                new.append(s)
+                budget -= len(s.prompt)
+        if not new:
+            run.new = []
+            return
+        cache = serving.cache
+        if cache.grow(max(len(s.prompt) for s in new) + 1):
+            serving.step.reset()
+        for s in new:
+            s.index = cache.take()
+            s.position = len(s.prompt)  # where its first generated token will be written
+        logits = prefill(run.loaded.model, cache, [s.prompt for s in new], [s.index for s in new])
+        taken = {id(s) for s in new}
+        run.new = [s for s in run.new if not s.done and id(s) not in taken]  # the next step
+        joining = bool(run.rows)
+        size = len(run.rows) + len(new)
+        for s in (*run.rows, *new):
+            s.handle.batch_size = max(s.handle.batch_size, size)
+        with self._lock:
+            self._stats.batches += 1
+            self._stats.forward_passes += 1
+            self._stats.joined += len(new) if joining else 0
+            self._stats.largest_batch = max(self._stats.largest_batch, size)
+        tokens = self._sample(logits, new, run.loaded)
+        run.rows += self._take_tokens(serving, new, tokens, fed=False)
+
+    def _take_tokens(
+        self, serving: _Serving, rows: list[Slot], tokens: list[int], *, fed: bool = True
+    ) -> list[Slot]:
+        """Hand each row its token; returns the rows still generating (their slots kept)."""
+        staying = []
+        for s, token in zip(rows, tokens, strict=True):
+            if fed:
+                s.position += 1  # the token fed this step is in the cache now
+            if s.accept(token):
+                serving.cache.give_back(s.index)
+                s.index = -1
+            else:
+                s.last = token
+                staying.append(s)
+        with self._lock:
+            self._stats.tokens_generated += len(rows)
+        return staying
 
     def _sample(self, logits: torch.Tensor, rows: list[Slot], loaded: LoadedModel) -> list[int]:
+        """One token per row, on the device, with one read of the chosen tokens."""
         scores = logits.float()
         if loaded.vocab_size is not None and loaded.vocab_size < scores.shape[-1]:
             scores[:, loaded.vocab_size :] = float("-inf")  # padding rows, not real tokens
         constraints = [s.thinking.constraint() if s.thinking else None for s in rows]
         if any(c is not None for c in constraints):
             apply_constraints(scores, constraints)
-        greedy = scores.argmax(dim=-1)
         temps = [s.request.temperature for s in rows]
         if all(t == 0 for t in temps):
-            return [int(t) for t in greedy.tolist()]
+            return [int(t) for t in scores.argmax(dim=-1).tolist()]
         device = scores.device
-        temp = torch.tensor([max(t, 1e-5) for t in temps], device=device).unsqueeze(1)
-        scores = scores / temp
         top_p = [s.request.top_p for s in rows]
+        params = torch.tensor([[max(t, 1e-5) for t in temps], top_p], device=device)
+        scores = scores / params[0].unsqueeze(1)
         if any(p < 1.0 for p in top_p):
             ordered, order = scores.sort(dim=-1, descending=True)
             probs = ordered.softmax(dim=-1)
             before = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked above each one
-            cut = before > torch.tensor(top_p, device=device).unsqueeze(1)
-            ordered = ordered.masked_fill(cut, float("-inf"))
+            ordered = ordered.masked_fill(before > params[1].unsqueeze(1), float("-inf"))
             scores = torch.empty_like(scores).scatter_(-1, order, ordered)
         probs = scores.softmax(dim=-1)
-        sampled = torch.multinomial(probs, 1).squeeze(1)
+        # Exponential race (Gumbel-max): argmax(p / E) with E ~ Exp(1) draws from p.
+        noise = torch.empty_like(probs).exponential_()
         for r, s in enumerate(rows):
             if s.generator is not None:
                 # A seeded request draws from its own generator, whatever shares its batch.
-                sampled[r] = torch.multinomial(probs[r], 1, generator=s.generator)[0]
-        chosen = torch.where(torch.tensor([t == 0 for t in temps], device=device), greedy, sampled)
-        return [int(t) for t in chosen.tolist()]
+                noise[r].exponential_(generator=s.generator)
+        sampled = (probs / noise).argmax(dim=-1)
+        if any(t == 0 for t in temps):
+            greedy = torch.tensor([t == 0 for t in temps], device=device)
+            sampled = torch.where(greedy, scores.argmax(dim=-1), sampled)
+        return [int(t) for t in sampled.tolist()]

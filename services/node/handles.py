@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -84,6 +85,8 @@ class RequestHandle:
         self.version = version
         self.prompt_tokens = prompt_tokens
         self.batch_size = 0  # set when its batch starts
+        self.submitted_at = time.monotonic()
+        self.first_token_at: float | None = None  # when its first token was sampled
         self._loop = loop
         self._sync: queue.SimpleQueue[StreamEvent] = queue.SimpleQueue()
         self._async: asyncio.Queue[StreamEvent] | None = asyncio.Queue() if loop else None
@@ -166,6 +169,9 @@ class Slot:
     thinking: ThinkingState | None = None
     generator: torch.Generator | None = None
     tokens: list[int] = field(default_factory=list)
+    index: int = -1  # its slot in the model's KV cache while it generates
+    position: int = 0  # where the next token fed (`last`) is written in that slot
+    last: int = 0  # the token sampled last, fed at the next decode step
     generated: int = 0
     text: str = ""
     emitted: int = 0
@@ -208,6 +214,8 @@ class Slot:
             self.finish("cancelled")
             return True
         self.generated += 1
+        if self.handle.first_token_at is None:
+            self.handle.first_token_at = time.monotonic()
         if token in self.loaded.eos_ids:
             self.finish("stop")
             return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import threading
 import weakref
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from services.model.loading import load_model_and_tokenizer
 from services.node.engine import Engine, Finished, GenerationRequest, LoadedModel, TextDelta
@@ -124,7 +126,18 @@ def test_full_queue_is_refused(base: LoadedModel) -> None:
 
 def test_a_failing_batch_fails_its_requests_not_the_engine(base: LoadedModel) -> None:
     class Broken:
+        """The real model's shape and weights, but its forward pass fails."""
+
         config = base.model.config
+
+        def parameters(self) -> object:
+            return base.model.parameters()
+
+        def get_decoder(self) -> object:
+            return self
+
+        def get_output_embeddings(self) -> object:
+            return self
 
         def __call__(self, **kwargs: object) -> object:
             raise RuntimeError("device fell over")
@@ -275,3 +288,43 @@ def test_after_a_swap_new_requests_start_while_the_old_batch_runs(
         assert isinstance(last, Finished) and last.completion_tokens == 400
     finally:
         engine.close()
+
+
+def _hf_greedy(loaded: LoadedModel, messages: list[dict[str, str]], max_tokens: int) -> list[int]:
+    tok = loaded.tokenizer
+    prompt = tok.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    ids = torch.tensor([list(prompt)])
+    out = loaded.model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_tokens,
+        min_new_tokens=max_tokens,
+        do_sample=False,
+        pad_token_id=0,
+    )
+    return [int(t) for t in out[0, ids.shape[1] :]]
+
+
+def test_greedy_tokens_equal_transformers_generate_for_rows_of_every_length(
+    base: LoadedModel,
+) -> None:
+    """The slot cache, rows of different lengths in one step, slots freed and reused."""
+    prompts = [[{"role": "user", "content": "hi " * n}] for n in (1, 9, 3, 30)]
+    budgets = (6, 20, 3, 12)  # rows leave at different steps, their slots are reused
+    engine = Engine(dataclasses.replace(base, eos_ids=frozenset()), max_batch=3, batch_wait_ms=50)
+    try:
+        handles = [
+            engine.submit(
+                GenerationRequest(prompt_ids=None, messages=p, max_tokens=n, temperature=0)
+            )
+            for p, n in zip(prompts, budgets, strict=True)
+        ]
+        texts = [h.result(timeout=120).text for h in handles]
+    finally:
+        engine.close()
+    tok = base.tokenizer
+    for p, n, text in zip(prompts, budgets, texts, strict=True):
+        expected = tok.decode(_hf_greedy(base, p, n), skip_special_tokens=True)
+        assert text == expected
