@@ -127,3 +127,19 @@ EVOLUTION_MAXLEN: Final = 2000
 # The feeder's state (hash, overwritten in place, no TTL): last decision, queued examples seen,
 # generation jobs queued, the curriculum position.
 FEEDER_STATUS: Final = PREFIX + "feeder"
+
+# --- training history (bus/history.py) --------------------------------------------------------
+# The stream above is trimmed, so a weeks-long run keeps its history as rollups written by the
+# trainer at publish time: per run and bucket width (1, 16, 256, 4096, 65536 steps), a sorted
+# set of buckets (min/max/last of loss, CE, tokens/s, accuracy) scored by bucket index. Each
+# set keeps its newest 4,096 buckets (trimmed on every write: at most ~1.5 MB a run for all
+# five levels) and expires HISTORY_TTL_S after the run's last write, so old runs go by
+# themselves. HISTORY_RUNS: hash of run id → JSON {first_step, first_time, last_step,
+# last_time}, one short field a run, no TTL (a run whose sets expired reads as empty).
+HISTORY: Final = PREFIX + "history:{run_id}:{width}"
+HISTORY_RUNS: Final = PREFIX + "history:runs"
+HISTORY_TTL_S: Final = 90 * 86_400
+
+
+def history_key(run_id: str, width: int) -> str:
+    return HISTORY.format(run_id=run_id, width=width)

@@ -17,6 +17,7 @@ from services.gateway import (
     artifacts,
     errors,
     evolution_routes,
+    history,
     metrics,
     sse,
     status_routes,
@@ -43,7 +44,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.redis = connect(check=False)
     app.state.checkpoints_root = get_checkpoint_settings().checkpoints_path
     errors.install(app)
-    for module in (sse, status_routes, evolution_routes, artifacts, uploads, metrics):
+    for module in (sse, status_routes, evolution_routes, history, artifacts, uploads, metrics):
         app.include_router(module.router)
 
     @app.get("/healthz", response_model=None)
