@@ -77,6 +77,28 @@ class TrainStep(Event):
     gpu_vram_used_bytes: int | None = None
     gpu_vram_total_bytes: int | None = None
     gpu_power_watts: float | None = None
+    # The current file's examples (times epochs) and how many are done.
+    file_examples_done: int | None = None
+    file_examples_total: int | None = None
+    # The whole training queue, refreshed when it changes: priority → {"files", "examples",
+    # "tokens"} waiting (the running file excluded; tokens estimated from the current file's
+    # tokens per example), and the seconds to train the current file and all of them at the
+    # measured tokens/s (`eta_seconds` is the current file's alone).
+    queue_backlog: dict[str, dict[str, float]] | None = None
+    queue_eta_seconds: float | None = None
+
+
+class TrainStatus(Event):
+    """The trainer's status changed (idle, training, crashed, completed): what the status hash
+    says, pushed, so a viewer never has to poll it."""
+
+    TYPE: ClassVar[str] = "train.status"
+    STREAM: ClassVar[str] = keys.STREAM_TRAINING
+
+    status: str  # bus.status.TrainingStatus.status: idle, training, crashed, completed
+    model_name: str | None = None
+    current_file: str | None = None
+    current_step: int | None = None
 
 
 class TrainSample(Event):
@@ -331,6 +353,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
         TrainStep,
+        TrainStatus,
         TrainSample,
         TrainLayers,
         JobQueued,

@@ -15,17 +15,16 @@ import logging
 import random
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import redis
-from rq import Queue
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
 from bus import keys, queues
 from bus.publish import Publisher
 from codec.modes import Mode, TransitionalSchedule
+from services.feeder.backlog import LineCounter, queued_jobs
 from services.feeder.config import FeederSettings
 
 log = logging.getLogger(__name__)
@@ -49,29 +48,8 @@ class Decision:
     generated_total: int = 0  # examples asked of the node so far (the curriculum position)
 
 
-class LineCounter:
-    """Lines of a queued file, counted once per sha256 (files in the store never change)."""
-
-    def __init__(self) -> None:
-        self._known: dict[str, int] = {}
-
-    def lines(self, path: str, sha256: str | None) -> int:
-        key = sha256 or path
-        if key not in self._known:
-            try:
-                with Path(path).open("rb") as handle:
-                    self._known[key] = sum(1 for raw in handle if raw.strip())
-            except OSError:
-                return 0  # gone (trained and removed, or on another host): nothing waits
-        return self._known[key]
-
-
 def _jobs(connection: redis.Redis, names: tuple[str, ...]) -> list[Job]:
-    found: list[Job] = []
-    for name in names:
-        queue = Queue(name, connection=connection)
-        found.extend(j for j in queue.get_jobs() if j is not None)
-    return found
+    return queued_jobs(connection, names)
 
 
 def _started(connection: redis.Redis, names: tuple[str, ...]) -> list[Job]:

@@ -21,11 +21,13 @@ from typing import Any, Literal
 import redis
 
 from bus import queues
-from bus.events import TrainLayers, TrainSample, TrainStep
+from bus.events import TrainLayers, TrainSample, TrainStatus, TrainStep
+from bus.history import HistoryWriter
 from bus.keys import TRAIN_QUEUES
 from bus.publish import Publisher
 from bus.status import StatusStore
 from bus.worker import report_progress
+from services.feeder.backlog import LineCounter, Waiting, training_backlog
 from services.trainer.gpu import GpuMeter, GpuSample
 from services.trainer.sampling import SampleResult
 
@@ -38,6 +40,7 @@ TREND_TOLERANCE = 0.02  # 2 % relative change in mean loss
 ACCURACY_WINDOW = 10  # samples per window for the accuracy trend (samples are rare)
 ACCURACY_TOLERANCE = 5.0  # percentage points
 HISTORY = 1000  # bounded histories kept in the status hash
+BACKLOG_REFRESH_S = 30.0  # the queue's files are re-read at least this often (and on a change)
 
 
 def trend(
@@ -210,6 +213,56 @@ class StepFigures:
     layers: dict[str, dict[str, float]] | None = None
 
 
+class QueueProgress:
+    """The whole training queue's progress: what waits by priority, and the time to train it
+    at the measured tokens/s. Tokens of waiting files are estimated from the current file's
+    tokens per example (a queued file is not tokenized until it is trained)."""
+
+    def __init__(self, connection: redis.Redis) -> None:
+        self.connection = connection
+        self.counter = LineCounter()
+        self.waiting: dict[str, Waiting] = {}
+        self._read_at = -math.inf
+        self._depth = -1
+        self._file: tuple[str, int] | None = None
+        self.file_tokens = 0  # tokens trained from the current file
+        self.file_examples = 0
+
+    def add_step(self, f: StepFigures, tokens: int) -> None:
+        file = (f.current_file, f.files_taken)
+        if file != self._file or f.examples_done < self.file_examples:
+            self._file, self.file_tokens = file, 0
+        self.file_tokens += tokens
+        self.file_examples = f.examples_done
+
+    def refresh(self, depth: int) -> None:
+        now = time.monotonic()
+        if depth != self._depth or now - self._read_at >= BACKLOG_REFRESH_S:
+            self.waiting = training_backlog(self.connection, self.counter)
+            self._depth, self._read_at = depth, now
+
+    def fields(self, f: StepFigures, tokens_per_sec: float | None) -> dict[str, Any]:
+        per_example = self.file_tokens / self.file_examples if self.file_examples else None
+        backlog: dict[str, dict[str, float]] = {}
+        tokens_left = 0.0
+        for priority, w in self.waiting.items():
+            tokens = w.examples * per_example if per_example is not None else None
+            backlog[priority] = {"files": w.files, "examples": w.examples}
+            if tokens is not None:
+                backlog[priority]["tokens"] = round(tokens)
+                tokens_left += tokens
+        eta = None
+        if per_example is not None and tokens_per_sec:
+            file_left = max(0, f.total_examples - f.examples_done) * per_example
+            eta = (file_left + tokens_left) / tokens_per_sec
+        return {
+            "file_examples_done": f.examples_done,
+            "file_examples_total": f.total_examples or None,
+            "queue_backlog": backlog,
+            "queue_eta_seconds": eta,
+        }
+
+
 def _now_iso() -> str:
     return datetime.now().isoformat(timespec="seconds")
 
@@ -235,6 +288,10 @@ class Reporter:
         self.loss = LossStats()
         self.accuracy = Accuracy()
         self.throughput = Throughput()
+        self.queue = QueueProgress(connection)
+        # Rollups for the dashboard's history of weeks-long runs (bus/history.py).
+        self.history = HistoryWriter(connection, self.publisher.settings.run_id)
+        self._status: str | None = None  # the last status published as train.status
 
     def step(self, f: StepFigures) -> None:
         self.loss.add(f.loss, f.entropy)
@@ -242,6 +299,9 @@ class Reporter:
         file_total = estimate_total_steps(f.file_step, fraction)
         steps_left = file_total - f.file_step if file_total is not None else None
         waiting = queues.depths(self.connection)
+        queued = sum(waiting[q] for q in TRAIN_QUEUES)
+        self.queue.add_step(f, self.throughput.steps[-1][1] if self.throughput.steps else 0)
+        self.queue.refresh(queued)
         gpu = self.gpu.read() if self.gpu is not None else GpuSample()
         fields: dict[str, Any] = {
             "current_step": f.step,
@@ -257,19 +317,31 @@ class Reporter:
             "batch_step": f.file_step,
             "batch_total_steps": file_total,
             "batch_number": f.files_taken,
-            "batch_queue_size": sum(waiting[q] for q in TRAIN_QUEUES),
+            "batch_queue_size": queued,
             "current_file": f.current_file,
             **gpu.as_fields(),
         }
+        if self._status != "training":
+            self._publish_status("training", current_file=f.current_file, current_step=f.step)
         if f.step % self.log_steps == 0:
             self.publisher.publish(
                 TrainStep(
                     **fields,
+                    **self.queue.fields(f, self.throughput.tokens_per_sec),
                     grad_norm=f.grad_norm,
                     tokens=f.loss_tokens,
                     micro_batch=f.rows_per_batch,
                     grad_accum=math.ceil(f.rows / f.rows_per_batch),
                 )
+            )
+            self.history.add(
+                f.step,
+                time.time(),
+                {
+                    "loss": f.loss,
+                    "ce": self.loss.streaming_ce,
+                    "tps": self.throughput.tokens_per_sec,
+                },
             )
         if f.layers is not None:
             self.publisher.publish(
@@ -301,6 +373,11 @@ class Reporter:
                 **figures,
             )
         )
+        self.history.add(
+            step,
+            time.time(),
+            {"acc": self.accuracy.percent, "acc20": self.accuracy.last_20},
+        )
         self.status.update(
             current_prompt=result.prompt,
             golden_answer=result.golden,
@@ -312,3 +389,13 @@ class Reporter:
 
     def set_status(self, status: str, **fields: Any) -> None:
         self.status.update(status=status, timestamp=_now_iso(), **fields)
+        self._publish_status(status, **fields)
+
+    def _publish_status(self, status: str, **fields: Any) -> None:
+        """A `train.status` event, so the dashboard learns of a change without polling."""
+        self._status = status
+        names = ("model_name", "current_file", "current_step")
+        known = {k: fields[k] for k in names if k in fields}
+        if "model_name" not in known:
+            known["model_name"] = self.status.read().model_name
+        self.publisher.publish(TrainStatus(status=status, **known))
