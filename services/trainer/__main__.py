@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 from types import FrameType
 
+import redis
+from rq.job import Job
+
 from bus import queues
 from bus.connections import connect
 from bus.events import Alert
@@ -33,21 +36,19 @@ class TrainerWorker(LongJobWorker):
         super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    conn = connect()
-    trainer = Trainer(conn)
-    jobs.set_trainer(trainer)
+def resume_cut_jobs(conn: redis.Redis, trainer: Trainer) -> list[Job]:
+    """At startup: requeue what a dead trainer left unfinished, and the jobs whose training
+    lived only in a checkpoint that failed verification (with an alert naming the span)."""
     forget_dead_workers(conn)
     cursor = trainer.latest_cursor
+    set_aside = trainer.store.set_aside
+    lost = lost_jobs(set_aside)
     # Even a cursor at the end of its file counts: killed between the last checkpoint and
     # RQ's bookkeeping, the job resumes at the end, trains nothing and is marked finished.
-    set_aside = trainer.store.set_aside
-    requeued = requeue_unfinished(conn, cursor, lost=lost_jobs(set_aside))
+    requeued = requeue_unfinished(conn, cursor, lost=lost)
     if set_aside:
-        lost = [job for job in requeued if job.id in lost_jobs(set_aside)]
-        loaded = trainer.resumed_from
-        message = lost_span_message(set_aside, loaded, trainer.global_step, lost)
+        again = [job for job in requeued if job.id in lost]
+        message = lost_span_message(set_aside, trainer.resumed_from, trainer.global_step, again)
         log.error("%s", message)
         trainer.publisher.publish(
             Alert(level="error", source="trainer", code="checkpoint_lost", message=message)
@@ -63,6 +64,15 @@ def main() -> None:
             cursor.examples_done,
             cursor.rows_done,
         )
+    return requeued
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    conn = connect()
+    trainer = Trainer(conn)
+    jobs.set_trainer(trainer)
+    resume_cut_jobs(conn, trainer)
     worker = TrainerWorker(queues.queues(conn, "train"), connection=conn)
     worker.trainer = trainer
     worker.work()

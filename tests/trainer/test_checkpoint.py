@@ -20,6 +20,7 @@ from bus.broadcast import EARLIEST, BroadcastReader
 from bus.publish import Publisher
 from services.model.loading import load_model_and_tokenizer
 from services.trainer.checkpoint import (
+    ISSUED,
     MANIFEST,
     MANIFEST_DIGEST,
     CheckpointCorrupt,
@@ -134,7 +135,8 @@ def test_the_manifest_lists_every_file_with_its_size_and_sha256(
     assert manifest["meta"] == {"mode": "english"} and manifest["created"].endswith("Z")
     assert info.url_path == "/artifacts/checkpoints/step-00001000/"
     assert store.verify(info.id) == []
-    assert [p.name for p in store.root.iterdir()] == ["step-00001000"]  # no temporary left
+    # No temporary left; beside it only the record of ids given out.
+    assert sorted(p.name for p in store.root.iterdir()) == [".issued-ids", "step-00001000"]
 
 
 def test_a_second_save_at_the_same_step_gets_the_next_revision(
@@ -163,7 +165,7 @@ def test_bad_trainer_state_fails_before_anything_is_written(
     model, tokenizer = tiny
     with pytest.raises(CheckpointError, match=r"trainer_state is not plain JSON.*\.item\(\)"):
         store.save(model, tokenizer, step=1, trainer_state={"loss": torch.tensor(1.0)})
-    assert list(store.root.iterdir()) == []
+    assert [p for p in store.root.iterdir() if p.name != ISSUED] == []
 
 
 class DiskFullAdamW(torch.optim.AdamW):
@@ -180,7 +182,7 @@ def test_an_error_mid_save_leaves_no_checkpoint_and_the_previous_one_loads(
     good = store.save(model, tokenizer, step=1)
     with pytest.raises(OSError, match="No space left"):
         store.save(model, tokenizer, step=2, optimizer=DiskFullAdamW(model.parameters()))
-    assert [p.name for p in store.root.iterdir()] == [good.id]
+    assert [p.name for p in store.root.iterdir() if p.name != ISSUED] == [good.id]
     latest = store.load_latest()
     assert latest is not None and latest.info.id == good.id
 
@@ -220,7 +222,7 @@ def test_a_save_killed_midway_is_never_listed_and_recovery_removes_it(
     latest = store.load_latest()  # the trainer's startup path
     assert latest is not None and latest.info.id == "step-00000001"
     assert not leftovers[0].exists()
-    assert [p.name for p in store.root.iterdir()] == ["step-00000001"]
+    assert [p.name for p in store.root.iterdir() if p.name != ISSUED] == ["step-00000001"]
 
 
 def flip_byte(path: Path, at: int) -> None:
@@ -249,6 +251,28 @@ def test_a_flipped_byte_fails_verify_and_load_latest_falls_back(
     assert quarantined.name.startswith(".corrupt-step-00000002-")
     assert "sha256 differs" in (quarantined / "why.txt").read_text()
     assert [i.id for i in store.list()] == [good.id]
+
+
+def test_a_quarantined_or_deleted_checkpoints_id_is_never_reused(
+    store: CheckpointStore, tiny: tuple[PreTrainedModel, PreTrainedTokenizerBase]
+) -> None:
+    model, tokenizer = tiny
+    good = store.save(model, tokenizer, step=1)
+    bad = store.save(model, tokenizer, step=2, cursor=CURSOR)
+    flip_byte(bad.path / "model.safetensors", 100)
+    latest = store.load_latest()
+    assert latest is not None and latest.info.id == good.id
+    assert [i.id for i in store.set_aside] == [bad.id]  # what the trainer must account for
+    assert store.set_aside[0].cursor == CURSOR
+    # Training goes on from step 1 and saves at step 2 again: a new id, not the announced one.
+    again = store.save(model, tokenizer, step=2)
+    assert again.id == "step-00000002-r1"
+    # Even once the quarantined copy and the checkpoint are deleted (disk pressure).
+    for path in store.quarantined():
+        store.remove_quarantined(path)
+    store.delete(again.id)
+    assert store.save(model, tokenizer, step=2).id == "step-00000002-r2"
+    assert store.issued() == {good.id, bad.id, again.id, "step-00000002-r2"}
 
 
 def test_a_truncated_file_fails_on_its_size(

@@ -252,3 +252,70 @@ def test_a_restart_long_after_a_kill_resumes_though_rq_expired_the_execution(
     assert job.get_status(refresh=True) == JobStatus.FINISHED
     assert [t.decode() for t in r.lrange("test:ran", 0, -1)] == ["late"]
     assert requeue_unfinished(r, None) == []  # and a second restart finds nothing to do
+
+
+def lineage(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ledger's steps that the final weights went through: a step number seen again
+    (a restart from an older checkpoint) replaces every step from that number on."""
+    kept: list[dict[str, Any]] = []
+    for step in steps:
+        while kept and kept[-1]["step"] >= step["step"]:
+            kept.pop()
+        kept.append(step)
+    return kept
+
+
+def test_a_quarantined_checkpoints_training_is_requeued_and_its_id_never_reused(
+    r: redis.Redis,
+    embedded_dir: Path,
+    tmp_path: Path,
+    codec_rows: list[dict[str, Any]],
+    write_jsonl: Callable[..., Path],
+    one_thread: None,
+) -> None:
+    from bus import keys
+    from services.trainer import jobs
+    from services.trainer.__main__ import resume_cut_jobs
+    from tests.trainer.test_checkpoint import flip_byte
+    from tests.trainer.test_loop import events, make_trainer
+
+    ledger = tmp_path / "ledger.jsonl"
+    options = {"eval_steps": 1000, "layer_monitor_steps": 0, "save_steps": 2}
+    data = write_jsonl(codec_rows[:20], "lost.jsonl")
+    job = queues.enqueue(
+        r,
+        queues.TRAIN_FILE,
+        kind="train",
+        kwargs={"path": str(data), "name": data.name, "sha256": sha256_file(data)},
+    )
+    try:
+        jobs.set_trainer(make_trainer(r, embedded_dir, tmp_path, ledger=ledger, **options))
+        LongJobWorker(queues.queues(r, "train"), connection=r).work(burst=True)
+        assert job.get_status(refresh=True) == JobStatus.FINISHED
+        store = CheckpointStore(tmp_path / "ckpt")
+        saved = store.list()
+        assert len(saved) >= 3
+        # The two newest are corrupt on disk when the trainer starts again.
+        for info in saved[-2:]:
+            flip_byte(info.path / "model.safetensors", 200)
+        announced = {info.id for info in saved}
+
+        trainer = make_trainer(r, embedded_dir, tmp_path, ledger=ledger, **options)
+        assert trainer.resumed_from == saved[-3].id
+        jobs.set_trainer(trainer)
+        assert [j.id for j in resume_cut_jobs(r, trainer)] == [job.id]
+        [alert] = [a for a in events(r, keys.STREAM_ALERTS) if a.code == "checkpoint_lost"]
+        assert saved[-1].id in alert.message and job.id in alert.message
+        assert "lost.jsonl" in alert.message
+        LongJobWorker(queues.queues(r, "train"), connection=r).work(burst=True)
+    finally:
+        jobs.set_trainer(None)
+
+    assert job.get_status(refresh=True) == JobStatus.FINISHED
+    after = CheckpointStore(tmp_path / "ckpt").list()
+    fresh = [info.id for info in after if info.step > saved[-3].step]
+    assert fresh and not set(fresh) & announced  # no announced id is ever reused
+    kept = lineage(ledger_steps(ledger))
+    trained = Counter(tuple(e) for s in kept for e in s["examples"])
+    expected = {(raw.line, raw.offset, 0) for raw in read_lines(data) if not raw.blank}
+    assert set(trained) == expected and set(trained.values()) == {1}  # each exactly once

@@ -240,7 +240,11 @@ def test_retention_deletes_whole_directories_and_says_so(
         four, policy(keep_last=1, keep_best=True), publisher=Publisher(r), now=NOW
     )
     assert [i.id for i in four.list()] == ["step-00000002", "step-00000004"]
-    assert sorted(p.name for p in four.root.iterdir()) == ["step-00000002", "step-00000004"]
+    assert sorted(p.name for p in four.root.iterdir()) == [
+        ".issued-ids",
+        "step-00000002",
+        "step-00000004",
+    ]
     pruned = events(r, keys.STREAM_CHECKPOINTS)
     assert [(e.type, e.checkpoint_id, e.reason) for e in pruned] == [
         ("checkpoint.pruned", "step-00000001", "retention"),
