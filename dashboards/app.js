@@ -2,8 +2,9 @@
 
 import { Chart } from "./charts.js";
 import * as panels from "./panels.js";
+import { Series } from "./series.js";
 import { LiveStream } from "./sse.js";
-import { apply, newState } from "./state.js";
+import { apply, applyHistory, newState, pushBuckets } from "./state.js";
 
 // Charts cost more than text: redraw them at most this often while events pour in.
 const CHART_INTERVAL_MS = 250;
@@ -165,24 +166,156 @@ setInterval(() => {
   schedule();
 }, 1000);
 
-// The trainer's own status (idle, training, crashed, completed) is no event: read the B2
-// payload the old viewer polls, so a crashed trainer shows even though it sends nothing.
-const STATUS_INTERVAL_MS = 10_000;
-
-async function pollStatus() {
+// Without a colour emoji font, 🤔 draws as a monochrome box: test one glyph's pixels once and
+// let CSS name the markers instead (html.no-emoji).
+function hasColorEmoji() {
   try {
-    const response = await fetch("status/training_status.json", { cache: "no-store" });
-    if (response.ok) {
-      state.status = await response.json();
-      dirty.add("primary");
-      schedule();
+    const canvas = document.createElement("canvas");
+    canvas.width = canvas.height = 32;
+    const ctx = canvas.getContext("2d", { willReadFrequently: true });
+    ctx.fillStyle = "#000";
+    ctx.textBaseline = "top";
+    ctx.font = "24px sans-serif";
+    ctx.fillText("\u{1F914}", 2, 2);
+    const px = ctx.getImageData(0, 0, 32, 32).data;
+    for (let i = 0; i < px.length; i += 4) {
+      if (px[i + 3] > 0 && (Math.abs(px[i] - px[i + 1]) > 20 || Math.abs(px[i + 1] - px[i + 2]) > 20)) return true;
     }
   } catch {
-    // the gateway is restarting: the connection pill already says so
+    // no canvas: say the markers' names, which read everywhere
+  }
+  return false;
+}
+document.documentElement.classList.toggle("no-emoji", !hasColorEmoji());
+
+// Every chart's points as CSV, from the series the chart draws.
+for (const button of document.querySelectorAll("button.csv")) {
+  button.addEventListener("click", () => {
+    const chart = charts[Number(button.dataset.chart)];
+    const name = chart.el.id.replace("chart-", "");
+    const blob = new Blob([chart.csv()], { type: "text/csv" });
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = `regime3-${state.runId || "run"}-${name}.csv`;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+  });
+}
+
+// Points the charts can draw across their width: the history asks for about this many buckets.
+function historyPoints() {
+  return Math.max(200, Math.min(4000, Math.round(charts[0].el.clientWidth || 800)));
+}
+
+// --- compare: an earlier run, or the steps before an earlier checkpoint, dashed over the current run
+const COMPARE_COLOR = "#9aa4b2";
+const compareSelect = document.getElementById("c-compare");
+
+async function refreshCompareOptions() {
+  const chosen = compareSelect.value;
+  const options = [["", "—"]];
+  try {
+    const response = await fetch("api/history/runs", { cache: "no-store" });
+    if (response.ok) {
+      const body = await response.json();
+      for (const [run, info] of Object.entries(body.runs)) {
+        if (run === state.runId) continue;
+        options.push([`run:${run}`, `run ${run} (steps ${info.first_step}–${info.last_step})`]);
+      }
+    }
+  } catch {
+    // the gateway is restarting: checkpoints still offer windows
+  }
+  const ckpts = [...state.checkpoints.values()].filter((c) => c.ready).map((c) => c.ready);
+  ckpts.sort((a, b) => b.step - a.step);
+  for (const [i, c] of ckpts.entries()) {
+    const before = ckpts[i + 1]?.step ?? 0;
+    options.push([`window:${before}:${c.step}:${c.checkpoint_id}`, `steps before ${c.checkpoint_id} (${before}–${c.step})`]);
+  }
+  compareSelect.replaceChildren(...options.map(([value, label]) => {
+    const option = document.createElement("option");
+    option.value = value;
+    option.textContent = label;
+    return option;
+  }));
+  if (options.some(([value]) => value === chosen)) compareSelect.value = chosen;
+}
+
+function clearCompare() {
+  for (const chart of charts) chart.removeLines((line) => line.compare);
+  state.compare = null;
+}
+
+async function loadCompare(value) {
+  clearCompare();
+  if (!value) return redrawCharts();
+  const [kind, ...rest] = value.split(":");
+  const params = new URLSearchParams({ points: String(historyPoints()) });
+  let shift = 0;
+  let label;
+  if (kind === "run") {
+    const run = rest.join(":");
+    params.set("run", run);
+    params.set("em", "true");
+    label = run;
+  } else {
+    const [first, last, ckpt] = rest;
+    params.set("first", first);
+    params.set("last", last);
+    if (state.runId) params.set("run", state.runId);
+    const now = state.step?.current_step ?? Number(last);
+    shift = now - Number(last); // the window ends where the current run is now
+    label = `${ckpt} window, +${shift} steps`;
+  }
+  const response = await fetch(`api/history?${params}`, { cache: "no-store" });
+  if (!response.ok) return;
+  const body = await response.json();
+  const b = body.buckets;
+  const add = (chart, metric, name) => {
+    if (!b?.[metric]) return;
+    const series = new Series();
+    pushBuckets(series, b, b[metric], shift);
+    chart.addLine({ label: `${name} · ${label}`, color: COMPARE_COLOR, series, dash: [6, 4], compare: true });
+  };
+  add(charts[0], "loss", "loss");
+  add(charts[1], "acc", "running");
+  add(charts[2], "tps", "tokens/s");
+  for (const [set, points] of Object.entries(body.em ?? {})) {
+    const series = new Series({ onRewind: "drop" });
+    points.step.forEach((x, i) => series.push(x + shift, 0, points.em[i] * 100));
+    charts[1].addLine({ label: `EM ${set} · ${label}`, color: "#d4a5ff", series, dash: [2, 3], compare: true });
+  }
+  state.compare = { label, kind };
+  redrawCharts();
+}
+
+compareSelect.addEventListener("focus", refreshCompareOptions);
+compareSelect.addEventListener("pointerdown", refreshCompareOptions);
+compareSelect.addEventListener("change", () => loadCompare(compareSelect.value));
+
+// --- opening: the run's downsampled history first, then the live stream from its cursor
+async function loadHistory() {
+  try {
+    const response = await fetch(`api/history?points=${historyPoints()}`, { cache: "no-store" });
+    if (!response.ok) return "0";
+    const body = await response.json();
+    const buckets = applyHistory(state, body);
+    if (buckets) {
+      const run = body.run;
+      document.getElementById("history-note").textContent =
+        `History: ${buckets} buckets of ${body.width} step(s) (min/max/last) up to step ${run?.last_step ?? "?"}, live since.`;
+      for (const chart of charts) chart.dirty = true;
+    }
+    for (const name of ["primary", "secondary"]) dirty.add(name);
+    schedule();
+    return body.cursor || "0";
+  } catch {
+    return "0"; // no history endpoint (an old gateway): replay what the streams hold
   }
 }
-pollStatus();
-setInterval(pollStatus, STATUS_INTERVAL_MS);
+
 loadEvolutionSoon();
 
 const stream = new LiveStream("events", {
@@ -191,8 +324,12 @@ const stream = new LiveStream("events", {
 });
 
 // For the browser test and for a curious human in the console: nothing reads it in the app.
-window.__r3 = { state, stream, charts };
+window.__r3 = { state, stream, charts, loadCompare, refreshCompareOptions };
 
 window.addEventListener("resize", schedule);
 schedule();
-stream.start();
+window.__r3.opened = loadHistory().then((cursor) => {
+  stream.cursor = cursor;
+  window.__r3.historyLoadedAt = performance.now();
+  stream.start();
+});

@@ -8,13 +8,26 @@ const BUCKETS_PER_PIXEL = 1;
 
 const compact = new Intl.NumberFormat("en-US", { notation: "compact", maximumSignificantDigits: 4 });
 
+// Tick spacings of 1, 2 or 5 times a power of ten: never 2.5, whose ticks (0, 2.5, 5, 7.5)
+// printed at the spacing's precision read "0, 3, 5, 8".
+export const INCRS = [];
+for (let e = -8; e <= 9; e++) for (const m of [1, 2, 5]) INCRS.push(Number((m * 10 ** e).toPrecision(1)));
+
+// Decimals that print every multiple of `incr` exactly (0.5 → 1, 0.25 → 2, 20 → 0).
+export function tickDecimals(incr) {
+  for (let d = 0; d <= 8; d++) {
+    const scaled = incr * 10 ** d;
+    if (Math.abs(scaled - Math.round(scaled)) < 1e-6 * Math.max(1, scaled)) return d;
+  }
+  return 8;
+}
+
 // Short tick labels ("9.8K", "0.0012"), as precise as the tick spacing needs: neighbours
 // never read the same, and a phone-width axis stays narrow.
-function tick(v, incr) {
+export function tick(v, incr) {
   if (v === null || v === undefined) return "";
   if (Math.abs(v) >= 1000 && incr >= 100) return compact.format(v);
-  const decimals = Math.max(0, Math.min(8, -Math.floor(Math.log10(incr || 1))));
-  return v.toFixed(decimals);
+  return v.toFixed(tickDecimals(incr || 1));
 }
 
 // Room for the longest tick label (about 7 px a character at uPlot's 12 px font) and the title.
@@ -59,6 +72,30 @@ export class Chart {
     this.dirty = true;
   }
 
+  // Drop the lines `drop(line)` selects (a comparison being replaced).
+  removeLines(drop) {
+    const kept = this.lines.filter((line) => !drop(line));
+    if (kept.length === this.lines.length) return;
+    this.lines = kept;
+    this.key = "";
+    this.dirty = true;
+  }
+
+  // Every point of every line, long format (one row a point), as the series hold them: the
+  // history's bucket points (min, max, last) and every live point since.
+  csv() {
+    const rows = ["series,step,time_utc,value"];
+    for (const line of this.lines) {
+      const s = line.series;
+      const label = `"${line.label.replaceAll('"', '""')}"`;
+      for (let i = 0; i < s.n; i++) {
+        const t = new Date(s.time[i] * 1000).toISOString();
+        rows.push(`${label},${s.step[i]},${t},${s.y[i] * (line.scale ?? 1)}`);
+      }
+    }
+    return `${rows.join("\n")}\n`;
+  }
+
   setOptions(options) {
     if (options.axis !== this.options.axis) this.view = null;
     this.options = { ...options };
@@ -83,6 +120,7 @@ export class Chart {
           grid: { stroke: "#2a3140" },
           label: this.yLabel,
           size: axisSize,
+          incrs: INCRS,
           values: (u, vals, axis, space, incr) => vals.map((v) => tick(v, incr)),
         },
       ],
@@ -91,7 +129,8 @@ export class Chart {
         ...this.lines.map((line) => ({
           label: line.label,
           stroke: line.color,
-          width: 1.5,
+          width: line.dash ? 1.25 : 1.5,
+          dash: line.dash,
           spanGaps: true,
           // Dots only while a line has few points (an evaluation every few hundred steps).
           points: { show: () => line.series.n < 200 },
@@ -116,7 +155,7 @@ export class Chart {
     if (this.plot) this.plot.destroy();
     this.el.textContent = "";
     this.plot = new uPlot(opts, this.data(), this.el);
-    this.key = `${axis}|${log}`;
+    this.key = `${axis}|${log}|${this.lines.length}`;
   }
 
   data() {
@@ -144,7 +183,7 @@ export class Chart {
     this.dirty = false;
     this.el.dataset.empty = String(this.empty());
     const { axis, log } = this.options;
-    if (!this.plot || this.key !== `${axis}|${log}`) {
+    if (!this.plot || this.key !== `${axis}|${log}|${this.lines.length}`) {
       this.build();
       return;
     }

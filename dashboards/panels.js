@@ -1,7 +1,7 @@
 // Rendering the state into the page's panels; each function owns one panel's DOM.
 
 import { DASH, ago, bytes, clock, frac, int, num, pct, seconds } from "./format.js";
-import { queueDepths, trainerGpu, valTrainGap } from "./state.js";
+import { PROVISIONAL_N, queueDepths, rateCounts, trainerGpu, trainerStatus, valTrainGap } from "./state.js";
 
 function $(id) {
   return document.getElementById(id);
@@ -51,11 +51,15 @@ export function renderPrimary(state) {
     const total = st.total_steps;
     text("v-step", total ? `${int(st.current_step)} / ${int(total)}` : int(st.current_step));
     width("v-progress", total ? st.current_step / total : 0);
-    text("v-epoch", `epoch ${st.epoch} · lr ${num(st.learning_rate, 3)}`);
+    text("v-epoch", `${total ? "of this file's estimated end · " : ""}epoch ${st.epoch} · lr ${num(st.learning_rate, 3)}`);
     text("v-tps", st.tokens_per_sec == null ? DASH : int(st.tokens_per_sec));
     text("v-eta", seconds(st.eta_seconds));
     const at = st.eta_seconds == null ? null : new Date(Date.now() + st.eta_seconds * 1000);
     text("v-eta-at", at ? `at ${clock(at)}` : "");
+    text("v-qeta", seconds(st.queue_eta_seconds));
+    const qat = st.queue_eta_seconds == null ? null : new Date(Date.now() + st.queue_eta_seconds * 1000);
+    const files = backlogTotals(st.queue_backlog).files;
+    text("v-qeta-at", qat ? `${int(files)} more file(s) · at ${clock(qat)}` : "no measured rate yet");
   }
   const gap = valTrainGap(state);
   text("v-gap", num(gap.value, 3));
@@ -73,25 +77,27 @@ export function renderPrimary(state) {
 
 export function renderSecondary(state) {
   const sm = state.sample;
+  const n = rateCounts(state);
   if (sm) {
-    text("v-acc", pct(sm.accuracy_percent));
-    text("v-acc-n", `${int(sm.total_correct)} of ${int(sm.total_evals)}`);
-    text("v-acc20", pct(sm.accuracy_last_20));
-    text("v-acc50", pct(sm.accuracy_last_50));
-    text("v-acc-trend", sm.accuracy_trend ?? "");
+    rate("v-acc", pct(sm.accuracy_percent), n.acc, `${int(sm.total_correct)} of ${int(sm.total_evals)} samples`);
+    rate("v-acc20", pct(sm.accuracy_last_20), n.acc20, `of the last ${int(n.acc20)} samples`);
+    rate("v-acc50", pct(sm.accuracy_last_50), n.acc50,
+      `of the last ${int(n.acc50)} samples${sm.accuracy_trend ? ` · ${sm.accuracy_trend}` : ""}`);
   }
   const ev = state.evalResult;
   if (ev) {
-    text("v-em", frac(ev.fixed_eval_em));
-    text("v-em-set", `${ev.eval_set} · ${ev.correct}/${ev.total}${ev.fixed_eval_trend ? ` · ${ev.fixed_eval_trend}` : ""}`);
+    rate("v-em", frac(ev.fixed_eval_em), n.em,
+      `${ev.correct} of ${ev.total} · ${ev.eval_set}${ev.fixed_eval_trend ? ` · ${ev.fixed_eval_trend}` : ""}`);
     text("v-ece-ce", num(ev.fixed_eval_ce));
-    text("v-ece", num(ev.fixed_eval_ece, 3));
+    text("v-ece-ce-n", `n = ${int(ev.total)} golden answers`);
+    rate("v-ece", num(ev.fixed_eval_ece, 3), n.em, `n = ${int(ev.total)} answers`);
   }
   const st = state.step;
   if (st) {
     text("v-file", st.current_file ?? DASH);
     const parts = [];
     if (st.batch_step != null) parts.push(`step ${int(st.batch_step)} / ${int(st.batch_total_steps)}`);
+    if (st.file_examples_total) parts.push(`${int(st.file_examples_done)} / ${int(st.file_examples_total)} examples`);
     if (st.batch_number != null) parts.push(`file #${st.batch_number}`);
     text("v-file-progress", parts.join(" · "));
   }
@@ -107,10 +113,71 @@ export function renderSecondary(state) {
       }),
     ),
   );
-  if (st?.batch_queue_size != null) {
+  if (st?.queue_backlog) rows.push(backlogTable(st.queue_backlog));
+  else if (st?.batch_queue_size != null) {
     rows.push(h("div", { class: "sub" }, `${st.batch_queue_size} file(s) waiting (trainer)`));
   }
   fill("v-queue", ...rows);
+}
+
+// A rate and the n it rests on; a small n is marked provisional (dimmed, and says so).
+function rate(id, value, n, detail) {
+  text(id, value);
+  const provisional = n > 0 && n < PROVISIONAL_N;
+  const node = $(id);
+  if (node.dataset.provisional !== String(provisional)) node.dataset.provisional = String(provisional);
+  text(`${id}-n`, provisional ? `${detail} · provisional (n < ${PROVISIONAL_N})` : detail);
+}
+
+export function backlogTotals(backlog) {
+  const total = { files: 0, examples: 0, tokens: 0, tokensKnown: false };
+  for (const b of Object.values(backlog ?? {})) {
+    total.files += b.files ?? 0;
+    total.examples += b.examples ?? 0;
+    if (b.tokens != null) {
+      total.tokens += b.tokens;
+      total.tokensKnown = true;
+    }
+  }
+  return total;
+}
+
+const compactNumber = new Intl.NumberFormat("en-US", { notation: "compact", maximumSignificantDigits: 3 });
+
+// The training queue by priority (trainer's train.step): files, examples, estimated tokens.
+function backlogTable(backlog) {
+  const cell = (v) => (v == null ? DASH : compactNumber.format(v));
+  const total = backlogTotals(backlog);
+  return h("div", { class: "scroll" },
+    h("table", { class: "backlog", id: "v-backlog" },
+      h("thead", {}, h("tr", {}, h("th", {}, "train waiting"), h("th", {}, "files"), h("th", {}, "examples"), h("th", { title: "estimated from the current file's tokens per example" }, "≈ tokens"))),
+      h("tbody", {},
+        ["high", "normal", "low"].map((p) => {
+          const b = backlog[p] ?? {};
+          return h("tr", { "data-priority": p }, h("th", { class: `q-${p}` }, p), h("td", {}, int(b.files ?? 0)), h("td", {}, cell(b.examples ?? 0)), h("td", {}, cell(b.tokens)));
+        }),
+        h("tr", { class: "total" }, h("th", {}, "all"), h("td", {}, int(total.files)), h("td", {}, cell(total.examples)), h("td", {}, total.tokensKnown ? cell(total.tokens) : DASH)),
+      ),
+    ),
+  );
+}
+
+// 🤔/🛑 runs as "🤔×4": the count stays legible in any font, and where no emoji font draws
+// the glyph (html.no-emoji, detected in app.js) the marker's name replaces it.
+const MARKERS = /((?:\u{1F914})+|(?:\u{1F6D1})+)/u;
+const MARKER_NAMES = { "\u{1F914}": "think", "\u{1F6D1}": "stop" };
+
+export function withMarkers(value) {
+  if (value == null) return [];
+  const parts = String(value).split(MARKERS);
+  return parts.map((part, i) => {
+    if (i % 2 === 0) return part;
+    const glyph = String.fromCodePoint(part.codePointAt(0));
+    const count = [...part].length;
+    const name = MARKER_NAMES[glyph];
+    return h("span", { class: "marker", "data-marker": name, title: `${count} × ${name} marker (${glyph})` },
+      h("span", { class: "glyph" }, glyph), h("span", { class: "word" }, name), `×${count}`);
+  }).filter((p) => p !== "");
 }
 
 export function renderSample(state) {
@@ -124,11 +191,11 @@ export function renderSample(state) {
     h("div", { class: `verdict ${cls}`, id: "sample-verdict" }, verdict),
     sm.current_system_prompt ? [h("h3", {}, "system"), h("pre", {}, sm.current_system_prompt)] : [],
     h("h3", {}, "prompt"),
-    h("pre", { id: "sample-prompt" }, sm.current_prompt),
+    h("pre", { id: "sample-prompt" }, withMarkers(sm.current_prompt)),
     h("h3", {}, "golden answer"),
-    h("pre", { id: "sample-golden" }, sm.golden_answer),
+    h("pre", { id: "sample-golden" }, withMarkers(sm.golden_answer)),
     h("h3", {}, "model answer"),
-    h("pre", { id: "sample-answer" }, sm.model_answer),
+    h("pre", { id: "sample-answer" }, withMarkers(sm.model_answer)),
     sm.canonical_answer != null
       ? [h("h3", {}, "decoded (canonical form)"), h("pre", { id: "sample-canonical" }, sm.canonical_answer)]
       : [],
@@ -157,6 +224,8 @@ function nodeStage(n, ready) {
   return bits;
 }
 
+const TIMELINE_SHOWN = 3;
+
 export function renderModels(state) {
   if (state.active.size) {
     fill(
@@ -169,7 +238,8 @@ export function renderModels(state) {
     );
   }
   if (!state.checkpoints.size) return;
-  const rows = [...state.checkpoints.values()].reverse().map((c) =>
+  const all = [...state.checkpoints.values()].reverse();
+  const row = (c) =>
     h(
       "li",
       { class: "ckpt", "data-checkpoint": c.id },
@@ -180,9 +250,19 @@ export function renderModels(state) {
         c.pruned ? h("span", { class: "stage failed" }, `pruned (${c.pruned.reason})`) : null,
       ),
       [...c.nodes].map(([node, n]) => h("div", { class: "node-stages" }, h("b", {}, node), ...nodeStage(n, c.ready))),
-    ),
+    );
+  // The newest few in full; the rest behind "more", so a week of checkpoints stays one panel.
+  const older = all.slice(TIMELINE_SHOWN);
+  const open = $("timeline").querySelector("details")?.open ?? false;
+  fill(
+    "timeline",
+    h("ul", { class: "plain timeline" }, all.slice(0, TIMELINE_SHOWN).map(row)),
+    older.length
+      ? h("details", open ? { id: "timeline-more", open: "" } : { id: "timeline-more" },
+          h("summary", {}, `more: ${older.length} older checkpoint(s)`),
+          h("ul", { class: "plain timeline" }, older.map(row)))
+      : null,
   );
-  fill("timeline", h("ul", { class: "plain timeline" }, rows));
 }
 
 function meter(label, used, total, fmt) {
@@ -265,7 +345,11 @@ export function renderHeatmap(state) {
 
 // How each probe's answer changed over the last evaluations (GET /api/evolution).
 const EVOLUTION_COLUMNS = 6;
-const clip = (value, n) => (value.length > n ? `${value.slice(0, n - 1)}…` : value);
+// By code point, so an emoji is never cut in half.
+const clip = (value, n) => {
+  const chars = [...value];
+  return chars.length > n ? `${chars.slice(0, n - 1).join("")}…` : value;
+};
 
 export function renderEvolution(state) {
   const evo = state.evolution;
@@ -278,7 +362,7 @@ export function renderEvolution(state) {
   const cell = (entry) => {
     if (!entry) return h("td", { class: "na" }, DASH);
     const verdict = entry.parse_failed ? "unparsed" : entry.match ? "ok" : "bad";
-    return h("td", { class: `evo ${verdict}`, title: entry.answer }, clip(entry.answer || "(no answer)", 24));
+    return h("td", { class: `evo ${verdict}`, title: entry.answer }, withMarkers(clip(entry.answer || "(no answer)", 24)));
   };
   fill(
     "evolution",
@@ -350,12 +434,12 @@ export function renderConnection(stateName) {
 }
 
 export function renderHeader(state) {
-  const st = state.status;
+  const st = trainerStatus(state);
   const pill = $("trainer-status");
   pill.hidden = !st;
   if (st) {
     pill.dataset.status = st.status;
-    text("trainer-status", `trainer ${st.status}${st.model_name ? ` · ${st.model_name}` : ""}`);
+    text("trainer-status", `trainer ${st.status}${st.model ? ` · ${st.model}` : ""}`);
   }
   text("run", state.runId ? `run ${state.runId}` : "");
   const at = state.lastEventTime ? clock(state.lastEventTime) : "";

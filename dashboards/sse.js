@@ -7,9 +7,12 @@
 // error from a proxy), reopened with ?since=<last cursor> after a back-off. Each stream's
 // Redis entry id is also checked, so an event delivered twice is counted and dropped.
 
-// Every type in bus/events.py: EventSource only dispatches named events to their listeners.
+// Every type in bus/events.py (EVENT_TYPES there): EventSource only dispatches named events to
+// their listeners, so a type missing here would be dropped silently.
+// tests/dashboard/test_event_types.py keeps this list equal to bus/events.py.
 export const EVENT_TYPES = [
   "train.step",
+  "train.status",
   "train.sample",
   "train.layers",
   "job.queued",

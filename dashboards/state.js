@@ -3,7 +3,8 @@
 import { Series } from "./series.js";
 
 const MAX_ALERTS = 100;
-const MAX_CHECKPOINTS = 12;
+// Checkpoints remembered (the timeline shows the newest few, the rest behind "more").
+const MAX_CHECKPOINTS = 200;
 
 export function newState() {
   return {
@@ -19,9 +20,11 @@ export function newState() {
     jobs: new Map(), // job id → {queue, state}
     alerts: [], // newest first
     lastEventTime: null,
-    status: null, // GET /status/training_status.json (bus.status.TrainingStatus), polled
+    status: null, // the trainer's status: GET /api/history at load, then train.status events
     replaying: false, // set by app.js while history streams in faster than live
     runId: "",
+    history: null, // GET /api/history: {run_id, width, run} of the rollups loaded at start
+    compare: null, // {label, kind} of the overlay shown, or null
     series: {
       loss: new Series(),
       ce: new Series(),
@@ -63,6 +66,7 @@ function nodeOf(entry, node) {
 // Which panels an event changes, so only those re-render.
 const PANELS = {
   "train.step": ["primary", "secondary", "charts", "waiting"],
+  "train.status": ["primary"],
   "train.sample": ["secondary", "sample", "charts"],
   "train.layers": ["layers"],
   "eval.result": ["primary", "secondary", "heatmap", "charts"],
@@ -89,6 +93,9 @@ export function apply(state, type, event) {
       s.loss.push(event.current_step, secs, event.loss);
       if (event.streaming_ce != null) s.ce.push(event.current_step, secs, event.streaming_ce);
       if (event.tokens_per_sec != null) s.tps.push(event.current_step, secs, event.tokens_per_sec);
+      break;
+    case "train.status":
+      state.status = { ...(state.status ?? {}), ...event };
       break;
     case "train.sample":
       state.sample = event;
@@ -210,4 +217,56 @@ export function trainerGpu(state) {
     if (tel.role === "trainer" && tel.gpus?.length) return tel.gpus[0];
   }
   return null;
+}
+
+// The trainer's status as a pill text: what train.status (or the status hash at load) says.
+export function trainerStatus(state) {
+  const st = state.status;
+  if (!st?.status) return null;
+  return { status: st.status, model: st.model_name ?? null };
+}
+
+// Fold GET /api/history's rollups into the series: each bucket as its min, max and last point
+// (so a spike survives, as the chart's own downsampling keeps it), before live events arrive.
+export function applyHistory(state, body) {
+  state.history = { run_id: body.run_id, width: body.width, run: body.run ?? null };
+  if (body.status) state.status = body.status;
+  if (body.run_id) state.runId = body.run_id;
+  const b = body.buckets;
+  if (!b || !b.s0?.length) return 0;
+  const s = state.series;
+  const targets = { loss: s.loss, ce: s.ce, tps: s.tps, acc: s.acc, acc20: s.acc20 };
+  for (const [name, series] of Object.entries(targets)) {
+    if (b[name]) pushBuckets(series, b, b[name]);
+  }
+  return b.s0.length;
+}
+
+export function pushBuckets(series, b, [mins, maxs, lasts], shift = 0) {
+  for (let i = 0; i < b.s0.length; i++) {
+    if (lasts[i] === null || lasts[i] === undefined) continue;
+    const s0 = b.s0[i] + shift;
+    const s1 = b.s1[i] + shift;
+    const t = b.t1[i];
+    if (s1 > s0) {
+      series.push(s0, t, mins[i]);
+      series.push((s0 + s1) / 2, t, maxs[i]);
+    }
+    series.push(s1, t, lasts[i]);
+  }
+}
+
+// Rates: how many results a figure rests on; below this it is marked provisional.
+export const PROVISIONAL_N = 30;
+
+// The n behind each accuracy card: running accuracy counts every sample, "last 20/50" at most
+// that many, EM and ECE the evaluated set.
+export function rateCounts(state) {
+  const total = state.sample?.total_evals ?? 0;
+  return {
+    acc: total,
+    acc20: Math.min(20, total),
+    acc50: Math.min(50, total),
+    em: state.evalResult?.total ?? 0,
+  };
 }
