@@ -57,7 +57,9 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(
-        None, description="Informational: the active model answers; the response names it."
+        None,
+        description="A model this node knows (the active one, one still finishing requests, or "
+        "a registered id); the active model answers and the response names it. Unknown: 404.",
     )
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -147,22 +149,56 @@ def _state(request: Request) -> NodeState:
     return request.app.state.node  # type: ignore[no-any-return]
 
 
+def _model_object(state: NodeState) -> dict[str, Any]:
+    active = state.engine.active
+    return {
+        "id": active.version,
+        "object": "model",
+        "created": int(time.time()),
+        "owned_by": state.node_name,
+        "step": active.step,
+        "path": str(active.path) if active.path else None,
+        "thinking_control": active.markers is not None,
+    }
+
+
+def _model_not_found(name: str) -> ApiError:
+    return ApiError(
+        404,
+        f"The model `{name}` does not exist on this node; GET /v1/models lists the one it "
+        "serves (or send no `model`: the active model answers).",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def _known(state: NodeState, name: str) -> bool:
+    """The active version, a version still finishing requests, or a registered id."""
+    if name == state.engine.active.version or name in state.engine.in_use():
+        return True
+    try:
+        return name in state.registry.ids()
+    except Exception:  # Redis away: what the engine knows is the answer
+        return False
+
+
 @router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
     state = _state(request)
-    active = state.engine.active
-    data = [
-        {
-            "id": active.version,
-            "object": "model",
-            "created": int(time.time()),
-            "owned_by": state.node_name,
-            "step": active.step,
-            "path": str(active.path) if active.path else None,
-            "thinking_control": active.markers is not None,
-        }
-    ]
-    return JSONResponse({"object": "list", "data": data}, headers={MODEL_HEADER: active.version})
+    data = [_model_object(state)]
+    return JSONResponse({"object": "list", "data": data}, headers={MODEL_HEADER: data[0]["id"]})
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
+    """The official client's `models.retrieve`: the active model by its id; else 404."""
+    state = _state(request)
+    found = _model_object(state)
+    if model_id != found["id"]:
+        if not await run_in_threadpool(_known, state, model_id):
+            raise _model_not_found(model_id)
+        found = {**found, "id": model_id, "active": False}
+    return JSONResponse(found, headers={MODEL_HEADER: state.engine.active.version})
 
 
 def _submit(state: NodeState, request: GenerationRequest, loop: Any) -> RequestHandle:
@@ -193,6 +229,8 @@ async def chat_completions(
     body: ChatCompletionRequest, request: Request
 ) -> JSONResponse | StreamingResponse:
     state = _state(request)
+    if body.model and not await run_in_threadpool(_known, state, body.model):
+        raise _model_not_found(body.model)
     gen = generation_request(body, state.settings)
     # Off the event loop: the chat template and tokenizer take a while on a large body.
     handle = await run_in_threadpool(_submit, state, gen, asyncio.get_running_loop())
@@ -206,14 +244,19 @@ async def chat_completions(
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+    # Nothing tells a non-streaming handler that its client hung up: watch for it, so an
+    # abandoned request leaves its batch at the next step instead of running to the end.
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, handle))
     try:
         finished = None
         async for event in handle.astream():
             if isinstance(event, Finished):
                 finished = event
     except BaseException:
-        handle.cancel()  # the client went away: free its batch row
+        handle.cancel()  # the handler was cancelled: free its batch row
         raise
+    finally:
+        watcher.cancel()
     assert finished is not None
     if finished.reason == "error":
         raise ApiError(
@@ -238,6 +281,14 @@ async def chat_completions(
         },
         headers=headers,
     )
+
+
+async def _cancel_on_disconnect(request: Request, handle: RequestHandle) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            handle.cancel()
+            return
 
 
 def _chunk(

@@ -35,7 +35,7 @@ def test_models_lists_the_active_model_with_the_header(node: RunningNode) -> Non
 
 
 def test_completion_shape_and_model_version(node: RunningNode) -> None:
-    r = post(node, {"model": "anything", "messages": HI, "max_tokens": 5, "temperature": 0})
+    r = post(node, {"model": "embedded-v1", "messages": HI, "max_tokens": 5, "temperature": 0})
     assert r.status_code == 200, r.text
     body = r.json()
     assert r.headers["X-Regime3-Model"] == body["model"] == "embedded-v1"
@@ -47,6 +47,26 @@ def test_completion_shape_and_model_version(node: RunningNode) -> None:
     usage = body["usage"]
     assert usage["completion_tokens"] <= 5
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_an_unknown_model_is_a_404_model_not_found_and_no_model_is_the_active_one(
+    node: RunningNode,
+) -> None:
+    r = post(node, {"model": "gpt-nonesuch", "messages": HI, "max_tokens": 3})
+    assert r.status_code == 404
+    error = error_of(r)
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert "gpt-nonesuch" in error["message"]
+    r = post(node, {"messages": HI, "max_tokens": 3, "temperature": 0})
+    assert r.status_code == 200 and r.json()["model"] == "embedded-v1"
+
+
+def test_retrieve_a_model_by_id(node: RunningNode) -> None:
+    r = httpx.get(f"{node.url}/v1/models/embedded-v1")
+    assert r.status_code == 200
+    assert r.json()["id"] == "embedded-v1" and r.json()["object"] == "model"
+    r = httpx.get(f"{node.url}/v1/models/nonesuch")
+    assert r.status_code == 404 and error_of(r)["code"] == "model_not_found"
 
 
 def sse_events(r: httpx.Response) -> list[str]:

@@ -17,6 +17,7 @@ def client(node: RunningNode) -> openai.OpenAI:
 def test_models_and_completion(node: RunningNode) -> None:
     c = client(node)
     assert [m.id for m in c.models.list()] == ["embedded-v1"]
+    assert c.models.retrieve("embedded-v1").id == "embedded-v1"
     raw = c.chat.completions.with_raw_response.create(
         model="embedded-v1",
         messages=HI,
@@ -97,3 +98,13 @@ def test_protected_node_needs_the_api_key(node_factory) -> None:  # type: ignore
         client(node).models.list()
     good = openai.OpenAI(base_url=f"{node.url}/v1", api_key="reader-token", max_retries=0)
     assert [m.id for m in good.models.list()] == ["embedded-v1"]
+
+
+def test_an_unknown_model_is_not_found_as_openai_says(node: RunningNode) -> None:
+    c = client(node)
+    with pytest.raises(openai.NotFoundError) as raised:
+        c.models.retrieve("gpt-nonesuch")
+    assert raised.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as raised:
+        c.chat.completions.create(model="gpt-nonesuch", messages=HI, max_tokens=3)  # type: ignore[arg-type]
+    assert raised.value.code == "model_not_found"
