@@ -80,6 +80,18 @@ class NodeSettings(BaseSettings):
         ge=1,
         description="Requests waiting for a batch; past this a request is refused with 503.",
     )
+    node_cuda_graphs: bool = Field(
+        True,
+        description="On a GPU, capture the decode step once per batch/length bucket and "
+        "replay it (CUDA graphs); off runs every step eagerly (slower, for debugging).",
+    )
+    node_drain_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="At shutdown (SIGTERM), how long requests under way may finish before "
+        "they are ended with an error and the node exits.",
+    )
 
     # -- request limits --------------------------------------------------------------------
     node_max_messages: int = Field(256, ge=1, description="Most messages in one chat request.")

@@ -149,6 +149,7 @@ class Engine:
         self._deferred: collections.deque[Any] = collections.deque()
         self._stats = EngineStats()
         self._closed = False
+        self._drain_until = float("inf")
         self._thread = threading.Thread(target=self._run, name="node-engine", daemon=True)
         self._thread.start()
 
@@ -278,10 +279,12 @@ class Engine:
         return prompt
 
     def close(self, timeout: float = 10.0) -> None:
-        """Finish the batch under way, fail what is queued, stop the thread."""
+        """Stop: fail what is queued, let the rows generating finish for up to `timeout`
+        seconds, then end them too (an error saying the node is shutting down)."""
+        self._drain_until = time.monotonic() + timeout
         self._closed = True
         self._pending.put(_STOP)
-        self._thread.join(timeout)
+        self._thread.join(timeout + 5.0)
 
     # -- the engine thread -----------------------------------------------------------------
 
@@ -301,6 +304,11 @@ class Engine:
                 del first  # a finished request must not keep its model alive from here
             elif not stopping:
                 stopping = self._take_waiting(runs)
+            if stopping and time.monotonic() > self._drain_until:
+                for run in runs.values():
+                    self._end(run, "the node is shutting down")
+                runs.clear()
+                break
             for key in list(runs):
                 if self._advance(runs[key]):
                     device = runs[key].loaded.device
@@ -391,20 +399,26 @@ class Engine:
         try:
             return self._step(run)
         except Exception as exc:  # a device error fails this batch, never the engine
-            victims = run.rows + run.new
-            run.rows, run.new = [], []
             reason = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, torch.cuda.OutOfMemoryError):
-                reason = f"out of GPU memory in a batch of {len(victims)}; retry or lower load"
+                size = len(run.rows) + len(run.new)
+                reason = f"out of GPU memory in a batch of {size}; retry or lower load"
             with self._lock:
                 self._stats.failed_batches += 1
-            serving = run.loaded.runtime.get("serving")
-            for s in victims:
-                if serving is not None and s.index >= 0:
-                    serving.cache.give_back(s.index)
-                    s.index = -1
-                s.finish("error", reason)
+            self._end(run, reason)
             return True
+
+    @staticmethod
+    def _end(run: _Run, reason: str) -> None:
+        """Fail every request of `run` with `reason`, giving their cache slots back."""
+        victims = run.rows + run.new
+        run.rows, run.new = [], []
+        serving = run.loaded.runtime.get("serving")
+        for s in victims:
+            if serving is not None and s.index >= 0:
+                serving.cache.give_back(s.index)
+                s.index = -1
+            s.finish("error", reason)
 
     def _serving(self, loaded: LoadedModel) -> _Serving:
         serving = loaded.runtime.get("serving")

@@ -50,7 +50,12 @@ def start_node(settings: NodeSettings, timeout: float = 60.0) -> RunningNode:
     """Start `create_app(settings)` under uvicorn in a thread; returns once it serves."""
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=settings.node_port, log_level="warning", lifespan="on"
+        app,
+        host="127.0.0.1",
+        port=settings.node_port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=max(1, round(settings.node_drain_s)),  # as __main__ runs it
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="test-node", daemon=True)
