@@ -222,6 +222,15 @@ class GenerationReport:
     seconds: float = 0.0
     upload: dict[str, Any] | None = None
 
+    @property
+    def verified(self) -> int:
+        """The model's own attempts that verified (golden fallbacks are not counted)."""
+        return self.attempts["correct"]
+
+    def per_minute(self, seconds: float | None = None) -> float:
+        elapsed = self.seconds if seconds is None else seconds
+        return round(60 * self.verified / elapsed, 1) if elapsed > 0 else 0.0
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": str(self.path),
@@ -232,6 +241,8 @@ class GenerationReport:
             "models": sorted(self.models),
             "seed": self.seed,
             "seconds": round(self.seconds, 3),
+            "verified": self.verified,
+            "verified_per_minute": self.per_minute(),
             "upload": self.upload,
         }
 
@@ -261,7 +272,7 @@ def generate_shard(
     codebook: Codebook | None,
     fallback: Fallback = "golden",
     think: int = 4,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[int, int, str], None] | None = None,
 ) -> GenerationReport:
     """Sample one attempt per problem on the node and write the shard (see the module doc)."""
     started = time.monotonic()
@@ -297,7 +308,8 @@ def generate_shard(
                 lines.append(line)
                 report.sources[source] += 1
             if on_progress is not None:
-                on_progress(done, len(problems))
+                rate = report.per_minute(time.monotonic() - started)
+                on_progress(done, len(problems), f"{report.verified} verified, {rate}/min")
     report.lines = len(lines)
     if lines:
         write_shard(lines, path)

@@ -41,9 +41,9 @@ def _client(settings: NodeSettings) -> NodeClient:
 
 def _progress(unit: str) -> Any:
     # A job.progress event about every tenth of the way (and at the end), not per item.
-    def report(done: int, total: int) -> None:
+    def report(done: int, total: int, message: str | None = None) -> None:
         if done == total or done % max(1, total // 10) == 0:
-            report_progress(done, total, unit=unit)
+            report_progress(done, total, unit=unit, message=message)
 
     return report
 

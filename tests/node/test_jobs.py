@@ -217,6 +217,11 @@ def test_generate_uploads_a_shard_that_lands_queued_on_train_low(
         assert meta["source"] in ("model", "selfcorrect", "golden")
     progress = [e for e in events(r, keys.STREAM_JOBS) if isinstance(e, JobProgress)]
     assert progress and progress[-1].done == progress[-1].total == 6
+    # Verified examples per minute, in the result and in the progress message.
+    assert report["verified"] == report["attempts"].get("correct", 0)
+    rate = 60 * report["verified"] / report["seconds"]
+    assert report["verified_per_minute"] == pytest.approx(rate, abs=0.5)
+    assert progress[-1].message is not None and "verified" in progress[-1].message
 
 
 def test_generate_without_a_gateway_fails_and_keeps_the_shard(
