@@ -12,6 +12,7 @@ from services.model.loading import load_model_and_tokenizer
 from services.node.config import NodeSettings
 from services.node.engine import LoadedModel, free_device_memory
 from services.node.errors import ModelLoadError
+from services.node.kv import SlotCache, decode, length_bucket, prefill, use_slot_attention
 from services.node.thinking import ThinkingMarkers
 
 DTYPES: dict[str, torch.dtype] = {
@@ -100,32 +101,37 @@ def load_for_serving(
 def warm_up(loaded: LoadedModel, tokens: int = 4) -> None:
     """Run a short prefill and a few decode steps so the first request pays no first-use costs.
 
-    Also proves the weights run at all: a checkpoint that loads but fails or produces NaN on
-    its first forward pass is refused here, before it is swapped in.
+    Through the engine's own path (a one-slot cache, eager). Also proves the weights run at
+    all: a checkpoint that loads but fails or produces NaN on its first forward pass is
+    refused here, before it is swapped in.
     """
     tok = loaded.tokenizer
     try:
-        prompt = tok.apply_chat_template(
-            [{"role": "user", "content": "warm up"}],
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=False,
+        prompt = list(
+            tok.apply_chat_template(
+                [{"role": "user", "content": "warm up"}],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+            )
         )
-        ids = torch.tensor([list(prompt)], device=loaded.device)
-        out = loaded.model(input_ids=ids, use_cache=True)
-        cache = out.past_key_values
+        use_slot_attention(loaded.model)
+        dtype = next(loaded.model.parameters()).dtype
+        cache = SlotCache(loaded.model, 1, loaded.device, dtype)
+        logits = prefill(loaded.model, cache, [prompt], [0])
+        position = len(prompt)
         for _ in range(tokens):
-            logits = out.logits[:, -1, :].float()
-            if not torch.isfinite(logits).all():
+            if not torch.isfinite(logits.float()).all():
                 raise ModelLoadError(
                     loaded.version,
                     "the first forward pass produced NaN or infinite logits; the weights are "
                     "corrupt or overflow in this dtype (try R3_NODE_DTYPE=float32).",
                     kind="invalid",
                 )
-            nxt = logits.argmax(dim=-1, keepdim=True)
-            out = loaded.model(input_ids=nxt, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            nxt = logits.argmax(dim=-1)
+            here = torch.tensor([position], device=loaded.device)
+            logits = decode(loaded.model, cache, nxt, here, length_bucket(position + 1))
+            position += 1
     except torch.cuda.OutOfMemoryError as exc:
         raise ModelLoadError(
             loaded.version, f"out of GPU memory while warming up: {exc}", kind="out_of_memory"
