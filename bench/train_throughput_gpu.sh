@@ -10,11 +10,11 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 B="python3 bench/train_throughput.py"
 
-step() {  # name, seconds, env..., command...
-    local name=$1 limit=$2
-    shift 2
-    echo "== $name ($(date +%T))"
-    env "$@" timeout "$limit" $B --json-out "$OUT/$name.json" 2>&1 | grep -v "it/s]" | tail -n 25
+step() {  # name, seconds, "VAR=value ..." (the variant), then the bench's arguments
+    local name=$1 limit=$2 vars=$3
+    shift 3
+    echo "== $name ($(date +%T)) $vars"
+    env $vars timeout "$limit" $B "$@" --json-out "$OUT/$name.json" 2>&1 | grep -v "it/s]" | tail -n 25
     echo "== $name rc=${PIPESTATUS[0]}"
     [ -f "$OUT/$name.json" ] && { cat "$OUT/$name.json" >> "$OUT/results.jsonl"; rm "$OUT/$name.json"; }
 }
@@ -34,11 +34,11 @@ echo "== gpu tests ($(date +%T))"
 timeout 200 python3 -m pytest -q -x -rs tests/trainer/test_fast_path_gpu.py -p no:cacheprovider 2>&1 | tail -n 30
 echo "== prepare ($(date +%T))"
 timeout 120 $B prepare --dir "$D" --examples "$EXAMPLES" 2>&1 | tail -n 2
-step trainer_auto_cap24 240 R3_GPU_MEMORY_GIB=24 trainer --dir "$D" --bare-steps 15
-step trl_liger 180 X=1 trl --dir "$D" --steps 30
-step trainer_ckpt_forced 150 R3_ACTIVATION_CHECKPOINTING=true trainer --dir "$D" --bare-only --bare-steps 12
-step trainer_eager_liger_all 120 R3_COMPILE=off R3_LIGER=all trainer --dir "$D" --bare-only --bare-steps 12
-step hf_users 100 X=1 hf --dir "$D" --steps 12 --batch 4
-step trainer_flex_compiled 150 R3_ATTENTION=flex_attention trainer --dir "$D" --bare-only --bare-steps 12
-step trainer_compiled_liger_all 150 R3_LIGER=all trainer --dir "$D" --bare-only --bare-steps 12
+step trainer_auto_cap24 240 "R3_GPU_MEMORY_GIB=24" trainer --dir "$D" --bare-steps 10
+step trl_liger 180 "X=1" trl --dir "$D" --steps 30
+step trainer_ckpt_forced 150 "R3_ACTIVATION_CHECKPOINTING=true" trainer --dir "$D" --bare-only --bare-steps 12
+step trainer_eager_liger_all 120 "R3_COMPILE=off R3_LIGER=all" trainer --dir "$D" --bare-only --bare-steps 12
+step hf_users 100 "X=1" hf --dir "$D" --steps 12 --batch 4
+step trainer_flex_compiled 150 "R3_ATTENTION=flex_attention" trainer --dir "$D" --bare-only --bare-steps 12
+step trainer_compiled_liger_all 150 "R3_LIGER=all" trainer --dir "$D" --bare-only --bare-steps 12
 } 2>&1 | tee "$OUT/run.log"

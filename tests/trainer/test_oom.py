@@ -94,3 +94,24 @@ def test_an_injected_oom_in_training_is_recovered_with_the_same_global_batch(
     assert steps[0].micro_batch == 2 and steps[0].grad_accum == 2 * expected[0].grad_accum
     for got, want in zip(steps, expected, strict=True):
         assert got.loss == pytest.approx(want.loss, rel=1e-4)
+
+
+def test_a_lighter_step_is_tried_before_halving_the_micro_batch() -> None:
+    # R3_ACTIVATION_CHECKPOINTING=auto: the first out-of-memory turns checkpointing on and
+    # retries at the same size; only a second one halves.
+    lightened: list[int] = []
+
+    def lighten() -> bool:
+        lightened.append(1)
+        return len(lightened) == 1  # the first call changes something, later ones cannot
+
+    backoffs: list[Backoff] = []
+    result, rows = run_with_backoff(
+        oom_above(2, times=2), 4, step=1, reset=lambda: None, on_backoff=backoffs.append,
+        lighten=lighten,
+    )  # fmt: skip
+    assert (result, rows) == (20, 2)
+    assert [(b.rows_before, b.rows_after, b.checkpointing) for b in backoffs] == [
+        (4, 4, True),
+        (4, 2, False),
+    ]

@@ -13,8 +13,10 @@ import torch
 
 from services.model.loading import load_model_and_tokenizer
 from services.trainer.dataset_reader import DataCursor
+from services.trainer.forward import StepForward, StepPlan
 from services.trainer.loss import forward_loss
 from services.trainer.packing import (
+    DOC_SLOTS,
     PackedRow,
     PackingStats,
     StepRows,
@@ -196,3 +198,50 @@ def test_packed_loss_equals_token_weighted_unpacked_loss(
             alone_tokens += tokens
     assert packed_tokens == alone_tokens == step.loss_tokens
     assert packed_sum / packed_tokens == pytest.approx(alone_sum / alone_tokens, rel=1e-5)
+
+
+def test_collate_gives_the_step_its_boundaries_and_loss_positions(chat: ChatTokenizer) -> None:
+    # What the CUDA step needs from the host: document boundaries for varlen attention and
+    # the loss positions, so that it never asks the device for a count.
+    docs = [
+        TokenizedExample(_id(i), np.arange(n, dtype=np.int32) + 10, mask, next_offset=i)
+        for i, (n, mask) in enumerate(
+            [(5, np.array([0, 0, 1, 1, 1], bool)), (3, np.ones(3, bool)), (6, np.ones(6, bool))]
+        )
+    ]
+    rows = [_row_of(docs[:2]), _row_of(docs[2:])]
+    batch = collate(rows, pad_id=7, width=10, batch_rows=3)  # fixed shape: one empty row
+    assert batch.input_ids.shape == (3, 10)
+    assert batch.cu_seqlens is not None and batch.loss_index is not None
+    bounds = batch.cu_seqlens.tolist()
+    assert len(bounds) % DOC_SLOTS == 0
+    # row 0: docs of 5 and 3, then 2 of padding; row 1: 6, then 4; row 2: one empty row.
+    assert bounds[:7] == [0, 5, 8, 10, 16, 20, 30] and set(bounds[7:]) == {30}
+    assert batch.loss_index.shape[0] == batch.loss_tokens == sum(r.loss_tokens for r in rows)
+    flat = batch.labels.view(-1)
+    assert torch.equal(batch.loss_targets, flat[batch.loss_index + 1])
+    assert bool((batch.loss_targets != -100).all())
+    # Every real label after position 0 of a row is a target exactly once.
+    assert int((batch.labels[:, 1:] != -100).sum()) == batch.loss_index.shape[0]
+
+
+def _row_of(docs: list[TokenizedExample]) -> PackedRow:
+    return next(iter(pack_rows(iter(docs), max_length=sum(d.length for d in docs))))
+
+
+def test_the_cpu_step_forward_equals_forward_loss(
+    model: Any, codec_file: Path, chat: ChatTokenizer, one_thread: None
+) -> None:
+    docs = list(examples_of(codec_file, chat))[:12]
+    step = StepRows(tuple(pack_rows(iter(docs), max_length=MAX, buffer_examples=100)))
+    plan = StepPlan.resolve(settings(), torch.device("cpu"))
+    assert (plan.attention, plan.compile, plan.liger_loss) == ("sdpa", False, False)
+    fast = StepForward(model, plan, chunk_tokens=64, max_length=MAX)
+    with torch.no_grad():
+        for batch in step.micro_batches(2, pad_id=chat.tokenizer.pad_token_id, width=MAX):
+            ours = fast(batch)
+            ref = forward_loss(
+                model, batch.input_ids, batch.position_ids, batch.labels, chunk_tokens=64
+            )
+            assert ours.entropy_tokens == min(ref.tokens, 512)
+            torch.testing.assert_close(ours.loss_sum, ref.loss_sum, rtol=1e-5, atol=1e-4)
