@@ -58,8 +58,9 @@ class ChatCompletionRequest(BaseModel):
 
     model: str | None = Field(
         None,
-        description="A model this node knows (the active one, one still finishing requests, or "
-        "a registered id); the active model answers and the response names it. Unknown: 404.",
+        description="A model this node knows (`active`, the active version, one still finishing "
+        "requests, or a registered id); the active model answers and the response names it. "
+        "Unknown: 404 model_not_found.",
     )
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -172,9 +173,14 @@ def _model_not_found(name: str) -> ApiError:
     )
 
 
+# The name a client uses for "whatever this node serves now", since versions change with
+# every hot swap and the official client must send some model.
+ACTIVE_ALIAS = "active"
+
+
 def _known(state: NodeState, name: str) -> bool:
-    """The active version, a version still finishing requests, or a registered id."""
-    if name == state.engine.active.version or name in state.engine.in_use():
+    """The alias, the active version, a version finishing requests, or a registered id."""
+    if name in (ACTIVE_ALIAS, state.engine.active.version) or name in state.engine.in_use():
         return True
     try:
         return name in state.registry.ids()
