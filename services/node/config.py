@@ -85,6 +85,11 @@ class NodeSettings(BaseSettings):
         description="On a GPU, capture the decode step once per batch/length bucket and "
         "replay it (CUDA graphs); off runs every step eagerly (slower, for debugging).",
     )
+    node_fused_kernels: bool = Field(
+        True,
+        description="On a GPU with Liger-Kernel installed (the `cuda` extra), serve with its "
+        "fused RMSNorm, RoPE and SwiGLU (fewer kernels per decode step).",
+    )
     node_drain_s: float = Field(
         10.0,
         ge=0,

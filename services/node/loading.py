@@ -12,6 +12,7 @@ from services.model.loading import load_model_and_tokenizer
 from services.node.config import NodeSettings
 from services.node.engine import LoadedModel, free_device_memory
 from services.node.errors import ModelLoadError
+from services.node.kernels import use_fused_kernels
 from services.node.kv import SlotCache, decode, length_bucket, prefill, use_slot_attention
 from services.node.thinking import ThinkingMarkers
 
@@ -94,6 +95,8 @@ def load_for_serving(
         raise ModelLoadError(
             version, f"{path}: {type(exc).__name__}: {exc}", kind="invalid"
         ) from exc
+    if settings.node_fused_kernels:
+        use_fused_kernels(model)
     return serving_model(model, tokenizer, version, path=Path(path), step=step)
 
 
