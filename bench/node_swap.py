@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -52,7 +53,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 from services.model.embedded import ensure_embedded_model
 from services.model.loading import load_tokenizer
 from services.node.config import NodeSettings
-from services.node.engine import Engine
+from services.node.engine import Engine, GenerationRequest
 from services.node.loading import load_for_serving, warm_up
 from services.node.puller import Puller
 from services.trainer.manifest import (
@@ -207,12 +208,42 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_swaps(path: Path, settings: NodeSettings, swaps: int) -> dict[str, Any]:
+def _streams(engine: Engine, count: int, stop: threading.Event, log: list[Any]) -> list[Any]:
+    """`count` clients, each streaming one request after another until `stop`."""
+
+    def client(i: int) -> None:
+        while not stop.is_set():
+            request = GenerationRequest(
+                prompt_ids=[1 + (i * 7 + j) % 50 for j in range(16)],
+                max_tokens=64,
+                temperature=0.7,
+                top_p=0.95,
+            )
+            try:
+                handle = engine.submit(request)
+                events = list(handle.stream(timeout=120))
+                final = events[-1]
+                log.append((handle.version, final.reason, final.message))
+            except Exception as exc:  # counted as a failed request
+                log.append((None, "error", repr(exc)))
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def bench_swaps(path: Path, settings: NodeSettings, swaps: int, streams: int = 0) -> dict[str, Any]:
     first = load_for_serving(path, "v0", settings)
     warm_up(first)
-    engine = Engine(first, max_batch=8, batch_wait_ms=1.0, max_queue=64)
+    engine = Engine(first, max_batch=max(8, streams), batch_wait_ms=1.0, max_queue=256)
     del first
     runs = []
+    stop = threading.Event()
+    log: list[Any] = []
+    clients = _streams(engine, streams, stop, log) if streams else []
+    if clients:
+        time.sleep(3.0)  # the streams are running (and every decode bucket captured)
     try:
         for i in range(1, swaps + 1):
             t0 = time.perf_counter()
@@ -239,10 +270,21 @@ def bench_swaps(path: Path, settings: NodeSettings, swaps: int) -> dict[str, Any
                 }
             )
             print(f"  swap {i}/{swaps}: {runs[-1]}", flush=True)
+            if clients:
+                time.sleep(1.0)
         active = engine.active.version
     finally:
+        stop.set()
+        for t in clients:
+            t.join(timeout=60)
         engine.close()
+    failed = [entry for entry in log if entry[1] == "error"]
     return {
+        "streams": streams,
+        "requests_during": len(log),
+        "failed_requests": len(failed),
+        "failures": failed[:5],
+        "versions_seen": sorted({str(entry[0]) for entry in log}),
         "runs": runs,
         "median_load_and_swap_s": statistics.median(r["load_and_swap_s"] for r in runs),
         "active_after": active,
@@ -256,6 +298,7 @@ def main() -> None:
     ap.add_argument("--download-mb", type=int, default=0, help="pad the checkpoint to this size")
     ap.add_argument("--downloads", type=int, default=3, help="timed pulls (each from scratch)")
     ap.add_argument("--swaps", type=int, default=5, help="timed load-and-swaps")
+    ap.add_argument("--streams", type=int, default=0, help="streaming clients during the swaps")
     ap.add_argument("--workdir", default=None, help="where files go (default: a temp dir)")
     ap.add_argument("--out", default=None, help="write the result as JSON here")
     ap.add_argument("--serve", default=None, help=argparse.SUPPRESS)  # the server process
@@ -280,7 +323,7 @@ def main() -> None:
         with artifact_server(root) as url:
             download = bench_download(url, work, cid, digest, args.downloads)
         settings = NodeSettings(node_device=str(device), node_dtype="auto")
-        swap = bench_swaps(Path(download.pop("path")), settings, args.swaps)
+        swap = bench_swaps(Path(download.pop("path")), settings, args.swaps, args.streams)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -304,6 +347,7 @@ def main() -> None:
         "targets": {"load_and_swap_s": TARGET_SWAP_S, "download_mb_s": TARGET_DOWNLOAD_MB_S},
         "met": {
             "load_and_swap": swap["median_load_and_swap_s"] <= TARGET_SWAP_S,
+            "no_failed_request": swap["failed_requests"] == 0,
             "download": download["median_mb_s"] >= TARGET_DOWNLOAD_MB_S,
         },
     }
