@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from rq import get_current_job
 from rq.executions import Execution
@@ -22,7 +23,9 @@ from rq.timeouts import BaseDeathPenalty
 from rq.worker import SimpleWorker
 
 from bus.events import Event, JobFailed, JobFinished, JobProgress, JobQueued, JobStarted
+from bus.keys import heartbeat_key
 from bus.publish import Publisher
+from bus.settings import get_bus_settings
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,9 @@ class EventWorker(SimpleWorker):
     """Listens on its queues in the order given (high before normal before low)."""
 
     job_monitoring_interval = 10  # seconds between in-job heartbeats
+    # When set, each in-job heartbeat also SETs `r3:heartbeat:<service>:<host>` with the job
+    # heartbeat's TTL: what the gateway reads to show a dead trainer as crashed, not training.
+    heartbeat_service: ClassVar[str | None] = None
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # A few missed beats, not RQ's 7 minutes: a killed trainer's job is seen abandoned
@@ -76,6 +82,17 @@ class EventWorker(SimpleWorker):
         self.publisher = Publisher(self.connection)
         self._last_exc: BaseException | None = None
         self.push_exc_handler(self._remember_exception)  # type: ignore[no-untyped-call]
+
+    def subscribe(self) -> None:
+        """RQ's command channel, listened to by a thread that wakes every second, not 60 s:
+        after a Redis restart RQ's shutdown (unsubscribe, then join that thread) otherwise
+        waited out redis-py's 60 s wait for a subscription, past a supervisor's grace time."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]
+            sleep_time=1, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
 
     def _remember_exception(
         self, job: Job, exc_type: type[BaseException], exc: BaseException, tb: TracebackType
@@ -90,10 +107,18 @@ class EventWorker(SimpleWorker):
         except Exception:
             log.exception("could not publish %s", event.TYPE)
 
+    def _service_beat(self, job: Job) -> None:
+        if self.heartbeat_service is None:
+            return
+        key = heartbeat_key(self.heartbeat_service, get_bus_settings().host_name)
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        self.connection.set(key, f"{stamp} {job.id}", ex=self.get_heartbeat_ttl(job))
+
     def _beat(self, job: Job, execution: Execution, stop: threading.Event) -> None:
         while not stop.wait(self.job_monitoring_interval):
             try:
                 self.maintain_heartbeats(job, execution)
+                self._service_beat(job)
             except Exception:
                 log.exception("heartbeat for job %s failed; retrying", job.id)
 
@@ -131,6 +156,10 @@ class EventWorker(SimpleWorker):
             "description": job.description,
         }
         self._publish(JobStarted(**base, worker=self.name))
+        try:
+            self._service_beat(job)
+        except Exception:
+            log.exception("heartbeat for job %s failed; the beat thread retries", job.id)
         started = time.monotonic()
         stop = threading.Event()
         beat = threading.Thread(
@@ -201,3 +230,4 @@ class LongJobWorker(EventWorker):
     """The trainer's worker: a job runs as long as it needs; the heartbeat shows it alive."""
 
     death_penalty_class = NoTimeLimit
+    heartbeat_service = "trainer"

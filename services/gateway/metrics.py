@@ -19,6 +19,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from bus import queues
 from bus.status import StatusStore
+from services.gateway import liveness
 from services.gateway.fanout import Hub
 from services.gateway.telemetry import latest_by_host
 
@@ -65,7 +66,14 @@ class GatewayCollector:
         yield from self._sse()
 
     def _training(self) -> Iterator[Metric]:
-        status = StatusStore(self.redis).read()
+        raw = StatusStore(self.redis).read()
+        status = liveness.shown(raw, self.redis)
+        yield GaugeMetricFamily(
+            "r3_training_stale",
+            "1 when the status says training but the trainer's heartbeat stopped "
+            f"(no word for over {liveness.STALE_AFTER_SECONDS:g} s): shown as crashed.",
+            value=1.0 if status is not raw else 0.0,
+        )
         for field, (name, help_text) in TRAINING_GAUGES.items():
             value = getattr(status, field)
             gauge = GaugeMetricFamily(name, help_text)

@@ -8,6 +8,7 @@ import psutil
 from fastapi import APIRouter, Request
 
 from bus.status import StatusStore
+from services.gateway import liveness
 from services.gateway.telemetry import latest_by_host
 
 router = APIRouter()
@@ -16,8 +17,10 @@ router = APIRouter()
 @router.get("/status/training_status.json")
 def training_status(request: Request) -> dict[str, Any]:
     """The B2 payload exactly as bus.status.TrainingStatus holds it (field names and meanings
-    of the users' core/training_status.py, plus the B3 live figures)."""
-    return StatusStore(request.app.state.redis).read().model_dump(mode="json")
+    of the users' core/training_status.py, plus the B3 live figures). A `training` whose
+    trainer stopped beating is answered as `crashed` (services.gateway.liveness)."""
+    redis = request.app.state.redis
+    return liveness.shown(StatusStore(redis).read(), redis).model_dump(mode="json")
 
 
 @router.get("/api/memory_stats")

@@ -9,7 +9,7 @@ import redis
 from rq.job import Job
 
 from bus import queues
-from bus.connections import connect
+from bus.connections import RIDE_OUT_SECONDS, connect
 from bus.events import Alert
 from bus.worker import LongJobWorker
 from services.trainer import jobs
@@ -69,7 +69,7 @@ def resume_cut_jobs(conn: redis.Redis, trainer: Trainer) -> list[Job]:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    conn = connect()
+    conn = connect(ride_out=RIDE_OUT_SECONDS)  # a Redis restart pauses training, no more
     trainer = Trainer(conn)
     jobs.set_trainer(trainer)
     resume_cut_jobs(conn, trainer)

@@ -7,7 +7,7 @@ from typing import Any
 
 from rq import get_current_job
 
-from bus.connections import connect
+from bus.connections import RIDE_OUT_SECONDS, connect
 from services.trainer.loop import Trainer
 
 _trainer: Trainer | None = None
@@ -27,7 +27,7 @@ def get_trainer() -> Trainer:
     """
     global _trainer
     if _trainer is None:
-        _trainer = Trainer(connect())
+        _trainer = Trainer(connect(ride_out=RIDE_OUT_SECONDS))
     return _trainer
 
 

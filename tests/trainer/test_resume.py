@@ -319,3 +319,58 @@ def test_a_quarantined_checkpoints_training_is_requeued_and_its_id_never_reused(
     trained = Counter(tuple(e) for s in kept for e in s["examples"])
     expected = {(raw.line, raw.offset, 0) for raw in read_lines(data) if not raw.blank}
     assert set(trained) == expected and set(trained.values()) == {1}  # each exactly once
+
+
+def test_a_redis_restart_mid_job_pauses_the_trainer_and_the_job_finishes(
+    embedded_dir: Path,
+    tmp_path: Path,
+    codec_rows: list[dict[str, Any]],
+    write_jsonl: Callable[..., Path],
+) -> None:
+    from tests.faults.redis_server import KillableRedis
+
+    server = KillableRedis(tmp_path / "redis").start()
+    try:
+        r = server.client()
+        data = write_jsonl(codec_rows[:40], "ride-out.jsonl")
+        env = {**trainer_env(server.url, embedded_dir, tmp_path), "PYTHONFAULTHANDLER": "1"}
+        log = tmp_path / "trainer.log"
+        ledger = tmp_path / "ledger.jsonl"
+        job = queues.enqueue(
+            r,
+            queues.TRAIN_FILE,
+            kind="train",
+            kwargs={"path": str(data), "name": data.name, "sha256": sha256_file(data)},
+        )
+        trainer = start_trainer(env, log)
+        try:
+            wait_for("3 steps", lambda: len(ledger_steps(ledger)) >= 3, 90, log, job)
+            server.kill()  # Redis gone mid-job, for a few seconds
+            time.sleep(4)
+            assert trainer.poll() is None, log.read_text()
+            server.start()
+            wait_for(
+                "the job to finish",
+                lambda: job.get_status(refresh=True) == JobStatus.FINISHED,
+                120,
+                log,
+                job,
+            )
+            assert trainer.poll() is None  # rode it out: still the same process
+            trainer.send_signal(signal.SIGTERM)
+            try:
+                trainer.wait(30)
+            except subprocess.TimeoutExpired:
+                trainer.send_signal(signal.SIGABRT)
+                time.sleep(2)
+                raise AssertionError(log.read_text()[-6000:]) from None
+        finally:
+            trainer.kill()
+        steps = ledger_steps(ledger)
+        seen = Counter(tuple(e) for s in steps for e in s["examples"])
+        expected = {(raw.line, raw.offset, 0) for raw in read_lines(data) if not raw.blank}
+        assert set(seen) == expected and set(seen.values()) == {1}  # nothing lost or redone
+        assert [s["step"] for s in steps] == list(range(1, len(steps) + 1))
+        assert FailedJobRegistry("train-normal", connection=r).get_job_ids() == []
+    finally:
+        server.kill()
