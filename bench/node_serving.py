@@ -12,7 +12,7 @@ Measured, in this order, on one model (stop tokens off, so every request generat
   `generate_batch` (continuous batching, paged) with 32 requests: the reference.
 
     python bench/node_serving.py --device cuda --model qwen-arch --out result.json
-    python bench/node_serving.py --device cpu --model embedded --max-tokens 32 --quick
+    python bench/node_serving.py --device cpu --model embedded --max-tokens 32 --part ours
 
 `qwen-arch` is Qwen3-0.6B's published architecture (bench/qwen_arch.py), randomly
 initialized in bf16, with the embedded tokenizer (sampling stays inside its entries).
@@ -265,6 +265,16 @@ def hf_generate_batch(
     }
 
 
+def save(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    if args.out:
+        with open(args.out, "w") as handle:
+            handle.write(json.dumps(out, indent=2) + "\n")
+
+
+class _Skip(Exception):
+    pass
+
+
 def attempt(name: str, fn: Any, *args: Any) -> dict[str, Any]:
     print(f"-- {name}", flush=True)
     started = time.perf_counter()
@@ -290,20 +300,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "max_tokens": args.max_tokens,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
-    small = build("embedded", device, torch.float32)
-    out["check_embedded_fp32"] = attempt(
-        "greedy check, embedded fp32", greedy_check, small, reference_model(small), 4, 48
-    )
-    del small
+    ours, theirs = args.part in ("all", "ours"), args.part in ("all", "reference")
+    if ours:
+        small = build("embedded", device, torch.float32)
+        out["check_embedded_fp32"] = attempt(
+            "greedy check, embedded fp32", greedy_check, small, reference_model(small), 4, 48
+        )
+        del small
     loaded = build(args.model, device)
     out["parameters"] = sum(p.numel() for p in loaded.model.parameters())
     out["dtype"] = str(next(loaded.model.parameters()).dtype)
     reference = reference_model(loaded)
-    out["check_model"] = attempt(
-        "greedy check, bench model", greedy_check, loaded, reference, 3, 32
-    )
+    if ours:
+        out["check_model"] = attempt(
+            "greedy check, bench model", greedy_check, loaded, reference, 3, 32
+        )
     engine = Engine(loaded, max_batch=max(args.concurrency), batch_wait_ms=args.batch_wait_ms)
     try:
+        if not ours:
+            raise _Skip
         # Warm-up, not timed: kernels, the allocator, a captured step per bucket used below.
         for n in sorted({1, *args.concurrency}):
             for h in [engine.submit(request(loaded, i, 8)) for i in range(n)]:
@@ -318,9 +333,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         serving = loaded.runtime.get("serving")
         out["captured_steps"] = serving.step.captures if serving else 0
         out["kv_cache_mb"] = round(serving.cache.bytes() / 1e6, 1) if serving else 0
+    except _Skip:
+        pass
     finally:
         engine.close()
-    if not args.quick:
+    if theirs:
         out["hf_generate_batch_c32"] = attempt(
             "transformers generate_batch, 32",
             hf_generate_batch,
@@ -329,6 +346,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             32,
             args.max_tokens,
         )
+        save(args, out)  # each figure kept, should a slow compile below run out of time
         out["hf_static_one"] = attempt(
             "transformers generate(static), one at a time",
             hf_static,
@@ -337,7 +355,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             args.sequential,
             args.max_tokens,
         )
-    if use_fused_kernels(loaded.model):
+    if ours and use_fused_kernels(loaded.model):
         # Last: Liger's RoPE patch is module-wide, so the reference would run it too.
         fused = dataclasses.replace(loaded)  # a fresh runtime: new cache, new captures
         out["check_fused"] = attempt("greedy check, fused", greedy_check, fused, reference, 3, 32)
@@ -365,10 +383,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
         finally:
             engine.close()
+    if args.reference_json:  # measured by a --part reference process of the same run
+        with open(args.reference_json) as handle:
+            earlier = json.load(handle)
+        for key in ("hf_static_one", "hf_generate_batch_c32"):
+            out[key] = earlier.get(key, {})
     speed = {k: out.get(f"{k}_one", {}).get("tokens_per_s", 0) for k in ("ours", "fused")}
     best = max(speed, key=lambda k: speed[k])
     out["best"] = best
-    one = out[f"{best}_one"].get("tokens_per_s", 0)
+    one = out.get(f"{best}_one", {}).get("tokens_per_s", 0)
     c32 = out.get(f"{best}_c32", {}).get("tokens_per_s", 0)
     static = out.get("hf_static_one", {}).get("tokens_per_s")
     batch = out.get("hf_generate_batch_c32", {}).get("tokens_per_s")
@@ -388,7 +411,14 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=4, help="requests one at a time")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
-    parser.add_argument("--quick", action="store_true", help="ours only, no reference")
+    parser.add_argument(
+        "--part",
+        choices=("all", "ours", "reference"),
+        default="all",
+        help="run only our engine or only transformers' reference (two processes of one run "
+        "keep one's slow start from eating the other's time)",
+    )
+    parser.add_argument("--reference-json", default=None, help="the reference part's result")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", default=None, help="write the result JSON here too")
     args = parser.parse_args()
