@@ -32,6 +32,7 @@ const charts = [
   new Chart(document.getElementById("chart-loss"), {
     yLabel: "loss",
     onChange: () => redrawCharts(),
+    onZoom: (view) => zoomHistory(view),
     lines: [
       { label: "loss", color: "#5ab0ff", series: s.loss },
       { label: "streaming CE", color: "#ffb454", series: s.ce },
@@ -40,6 +41,7 @@ const charts = [
   new Chart(document.getElementById("chart-acc"), {
     yLabel: "%",
     onChange: () => redrawCharts(),
+    onZoom: (view) => zoomHistory(view),
     lines: [
       { label: "running", color: "#7bd88f", series: s.acc },
       { label: "last 20", color: "#c792ea", series: s.acc20 },
@@ -48,6 +50,7 @@ const charts = [
   new Chart(document.getElementById("chart-tps"), {
     yLabel: "tok/s",
     onChange: () => redrawCharts(),
+    onZoom: (view) => zoomHistory(view),
     lines: [{ label: "tokens/s", color: "#4ec9b0", series: s.tps }],
   }),
 ];
@@ -294,6 +297,48 @@ async function loadCompare(value) {
 compareSelect.addEventListener("focus", refreshCompareOptions);
 compareSelect.addEventListener("pointerdown", refreshCompareOptions);
 compareSelect.addEventListener("change", () => loadCompare(compareSelect.value));
+
+// A zoom into a range the history drew coarsely loads that range at a finer bucket width, so
+// detail appears as one zooms in even weeks back (the live points are already raw).
+async function zoomHistory([xmin, xmax]) {
+  const loaded = state.history;
+  if (!loaded?.width || loaded.width <= 1 || chartOptions().axis !== "step") return;
+  const first = Math.max(0, Math.floor(xmin));
+  const last = Math.ceil(xmax);
+  const params = new URLSearchParams({ first, last, points: String(historyPoints()) });
+  if (loaded.run_id) params.set("run", loaded.run_id);
+  try {
+    const response = await fetch(`api/history?${params}`, { cache: "no-store" });
+    if (!response.ok) return;
+    const body = await response.json();
+    const b = body.buckets;
+    if (!b?.s0?.length || body.width >= loaded.width) return;
+    const s = state.series;
+    const targets = { loss: s.loss, ce: s.ce, tps: s.tps, acc: s.acc, acc20: s.acc20 };
+    // Only up to where the live (raw) points begin: those are finer than any bucket.
+    const until = Math.min(last, b.s1[b.s1.length - 1]);
+    for (const [name, series] of Object.entries(targets)) {
+      if (!b[name]) continue;
+      const finer = new Series();
+      const inRange = { s0: [], s1: [], t1: [] };
+      const values = [[], [], []];
+      b.s0.forEach((x, i) => {
+        if (x < first || b.s1[i] > until) return;
+        inRange.s0.push(x);
+        inRange.s1.push(b.s1[i]);
+        inRange.t1.push(b.t1[i]);
+        for (let k = 0; k < 3; k++) values[k].push(b[name][k][i]);
+      });
+      if (!inRange.s0.length) continue;
+      pushBuckets(finer, inRange, values);
+      series.replaceRange(inRange.s0[0], inRange.s1[inRange.s1.length - 1], finer);
+    }
+    for (const chart of charts) chart.dirty = true;
+    redrawCharts();
+  } catch {
+    // the gateway is restarting: the coarse points stay
+  }
+}
 
 // --- opening: the run's downsampled history first, then the live stream from its cursor
 async function loadHistory() {

@@ -39,9 +39,11 @@ function axisSize(u, values) {
 export class Chart {
   // lines: [{label, color, series: Series, scale?: number}]
   // onChange: called when the chart needs a redraw of its own (resize, zoom), to schedule one.
-  constructor(el, { lines, yLabel, onChange = () => {} }) {
+  // onZoom(view): after a drag-zoom, to load finer points for the range.
+  constructor(el, { lines, yLabel, onChange = () => {}, onZoom = () => {} }) {
     this.el = el;
     this.onChange = onChange;
+    this.onZoom = onZoom;
     this.lines = lines;
     this.yLabel = yLabel;
     this.plot = null;
@@ -148,6 +150,7 @@ export class Chart {
             chart.view = [xmin, xmax];
             chart.dirty = true;
             chart.onChange();
+            chart.onZoom(chart.view);
           },
         ],
       },

@@ -43,13 +43,21 @@ export function renderWaiting(state) {
   $("waiting").hidden = state.step !== null;
 }
 
+// "1,008,000 / 1,008,537": the total smaller, so a week's step count fits its card unwrapped.
+function stepFigure(current, total) {
+  const node = $("v-step");
+  const want = total ? `${current} / ${total}` : current;
+  if (node.textContent === want) return;
+  node.replaceChildren(current, ...(total ? [h("span", { class: "of" }, ` / ${total}`)] : []));
+}
+
 export function renderPrimary(state) {
   const st = state.step;
   if (st) {
     text("v-loss", num(st.loss));
     text("v-ce", num(st.streaming_ce));
     const total = st.total_steps;
-    text("v-step", total ? `${int(st.current_step)} / ${int(total)}` : int(st.current_step));
+    stepFigure(int(st.current_step), total ? int(total) : null);
     width("v-progress", total ? st.current_step / total : 0);
     text("v-epoch", `${total ? "of this file's estimated end · " : ""}epoch ${st.epoch} · lr ${num(st.learning_rate, 3)}`);
     text("v-tps", st.tokens_per_sec == null ? DASH : int(st.tokens_per_sec));

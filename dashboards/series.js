@@ -39,6 +39,26 @@ export class Series {
     }
   }
 
+  // Replace the points with step in [xmin, xmax] by `other`'s (finer history for a zoomed
+  // range); `other`'s steps must lie in that range, ascending.
+  replaceRange(xmin, xmax, other) {
+    const steps = this.step.subarray(0, this.n);
+    const lo = lowerBound(steps, xmin);
+    let hi = lowerBound(steps, xmax);
+    while (hi < this.n && this.step[hi] <= xmax) hi += 1;
+    const n = lo + other.n + (this.n - hi);
+    const out = {};
+    for (const key of ["step", "time", "y"]) {
+      const next = new Float64Array(Math.max(n, 16));
+      next.set(this[key].subarray(0, lo));
+      next.set(other[key].subarray(0, other.n), lo);
+      next.set(this[key].subarray(hi, this.n), lo + other.n);
+      out[key] = next;
+    }
+    Object.assign(this, out);
+    this.n = n;
+  }
+
   xs(axis) {
     return (axis === "time" ? this.time : this.step).subarray(0, this.n);
   }

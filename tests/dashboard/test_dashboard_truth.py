@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -42,9 +43,24 @@ def _requests(page: Any) -> list[str]:
     return seen
 
 
+def _cut_figures(page: Any) -> list[str]:
+    """Figures that wrap onto a second line or are cut off (an ellipsis) in their card."""
+    return list(
+        page.evaluate(
+            """() => [...document.querySelectorAll('.value:not(.small)')].filter((n) => {
+                const lineHeight = parseFloat(getComputedStyle(n).lineHeight) || 30;
+                const wraps = n.offsetHeight > lineHeight * 1.5 || n.getClientRects().length > 1;
+                return n.scrollWidth > n.clientWidth + 1 || wraps;
+            }).map((n) => `${n.id}: ${n.textContent}`)"""
+        )
+    )
+
+
 def _publish_a_busy_run(r: redis.Redis, publisher: Publisher) -> None:
     publisher.publish(
-        ev.TrainStatus(host="trainer-a", run_id="run-test", status="training", model_name="Qwen3-0.6B")
+        ev.TrainStatus(
+            host="trainer-a", run_id="run-test", status="training", model_name="Qwen3-0.6B"
+        )
     )
     backlog = {
         "high": {"files": 1, "examples": 500, "tokens": 61_000},
@@ -192,14 +208,7 @@ def test_the_figures_say_what_they_are_at_1400_and_390(
     assert "\U0001f914×4" in answer and "\U0001f6d1×3" in answer
 
     # No figure wraps or is cut at 1,400 px.
-    cut = page.evaluate(
-        """() => [...document.querySelectorAll('.value:not(.small)')].filter((n) => {
-            const lines = n.getClientRects().length;
-            const lineHeight = parseFloat(getComputedStyle(n).lineHeight) || 30;
-            return n.scrollWidth > n.clientWidth + 1 || n.offsetHeight > lineHeight * 1.5 || lines > 1;
-        }).map((n) => `${n.id}: ${n.textContent}`)"""
-    )
-    assert not cut, cut
+    assert not _cut_figures(page), _cut_figures(page)
 
     # The checkpoint timeline: the newest 3, then "more" with the other 10.
     assert page.locator("#timeline > ul > li").count() == 3
@@ -237,10 +246,13 @@ def test_the_figures_say_what_they_are_at_1400_and_390(
 
 
 def test_without_an_emoji_font_the_markers_are_spelled_out(
-    gateway: Gateway, publisher: Publisher, r: redis.Redis, tmp_path: Path, artifacts_dir: Path
+    chromium: Any,
+    gateway: Gateway,
+    publisher: Publisher,
+    r: redis.Redis,
+    tmp_path: Path,
+    artifacts_dir: Path,
 ) -> None:
-    from playwright.sync_api import sync_playwright
-
     # A fontconfig with the system fonts but no emoji font: what the test machine had.
     conf = tmp_path / "fonts.conf"
     conf.write_text(
@@ -262,23 +274,23 @@ def test_without_an_emoji_font_the_markers_are_spelled_out(
             total_correct=1,
         )
     )
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox"],
-            env={**os.environ, "FONTCONFIG_FILE": str(conf)},
-        )
-        try:
-            pages = _page(browser, gateway.url, WIDE)
-            page = next(pages)
-            page.wait_for_function("() => document.getElementById('sample-answer') !== null")
-            assert page.evaluate("document.documentElement.classList.contains('no-emoji')")
-            text = page.locator("#sample-answer").inner_text()
-            assert "think×4" in text and "stop×3" in text, text
-            page.locator("#sample-panel").screenshot(path=str(artifacts_dir / "no-emoji-font.png"))
-            next(pages, None)
-        finally:
-            browser.close()
+    # A second browser from the module's playwright (one sync playwright per thread).
+    browser = chromium.browser_type.launch(
+        executable_path=str(CHROMIUM),
+        args=["--no-sandbox"],
+        env={**os.environ, "FONTCONFIG_FILE": str(conf)},
+    )
+    try:
+        pages = _page(browser, gateway.url, WIDE)
+        page = next(pages)
+        page.wait_for_function("() => document.getElementById('sample-answer') !== null")
+        assert page.evaluate("document.documentElement.classList.contains('no-emoji')")
+        text = page.locator("#sample-answer").inner_text()
+        assert "think×4" in text and "stop×3" in text, text
+        page.locator("#sample-panel").screenshot(path=str(artifacts_dir / "no-emoji-font.png"))
+        next(pages, None)
+    finally:
+        browser.close()
 
 
 def test_loss_ticks_csv_and_compare(
@@ -291,7 +303,9 @@ def test_loss_ticks_csv_and_compare(
     old.flush()
     publisher.publish_many(step(n, loss=8.0 * (1 - n / 400)) for n in range(1, 401))
     publisher.publish(
-        ev.EvalResult(model_id="m", eval_set="fixed", step=400, total=64, correct=32, fixed_eval_em=0.5)
+        ev.EvalResult(
+            model_id="m", eval_set="fixed", step=400, total=64, correct=32, fixed_eval_em=0.5
+        )
     )
     pages = _page(chromium, gateway.url, WIDE)
     page = next(pages)
@@ -301,7 +315,7 @@ def test_loss_ticks_csv_and_compare(
     # Loss axis ticks step by 1, 2 or 5 (never 2.5, which printed as 0, 3, 5, 8).
     ticks = page.evaluate("window.__r3.charts[0].plot.axes[1]._values")
     values = [float(t) for t in ticks]
-    steps = {round(b - a, 6) for a, b in zip(values, values[1:], strict=False)}
+    steps = {round(b - a, 6) for a, b in itertools.pairwise(values)}
     assert len(steps) == 1 and steps.pop() in (0.5, 1.0, 2.0, 5.0), ticks
 
     # Each chart downloads as CSV: every point of every line.
@@ -314,12 +328,16 @@ def test_loss_ticks_csv_and_compare(
     assert len(loss_rows) == 400 and loss_rows[-1].split(",")[1] == "400"
     with page.expect_download() as download:
         page.locator('button.csv[data-chart="1"]').click()
-    assert any(row.startswith('"EM fixed",400,') for row in Path(download.value.path()).read_text().splitlines())
+    assert any(
+        row.startswith('"EM fixed",400,')
+        for row in Path(download.value.path()).read_text().splitlines()
+    )
 
     # Compare: the earlier run dashed over this one, on loss and tokens/s.
     page.evaluate("window.__r3.refreshCompareOptions()")
     page.wait_for_function(
-        "() => [...document.querySelectorAll('#c-compare option')].some((o) => o.value === 'run:run-old')"
+        "() => [...document.querySelectorAll('#c-compare option')]"
+        ".some((o) => o.value === 'run:run-old')"
     )
     page.select_option("#c-compare", "run:run-old")
     page.wait_for_function(
@@ -341,23 +359,46 @@ def test_a_week_of_history_is_on_screen_within_two_seconds(
     page.on("pageerror", lambda e: errors.append(str(e)))
     began = time.perf_counter()
     page.goto(gateway.url + "/")
-    # On screen: the loss chart drawn with points from the week's first to its last step.
+    # On screen: the loss chart drawn from the week's first bucket (4,096 steps) to its last step.
     page.wait_for_function(
         f"""() => {{
             const d = window.__r3?.charts[0].plot?.data?.[0];
-            return d && d.length > 100 && d[0] < 1000 && d[d.length - 1] >= {WEEK_STEPS};
+            return d && d.length > 100 && d[0] <= 4096 && d[d.length - 1] >= {WEEK_STEPS};
         }}""",
         timeout=30_000,
         polling=50,
     )
     opened = time.perf_counter() - began
     page.screenshot(path=str(artifacts_dir / "week-1400.png"), full_page=False)
+    assert not _cut_figures(page), _cut_figures(page)  # "1,008,000 / 1,008,000" fits
     # Then live: a step published now arrives through the cursor the history gave.
-    publisher.publish(step(WEEK_STEPS + 1, run_id="run-test"))
+    live = step(WEEK_STEPS + 1, run_id="run-test", total_steps=None, eta_seconds=None)
+    publisher.publish(live.model_copy(update={"tokens_per_sec": 9100.0, "loss": 0.35}))
     page.wait_for_function(f"() => window.__r3.state.step?.current_step === {WEEK_STEPS + 1}")
     stats = page.evaluate("window.__r3.stream.stats")
+    # Zooming into a stretch days back loads it at a finer bucket width than the opening's.
+    coarse = page.evaluate("window.__r3.state.history.width")
+    box = page.locator("#chart-loss .u-over").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.45, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.5, y, steps=5)
+    page.mouse.up()
+    page.wait_for_function(
+        """(coarse) => {
+            const d = window.__r3.charts[0].plot.data[0];
+            const gaps = d.slice(1).map((x, i) => x - d[i]).filter((g) => g > 0);
+            gaps.sort((a, b) => a - b);
+            return d.length > 50 && gaps[gaps.length >> 1] < coarse / 4;
+        }""",
+        arg=coarse,
+        timeout=10_000,
+    )
+    page.screenshot(path=str(artifacts_dir / "week-zoomed-1400.png"), full_page=False)
     (artifacts_dir / "week_open.json").write_text(
-        json.dumps({"steps": WEEK_STEPS, "write_s": wrote, "open_s": opened, "stream": stats}, indent=2)
+        json.dumps(
+            {"steps": WEEK_STEPS, "write_s": wrote, "open_s": opened, "stream": stats}, indent=2
+        )
     )
     context.close()
     assert not errors, errors
