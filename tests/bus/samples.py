@@ -26,6 +26,10 @@ SAMPLES: list[ev.Event] = [
         gpu_temp_c=61.0,
         gpu_vram_used_bytes=7_000_000_000,
         gpu_vram_total_bytes=24_000_000_000,
+        file_examples_done=850,
+        file_examples_total=4000,
+        queue_backlog={"high": {"files": 1, "examples": 500, "tokens": 61_000}},
+        queue_eta_seconds=26_434.5,
     ),
     ev.TrainSample(
         current_step=1500,
@@ -42,6 +46,7 @@ SAMPLES: list[ev.Event] = [
         current_step=100,
         layer_activity_summary={"layers.0": {"grad_norm": 0.1, "update_norm": 0.01}},
     ),
+    ev.TrainStatus(status="training", model_name="Qwen3-0.6B", current_file="a.jsonl"),
     ev.JobQueued(
         job_id="j1", queue="train-high", func="services.trainer.jobs.train_file", priority="high"
     ),

@@ -147,7 +147,10 @@ def test_a_file_over_the_reject_threshold_fails_before_any_step(
     with pytest.raises(RejectThresholdError, match="line 21: not valid JSON"):
         trainer.train_file(bad)
     assert trainer.global_step == 0
-    assert events(r, keys.STREAM_TRAINING) == []
+    # No step was trained: only the status changes (training, then idle again) were published.
+    training = events(r, keys.STREAM_TRAINING)
+    assert [e.type for e in training if e.type != "train.status"] == []
+    assert [e.status for e in training][-1] == "idle"
     assert (tmp_path / "rejects").is_dir()
 
 
