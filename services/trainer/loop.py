@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import threading
@@ -23,6 +24,7 @@ from services.trainer.checkpoint import CheckpointStore, publish_ready
 from services.trainer.checkpoint_config import CheckpointSettings, get_checkpoint_settings
 from services.trainer.config import TrainerSettings, get_trainer_settings
 from services.trainer.dataset_reader import DataCursor
+from services.trainer.disk import DiskFull
 from services.trainer.errors import DataChangedError, TrainerError
 from services.trainer.fixed_eval import FixedEvalOutcome, FixedEvaluator
 from services.trainer.forward import StepForward, StepPlan
@@ -175,6 +177,12 @@ class Trainer:
         )
         self.rows_per_batch = self.settings.rows_per_micro_batch
         self._stop = threading.Event()
+        self.disk = DiskFull(  # a full disk pauses training (services.trainer.disk)
+            self.store,
+            lambda: RetentionPolicy.from_settings(self.ckpt_settings),
+            self.publisher,
+            self._stop,
+        )
         self.report.set_status(
             "idle",
             model_name=self.model_name,
@@ -561,7 +569,8 @@ class Trainer:
 
     def _save(self, state: FileProgress, *, at_end: bool = False) -> None:
         job_cursor = state.job_cursor()
-        info = self.store.save(
+        save = functools.partial(
+            self.store.save,
             self.model,
             self.tokenizer,
             step=self.global_step,
@@ -578,6 +587,15 @@ class Trainer:
             cursor=job_cursor,
             trainer_config=self.settings.model_dump(mode="json"),
             model_name=self.model_name,
+        )
+        info = self.disk.run(
+            save,
+            what=f"checkpoint of step {self.global_step}",
+            where=self.store.root,
+            interrupted=lambda: TrainingInterrupted(
+                f"stopped on request after step {self.global_step} of {state.name} while "
+                "waiting for disk space; it resumes from the last checkpoint's cursor"
+            ),
         )
         state.saved_at = self.global_step
         self.latest_cursor = job_cursor
