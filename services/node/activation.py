@@ -11,15 +11,32 @@ from services.node.config import NodeSettings
 from services.node.engine import free_device_memory
 from services.node.errors import ModelLoadError
 from services.node.loading import load_for_serving, warm_up
+from services.node.puller import set_aside, verify_pulled
 from services.node.registry import ModelEntry
 from services.node.state import NodeState
 
 
 def entry_path(settings: NodeSettings, entry: ModelEntry) -> Path:
-    """Where the entry's files are: its path, else `<models_dir>/<id>` (the users' layout)."""
-    if entry.path:
-        return Path(entry.path).expanduser()
-    return settings.models_dir / entry.id
+    """Where the entry's files are: its path, else `<models_dir>/<id>` (the users' layout).
+
+    A copy this node pulled is verified again against its manifest first (every sha256):
+    both ways to serve a model (start-up and activation) come here, so a copy corrupted on
+    disk is never served. A corrupt one is moved aside (so the next pull fetches it again)
+    and ModelLoadError says why; a copy placed by hand has no manifest and is loaded as is.
+    """
+    path = Path(entry.path).expanduser() if entry.path else settings.models_dir / entry.id
+    if path.is_dir():
+        problems = verify_pulled(path)
+        if problems:
+            aside = set_aside(path, problems)
+            raise ModelLoadError(
+                entry.id,
+                f"the pulled copy failed verification ({'; '.join(problems)}); moved to "
+                f"{aside.name}, not served; a new pull of {entry.id} fetches it afresh, or "
+                "activate another model.",
+                kind="invalid",
+            )
+    return path
 
 
 def activate(

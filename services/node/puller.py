@@ -480,6 +480,63 @@ class Puller:
         fsync_dir(self.models_dir)
 
 
+def verify_pulled(path: Path) -> list[str] | None:
+    """What is wrong with a copy this node pulled (empty: sound, every byte hashed again);
+    None when `path` is no pull of ours (no pulled.json): nothing to check it against.
+
+    A copy was verified when it arrived, but a disk can rot and a person can edit it; what
+    the node serves after a restart must be what the trainer wrote.
+    """
+    try:
+        pulled = json.loads((path / PULLED).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        return [f"{PULLED} unreadable ({exc})"]
+    try:
+        raw = (path / MANIFEST).read_bytes()
+    except OSError as exc:
+        return [f"{MANIFEST} unreadable ({exc})"]
+    if hashlib.sha256(raw).hexdigest() != pulled.get("manifest_sha256"):
+        return [f"{MANIFEST} differs from the one pulled (sha256 recorded in {PULLED})"]
+    try:
+        manifest = Manifest.model_validate_json(raw)
+    except ValidationError as exc:
+        return [f"{MANIFEST} unreadable: {exc.errors()[0]['msg']}"]
+    problems = []
+    kept = set(pulled.get("files", []))
+    for entry in manifest.files:
+        if entry.path not in kept:
+            continue
+        file = path / entry.path
+        if not file.is_file():
+            problems.append(f"{entry.path}: missing")
+        elif file.stat().st_size != entry.size:
+            problems.append(
+                f"{entry.path}: {file.stat().st_size} bytes, the manifest says {entry.size}"
+            )
+        elif _sha256(file) != entry.sha256:
+            problems.append(f"{entry.path}: sha256 differs from the manifest")
+    return problems
+
+
+def set_aside(path: Path, problems: list[str]) -> Path:
+    """Move a corrupt pulled copy out of the way (kept for a human, with why.txt), so the
+    next pull of that id fetches it afresh instead of trusting it."""
+    aside = path.with_name(f".corrupt-{path.name}-{int(time.time())}")
+    os.rename(path, aside)
+    (aside / "why.txt").write_text("\n".join(problems) + "\n")
+    return aside
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def discard_staging(models_dir: Path, checkpoint_id: str) -> bool:
     """Remove a checkpoint's partial download (after it was dead-lettered); True if one existed."""
     path = staging_dir(models_dir, checkpoint_id)
