@@ -332,7 +332,9 @@ function natural(a, b) {
 export function renderHeatmap(state) {
   const ev = state.evalResult;
   if (!ev || !Object.keys(ev.pattern_heatmap ?? {}).length) return;
-  text("heatmap-model", `${ev.model_id} · step ${ev.step ?? DASH}`);
+  // Each cell is an EM over that cell's share of the set's n answers (the event carries no
+  // per-cell count): the set's n is said in the title.
+  text("heatmap-model", `${ev.model_id} · step ${ev.step ?? DASH} · n = ${int(ev.total)} answers in all`);
   const domains = Object.keys(ev.pattern_heatmap).sort(natural);
   const diffs = [...new Set(domains.flatMap((d) => Object.keys(ev.pattern_heatmap[d])))].sort(natural);
   const cell = (v) => {
@@ -441,13 +443,20 @@ export function renderConnection(stateName) {
   text("conn", CONNECTION_TEXT[stateName] ?? stateName);
 }
 
+const SILENT_MS = 120_000;
+
 export function renderHeader(state) {
   const st = trainerStatus(state);
   const pill = $("trainer-status");
   pill.hidden = !st;
   if (st) {
-    pill.dataset.status = st.status;
-    text("trainer-status", `trainer ${st.status}${st.model ? ` · ${st.model}` : ""}`);
+    // A trainer killed mid-run publishes no status change: a "training" trainer that has sent
+    // no step for a while is shown as silent, from the page's own clock.
+    const last = state.step ? Date.parse(state.step.time) : NaN;
+    const silent = st.status === "training" && Date.now() - last > SILENT_MS;
+    pill.dataset.status = silent ? "silent" : st.status;
+    const what = silent ? `silent: no step for ${seconds((Date.now() - last) / 1000)}` : st.status;
+    text("trainer-status", `trainer ${what}${st.model ? ` · ${st.model}` : ""}`);
   }
   text("run", state.runId ? `run ${state.runId}` : "");
   const at = state.lastEventTime ? clock(state.lastEventTime) : "";

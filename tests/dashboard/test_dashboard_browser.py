@@ -360,7 +360,8 @@ def test_a_lagged_page_resumes_from_the_cursor_it_is_given(
 def test_phone_width_renders_without_horizontal_overflow(
     chromium: Any, gateway: Gateway, publisher: Publisher, r: redis.Redis, artifacts_dir: Path
 ) -> None:
-    # The trainer's status is no event: the page reads the B2 payload the old viewer polls.
+    # A status set before the page opened (no train.status in the stream) comes with the
+    # history the page loads first (GET /api/history reads the status hash).
     StatusStore(r).update(status="crashed", model_name="Qwen3-0.6B")
     long_name = "a_very_long_dataset_file_name_without_any_break_" * 3 + ".jsonl"
     publisher.publish(step(42, current_file=long_name))

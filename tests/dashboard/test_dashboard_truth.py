@@ -406,3 +406,22 @@ def test_a_week_of_history_is_on_screen_within_two_seconds(
     # Only the tail was replayed raw, not the trimmed stream's 200k entries.
     assert stats["received"] <= 2_100, stats
     assert opened <= 2.0, f"a week of history took {opened:.2f} s to show"
+
+
+def test_a_training_trainer_that_sends_no_step_is_shown_silent(
+    chromium: Any, gateway: Gateway, publisher: Publisher
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    # The trainer said "training", then was killed: no status change will ever come.
+    publisher.publish(ev.TrainStatus(status="training", model_name="Qwen3-0.6B"))
+    publisher.publish(step(7, time=datetime.now(UTC) - timedelta(minutes=10)))
+    pages = _page(chromium, gateway.url, WIDE)
+    page = next(pages)
+    page.wait_for_function("() => window.__r3.state.step?.current_step === 7")
+    pill = page.locator("#trainer-status")
+    page.wait_for_function(
+        "() => document.getElementById('trainer-status').dataset.status === 'silent'"
+    )
+    assert pill.inner_text().startswith("trainer silent: no step for 10m")
+    next(pages, None)
