@@ -139,4 +139,3 @@ def training_history(
             connection, info.get("first_time") or 0.0, info.get("last_time") or math.inf
         )
     return body
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from bus import history, keys
 from bus.history import BUCKETS_PER_LEVEL, LEVELS, HistoryWriter
 from tests.gateway.rig import Gateway
 from tests.gateway.week import WEEK_STEPS, loss_at, simulate_week
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_each_level_keeps_min_max_last_and_stays_bounded(r: redis.Redis) -> None:
@@ -65,7 +68,7 @@ def test_a_restarted_writer_continues_the_open_bucket_and_a_rewind_drops_the_res
 
 @pytest.mark.slow
 def test_a_week_of_steps_is_served_downsampled_in_well_under_a_second(
-    r: redis.Redis, gateway: Gateway, tmp_path: Path
+    r: redis.Redis, gateway: Gateway
 ) -> None:
     wrote = simulate_week(r)
     assert r.xlen(keys.STREAM_TRAINING) < WEEK_STEPS  # the stream is trimmed: rollups needed
@@ -81,10 +84,19 @@ def test_a_week_of_steps_is_served_downsampled_in_well_under_a_second(
     assert cols["loss"][2][-1] == pytest.approx(loss_at(WEEK_STEPS))
     # The cursor replays only the newest training entries, the other streams from the start.
     assert body["cursor"].startswith("training:") and "eval:0-0" in body["cursor"]
-    Path("tests/artifacts/dashboard").mkdir(parents=True, exist_ok=True)
-    Path("tests/artifacts/dashboard/history_week.json").write_text(
-        json.dumps({"steps": WEEK_STEPS, "write_s": wrote, "serve_s": served,
-                    "buckets": len(cols["s0"]), "width": body["width"],
-                    "bytes": len(response.content)}, indent=2)
+    artifacts = Path(os.environ.get("R3_TEST_ARTIFACTS", REPO / "tests" / "artifacts"))
+    (artifacts / "dashboard").mkdir(parents=True, exist_ok=True)
+    (artifacts / "dashboard" / "history_week.json").write_text(
+        json.dumps(
+            {
+                "steps": WEEK_STEPS,
+                "write_s": wrote,
+                "serve_s": served,
+                "buckets": len(cols["s0"]),
+                "width": body["width"],
+                "bytes": len(response.content),
+            },
+            indent=2,
+        )
     )
     assert served < 1.0, served
