@@ -332,6 +332,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         serving = loaded.runtime.get("serving")
         out["captured_steps"] = serving.step.captures if serving else 0
+        out["graphs_on"] = serving.step.graphs if serving else False
         out["kv_cache_mb"] = round(serving.cache.bytes() / 1e6, 1) if serving else 0
     except _Skip:
         pass

@@ -9,12 +9,15 @@ runs eagerly: one engine, one cache, one code path for the numbers.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from services.node.kv import SlotCache, decode, length_bucket
+
+log = logging.getLogger(__name__)
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -69,7 +72,16 @@ class DecodeStep:
         key = (rows, length)
         captured = self._captured.get(key)
         if captured is None:
-            captured = self._captured[key] = self._capture(rows, length)
+            try:
+                captured = self._captured[key] = self._capture(rows, length)
+            except Exception:  # a model whose step cannot be captured still serves, eagerly
+                log.exception("capturing the decode step failed; this model runs eagerly")
+                self.graphs = False
+                self.reset()
+                torch.cuda.synchronize(self.cache.device)
+                return decode(
+                    self.model, self.cache, self.ids[:rows], self.positions[:rows], length
+                )
         graph, logits = captured
         graph.replay()
         return logits
