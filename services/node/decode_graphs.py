@@ -101,7 +101,9 @@ class DecodeStep:
         graph = torch.cuda.CUDAGraph()
         # Graphs share one memory pool: they run one at a time on one stream and each
         # step's output is consumed before the next replay.
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: a model loading or a score computed on another thread meanwhile (a
+        # hot swap, /v1/score) must neither break this capture nor be refused by it.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             logits = decode(*args)
         self.captures += 1
         return graph, logits
