@@ -82,9 +82,12 @@ class DiskFull:
         what: str,
         where: Path,
         interrupted: Callable[[], BaseException],
+        strict: bool = False,
     ) -> T:
         """`write()`, again and again until the disk has room for it; raises `interrupted()`
-        when a stop is asked for while waiting."""
+        when a stop is asked for while waiting. `strict`: only an error that says the disk
+        is full counts (for work that can fail for reasons of its own, like validation);
+        otherwise any failure with less free space than a checkpoint needs counts too."""
         alerted = False
         pruned = False
         while True:
@@ -92,7 +95,8 @@ class DiskFull:
                 result = write()
             except Exception as exc:
                 needed = self.needed_bytes()
-                if not (is_disk_full(exc) or self.free_bytes(where) < needed):
+                short = not strict and self.free_bytes(where) < needed
+                if not (is_disk_full(exc) or short):
                     raise
                 if not pruned:
                     pruned = True

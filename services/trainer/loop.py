@@ -434,15 +434,25 @@ class Trainer:
             batch_total_steps=None,
         )
         try:
-            report = validate_file(
-                path,
-                self.chat,
-                self.settings,
-                rejects_path=self._rejects_path(name, digest),
-                workers=self.loop.data_workers,
-                on_progress=lambda r: report_progress(
-                    r.lines, None, unit="lines", message="validating"
+            rejects = self._rejects_path(name, digest)
+            report = self.disk.run(  # the rejects file may meet a full disk: pause, not fail
+                functools.partial(
+                    validate_file,
+                    path,
+                    self.chat,
+                    self.settings,
+                    rejects_path=rejects,
+                    workers=self.loop.data_workers,
+                    on_progress=lambda r: report_progress(
+                        r.lines, None, unit="lines", message="validating"
+                    ),
                 ),
+                what=f"the rejects file of {name}",
+                where=rejects.parent,
+                interrupted=lambda: TrainingInterrupted(
+                    f"stopped on request while validating {name} waited for disk space"
+                ),
+                strict=True,
             )
         except TrainerError as exc:
             self.report.set_status("idle")  # a bad file is not a crash of the trainer
