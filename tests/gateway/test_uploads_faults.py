@@ -11,12 +11,14 @@ import pytest
 import redis
 
 from bus import queues
-from tests.faults.redis_server import KillableRedis, killable_redis  # noqa: F401
+from tests.faults import redis_server
+from tests.faults.redis_server import KillableRedis
 from tests.gateway.rig import Gateway, gateway_env
 from tests.gateway.test_uploads import AUTH, jsonl, upload
 
 HEAD = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
 MULTIPART = {**AUTH, "Content-Type": "multipart/form-data; boundary=xyz"}
+killable_redis = redis_server.killable_redis  # a Redis this module may kill
 
 
 def stored_files(gw: Gateway) -> list[str]:
@@ -77,7 +79,7 @@ def test_a_utf8_bom_is_accepted_and_no_server_path_is_answered(
 
 
 def test_an_upload_while_redis_is_down_says_stored_not_queued(
-    killable_redis: KillableRedis, tmp_path: Path  # noqa: F811
+    killable_redis: KillableRedis, tmp_path: Path
 ) -> None:
     env = gateway_env(killable_redis.url, tmp_path, {})
     gw = Gateway(env, int(env["R3_GATEWAY_PORT"]), tmp_path / "gateway.log")
@@ -97,4 +99,3 @@ def test_an_upload_while_redis_is_down_says_stored_not_queued(
         assert queues.depths(killable_redis.client())["train-normal"] == 1
     finally:
         gw.stop()
-
