@@ -23,6 +23,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+# The one trend vocabulary of every figure that moves (loss, accuracy, fixed-eval EM).
+Trend = Literal["improving", "stable", "degrading"]
+
+
 class Event(BaseModel):
     """The envelope; subclasses add the payload and fix `type`."""
 
@@ -120,7 +124,7 @@ class TrainSample(Event):
     accuracy_percent: float | None = None
     accuracy_last_20: float | None = None
     accuracy_last_50: float | None = None
-    accuracy_trend: Literal["improving", "stable", "degrading"] | None = None
+    accuracy_trend: Trend | None = None
 
 
 class TrainLayers(Event):
@@ -277,8 +281,15 @@ class EvalResult(Event):
     fixed_eval_ce: float | None = None
     fixed_eval_ece: float | None = None
     val_train_gap: float | None = None
-    fixed_eval_trend: Literal["improving", "stable", "degrading"] | None = None
+    fixed_eval_trend: Trend | None = None
     pattern_heatmap: dict[str, dict[str, float]] = Field(default_factory=dict)  # domain→diff→EM
+    # The answers behind each heatmap cell (domain→diff→n), so a cell's EM is read with its n.
+    pattern_counts: dict[str, dict[str, int]] = Field(default_factory=dict)
+    # Who scored it: "trainer" (in-process) or "node:<name>" (over the node's HTTP API); None
+    # from publishers older than the one scorer. Same rules either way (services.validation.
+    # scorer), but a reader keeps the two apart: they score different model versions.
+    scorer: str | None = None
+    max_tokens: int | None = None  # the answer budget the set was scored under
 
 
 # --- telemetry (every host) ------------------------------------------------------------------

@@ -14,8 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bus import keys
 from bus.encoding import is_structured  # one rule for what is JSON, shared with streams
-
-Trend = Literal["improving", "stable", "degrading"]
+from bus.events import Trend
 
 
 class TrainingStatus(BaseModel):

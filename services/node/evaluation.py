@@ -1,4 +1,5 @@
-"""Score a fixed evaluation set on the node's active model: EM, CE, ECE and the pattern heatmap."""
+"""The node-worker's eval sets and its backend of the one scorer (`services.validation.scorer`):
+the node's active model over its HTTP API."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,25 @@ from bus.events import EvalResult
 from bus.publish import Publisher
 from bus.status import StatusStore
 from codec.domains import DOMAINS, default_codebook, generate, mixed_problems
-from codec.evaluate import EvalResult as Verdict
-from codec.evaluate import Scoreboard, aggregate, evaluate_output, split_output
+from codec.evaluate import split_output
 from codec.modes import Mode
 from codec.problem import STOP, Problem, RenderSettings
 from services.node.node_client import NodeClient, Scored
 from services.validation import calibration
-from services.validation.calibration import answer_span, expected_calibration_error
+from services.validation.calibration import answer_span as answer_span
+from services.validation.calibration import (
+    expected_calibration_error as expected_calibration_error,
+)
+from services.validation.scorer import (
+    Generated,
+    Messages,
+    ScoreItem,
+    ScoreRequest,
+    SetScore,
+    TokenScores,
+    score_set,
+)
+from services.validation.scorer import ModelChanged as ModelChanged
 from services.validation.trend import em_trend
 
 BUILTIN_SEED = 20_240  # fixed: a built-in set is the same problems every time it is named
@@ -40,42 +53,14 @@ class EvalSetError(ValueError):
     """An eval set name that is no validation set, no readable file and no built-in domain."""
 
 
-@dataclass(frozen=True)
-class EvalItem:
-    """One evaluation prompt with its golden assistant turn (reasoning and answer)."""
-
-    id: str
-    prompt: list[dict[str, str]]  # the messages before the golden assistant turn
-    completion: str  # the golden assistant content, scored by teacher forcing for CE
-    golden: str  # the golden answer alone, compared canonically
-    domain: str
-    difficulty: int
-
-
-# --- the numbers -----------------------------------------------------------------------------
-
-
-def mean_cross_entropy(scores: Sequence[Scored]) -> float | None:
-    """Token-weighted mean negative log-likelihood (nats/token) over every scored token,
-    as the trainer's loss is, so a long golden answer weighs more than a short one."""
-    tokens = sum(len(s.logprobs) for s in scores)
-    if tokens == 0:
-        return None
-    return -sum(sum(s.logprobs) for s in scores) / tokens
+# One prompt with its golden assistant turn: the scorer's item.
+EvalItem = ScoreItem
 
 
 def answer_confidence(scored: Scored, span: tuple[int, int]) -> float:
     """Probability the model gives its own answer (services.validation.calibration, the
     definition the trainer uses too): the product over the answer's tokens."""
     return calibration.answer_confidence(scored.offsets, scored.logprobs, span)
-
-
-def heatmap_grid(board: Scoreboard) -> dict[str, dict[str, float]]:
-    """The event's heatmap: domain → difficulty (as text) → exact match."""
-    grid: dict[str, dict[str, float]] = {}
-    for (domain, level), cell in sorted(board.cells.items()):
-        grid.setdefault(domain, {})[str(level)] = round(cell.accuracy, 4)
-    return grid
 
 
 # --- eval sets -------------------------------------------------------------------------------
@@ -194,36 +179,60 @@ def resolve_eval_set(
     return items[:limit] if limit else items
 
 
-# --- a run -----------------------------------------------------------------------------------
+# --- a run ---------------------------------------------------------------------------------
 
 
-@dataclass
-class ItemOutcome:
-    item: EvalItem
-    output: str
-    verdict: Verdict
-    golden_scored: Scored
-    confidence: float | None  # None: no answer to take a probability of
-    models: set[str] = field(default_factory=set)
+# Greedy and without the thinking-marker processors: a fixed set scores the model's own output,
+# as the trainer's in-process scorer does, so both score one model alike.
+EVAL_THINKING: dict[str, Any] = {"enabled": False}
 
 
-class ModelChanged(RuntimeError):
-    """The node swapped models in the middle of an evaluation."""
+class HttpBackend:
+    """The scorer's backend over the node's HTTP API (`/v1/chat/completions`, `/v1/score`),
+    `concurrency` requests in flight so the node batches them."""
+
+    def __init__(
+        self,
+        client: NodeClient,
+        *,
+        name: str,
+        concurrency: int,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.name = name
+        self.concurrency = max(1, concurrency)
+        self.on_progress = on_progress
+
+    def generate(self, prompts: Sequence[Messages], max_tokens: int) -> list[Generated]:
+        def one(prompt: Messages) -> Generated:
+            reply = self.client.chat(
+                prompt, max_tokens=max_tokens, temperature=0.0, thinking=EVAL_THINKING
+            )
+            return Generated(reply.text, reply.model)
+
+        out: list[Generated] = []
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            for done, generated in enumerate(pool.map(one, prompts), start=1):
+                out.append(generated)
+                if self.on_progress is not None:
+                    self.on_progress(done, len(prompts))
+        return out
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[TokenScores]:
+        def one(request: ScoreRequest) -> TokenScores:
+            scored = self.client.score(
+                request.prompt, request.completion, end_of_turn=request.end_of_turn
+            )
+            return TokenScores(scored.model, scored.logprobs, scored.offsets)
+
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(one, requests))
 
 
-def _score_item(client: NodeClient, item: EvalItem, max_tokens: int) -> ItemOutcome:
-    reply = client.chat(item.prompt, max_tokens=max_tokens, temperature=0.0)
-    codebook = default_codebook()
-    verdict = evaluate_output(reply.text, item.golden, codebook=codebook)
-    golden_scored = client.score(item.prompt, item.completion)
-    models = {reply.model, golden_scored.model}
-    confidence = None
-    span = answer_span(reply.text)
-    if span is not None:
-        own = client.score(item.prompt, reply.text, end_of_turn=False)
-        models.add(own.model)
-        confidence = answer_confidence(own, span)
-    return ItemOutcome(item, reply.text, verdict, golden_scored, confidence, models)
+def node_scorer(node_name: str) -> str:
+    """eval.result's `scorer` for this node's evaluations."""
+    return f"node:{node_name}"
 
 
 @dataclass(frozen=True)
@@ -242,8 +251,11 @@ class EvalReport:
         }
 
 
-def previous_ems(connection: redis.Redis, eval_set: str, count: int = 200) -> list[float]:
-    """EM of earlier results of `eval_set`, oldest first, from the eval stream's tail."""
+def previous_ems(
+    connection: redis.Redis, eval_set: str, count: int = 200, *, scorer: str | None = None
+) -> list[float]:
+    """EM of earlier results of `eval_set` (by `scorer` only, when given), oldest first, from
+    the eval stream's tail."""
     ems: list[float] = []
     entries: list[tuple[bytes, dict[bytes, bytes]]] = connection.xrevrange(  # type: ignore[assignment]
         keys.STREAM_EVAL, count=count
@@ -253,7 +265,9 @@ def previous_ems(connection: redis.Redis, eval_set: str, count: int = 200) -> li
             event = from_fields(raw)
         except MalformedEntry:
             continue  # a bad entry is the dead-letter readers' business, not the trend's
-        if isinstance(event, EvalResult) and event.eval_set == eval_set:
+        if not isinstance(event, EvalResult) or event.eval_set != eval_set:
+            continue
+        if scorer is None or event.scorer == scorer:
             ems.append(event.fixed_eval_em)
     return ems
 
@@ -265,26 +279,31 @@ def evaluate_items(
     eval_set: str,
     max_tokens: int,
     concurrency: int,
+    node_name: str = "node",
+    explicit_max_tokens: bool = False,
     step: int | None = None,
     train_ce: float | None = None,
     previous: Sequence[float] = (),
     on_progress: Callable[[int, int], None] | None = None,
 ) -> EvalReport:
-    """Run every item on the node (concurrently, so the node batches them) and sum up.
+    """Score every item on the node by the one scorer's rules and sum up.
 
+    `max_tokens`: the budget's ceiling, or every answer's budget when `explicit_max_tokens`.
     Raises ModelChanged when answers came from more than one model version.
     """
     started = time.monotonic()
-    outcomes: list[ItemOutcome] = []
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        for done, outcome in enumerate(
-            pool.map(lambda it: _score_item(client, it, max_tokens), items), start=1
-        ):
-            outcomes.append(outcome)
-            if on_progress is not None:
-                on_progress(done, len(items))
-    return summarize(
-        outcomes,
+    backend = HttpBackend(
+        client, name=node_scorer(node_name), concurrency=concurrency, on_progress=on_progress
+    )
+    result = score_set(
+        backend,
+        items,
+        ceiling=max_tokens,
+        max_tokens=max_tokens if explicit_max_tokens else None,
+        codebook=default_codebook(),
+    )
+    return report_of(
+        result,
         eval_set=eval_set,
         step=step,
         train_ce=train_ce,
@@ -293,8 +312,8 @@ def evaluate_items(
     )
 
 
-def summarize(
-    outcomes: Sequence[ItemOutcome],
+def report_of(
+    result: SetScore,
     *,
     eval_set: str,
     step: int | None = None,
@@ -302,39 +321,30 @@ def summarize(
     previous: Sequence[float] = (),
     seconds: float = 0.0,
 ) -> EvalReport:
-    """The figures of a run: EM over every item (a parse failure counts as not correct), CE
-    over the golden turns' tokens, ECE over the items whose output had an answer."""
-    models = set().union(*(o.models for o in outcomes)) if outcomes else set()
-    if len(models) > 1:
-        raise ModelChanged(f"answers came from several model versions: {', '.join(sorted(models))}")
-    board = aggregate((o.item.domain, o.item.difficulty, o.verdict) for o in outcomes)
-    total = board.total()
-    em = total.correct / total.total if total.total else 0.0
-    calibrated = [o for o in outcomes if o.confidence is not None]
-    ece = expected_calibration_error(
-        [o.confidence for o in calibrated if o.confidence is not None],
-        [o.verdict.match for o in calibrated],
-    )
-    ce = mean_cross_entropy([o.golden_scored for o in outcomes])
+    """The `eval.result` event of a scored set, with the heatmap and a few samples."""
+    ce = result.ce
     event = EvalResult(
-        model_id=next(iter(models)) if models else "",
+        model_id=result.model,
         eval_set=eval_set,
+        scorer=result.scorer,
+        max_tokens=result.max_tokens,
         step=step,
-        total=total.total,
-        correct=total.correct,
-        parse_failures=total.parse_failed,
-        fixed_eval_em=em,
+        total=result.total,
+        correct=result.correct,
+        parse_failures=result.parse_failures,
+        fixed_eval_em=result.em,
         fixed_eval_ce=ce,
-        fixed_eval_ece=ece,
+        fixed_eval_ece=result.ece,
         val_train_gap=(ce - train_ce) if ce is not None and train_ce is not None else None,
-        fixed_eval_trend=em_trend(previous, em),  # the trainer's rule, one definition
-        pattern_heatmap=heatmap_grid(board),
+        fixed_eval_trend=em_trend(previous, result.em),  # the trainer's rule, one definition
+        pattern_heatmap=result.pattern_heatmap(),
+        pattern_counts=result.pattern_counts(),
     )
     samples = [
-        {"id": o.item.id, "output": o.output, **o.verdict.to_dict(), "confidence": o.confidence}
-        for o in outcomes[:5]
+        {"id": a.id, "output": a.answer, **a.verdict.to_dict(), "confidence": a.confidence}
+        for a in result.answers[:5]
     ]
-    return EvalReport(event, board.heatmap(), seconds, samples)
+    return EvalReport(event, result.heatmap, seconds, samples)
 
 
 def train_loss(connection: redis.Redis) -> float | None:

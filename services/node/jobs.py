@@ -77,6 +77,7 @@ def evaluate(
     items = evaluation.resolve_eval_set(
         eval_set, data_dir=settings.data_dir, mode=Mode(mode), limit=limit
     )
+    node_name = settings.node_name or get_bus_settings().host_name
     with _client(settings) as client:
         for attempt in range(1, MODEL_CHANGE_RETRIES + 1):
             serving = client.active_model()
@@ -90,11 +91,17 @@ def evaluate(
                     client,
                     items,
                     eval_set=eval_set,
+                    # The set's budget (services.validation.scorer) under R3_EVAL_MAX_TOKENS,
+                    # or exactly the job's max_tokens.
                     max_tokens=max_tokens or settings.eval_max_tokens,
+                    explicit_max_tokens=max_tokens is not None,
                     concurrency=settings.jobs_concurrency,
+                    node_name=node_name,
                     step=step if step is not None else _step_of(connection, serving, settings),
                     train_ce=evaluation.train_loss(connection),
-                    previous=evaluation.previous_ems(connection, eval_set),
+                    previous=evaluation.previous_ems(
+                        connection, eval_set, scorer=evaluation.node_scorer(node_name)
+                    ),
                     on_progress=_progress("examples"),
                 )
                 break

@@ -108,6 +108,7 @@ class NodeClient:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        thinking: dict[str, Any] | None = None,
     ) -> Reply:
         body: dict[str, Any] = {
             "messages": messages,
@@ -117,6 +118,8 @@ class NodeClient:
         }
         if seed is not None:
             body["seed"] = seed
+        if thinking is not None:
+            body["thinking"] = thinking  # e.g. {"enabled": False}: the model's own output
         data = self._post("/v1/chat/completions", body)
         choice = data["choices"][0]
         return Reply(

@@ -24,9 +24,7 @@ from bus.publish import Publisher
 from bus.status import StatusStore
 from codec.codebook import Codebook
 from codec.domains import default_codebook
-from codec.evaluate import EvalResult as Verdict
 from codec.evaluate import Scoreboard
-from codec.modes import Mode
 from services.trainer.tokenize import ChatTokenizer
 from services.validation.evolution import ProbeAnswer, record_probes
 from services.validation.scoring import FixedEvalScore, score
@@ -34,13 +32,13 @@ from services.validation.sets import SetSpec, ValidationItem, ensure_set, load_s
 from services.validation.trend import Trend, em_trend
 
 log = logging.getLogger(__name__)
+TRAINER_SCORER = "trainer"  # eval.result's `scorer` (the node's say node:<name>)
 
 
 @dataclass
 class _LoadedSet:
     spec: SetSpec
     items: list[ValidationItem]
-    encoded: list[tuple[list[int], list[bool]]]
     codebook: Codebook | None
     history: list[float]
 
@@ -83,12 +81,11 @@ class FixedEvaluator:
         self.sets: list[_LoadedSet] = []
         for spec in parse_sets(sets):
             items = load_set(ensure_set(root, spec.domain, spec.difficulty, spec.mode, size))
-            encoded = []
             for item in items:
-                enc = chat.encode(list(item.messages))
-                encoded.append((enc.input_ids.tolist(), enc.assistant_mask.tolist()))
-            codebook = default_codebook() if spec.mode is Mode.ENCODED else None
-            self.sets.append(_LoadedSet(spec, items, encoded, codebook, []))
+                # The scorer scores what the trainer trains on: a reference that training
+                # would reject (special-token text, a template that rewrites it) fails here.
+                chat.encode(list(item.messages))
+            self.sets.append(_LoadedSet(spec, items, default_codebook(), []))
         self.last: FixedEvalOutcome | None = None
 
     @classmethod
@@ -133,9 +130,9 @@ class FixedEvaluator:
                 model,
                 self.tokenizer,
                 loaded.items,
-                encoded=loaded.encoded,
                 max_new_tokens=self.max_new_tokens,
                 codebook=loaded.codebook,
+                model_id=checkpoint_id or f"step-{step}",
             )
         outcome = self._combine(step, per_set, train_loss)
         for loaded in self.sets:
@@ -180,16 +177,14 @@ class FixedEvaluator:
         board = Scoreboard()
         for name, result in outcome.per_set.items():
             loaded = next(s for s in self.sets if s.spec.name == name)
-            for item, answer in zip(loaded.items, result.answers, strict=True):
-                board.add(
-                    item.domain,
-                    item.difficulty,
-                    Verdict(answer.match, answer.parse_failed, answer.predicted, item.golden, ""),
-                )
+            for answer in result.answers:
+                board.add(answer.domain, answer.difficulty, answer.verdict)
             self.publisher.publish(
                 EvalResult(
                     model_id=model_id,
                     eval_set=name,
+                    scorer=TRAINER_SCORER,
+                    max_tokens=result.max_tokens,
                     step=outcome.step,
                     total=result.total,
                     correct=result.correct,
@@ -203,7 +198,8 @@ class FixedEvaluator:
                         else None
                     ),
                     fixed_eval_trend=em_trend(loaded.history[:-1], result.em),
-                    pattern_heatmap=result.em_by_pattern(),
+                    pattern_heatmap=result.pattern_heatmap(),
+                    pattern_counts=result.pattern_counts(),
                 )
             )
             if self.probe_count:

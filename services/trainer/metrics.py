@@ -16,12 +16,12 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import redis
 
 from bus import queues
-from bus.events import TrainLayers, TrainSample, TrainStatus, TrainStep
+from bus.events import TrainLayers, TrainSample, TrainStatus, TrainStep, Trend
 from bus.history import HistoryWriter
 from bus.keys import TRAIN_QUEUES
 from bus.publish import Publisher
@@ -30,8 +30,6 @@ from bus.worker import report_progress
 from services.feeder.backlog import LineCounter, Waiting, training_backlog
 from services.trainer.gpu import GpuMeter, GpuSample
 from services.trainer.sampling import SampleResult
-
-Trend = Literal["improving", "stable", "degrading"]
 
 EMA_ALPHA = 0.1  # streaming CE: about the last 10 steps weigh most
 VARIANCE_WINDOW = 50  # steps whose loss variance is reported

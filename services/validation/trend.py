@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
-Trend = Literal["improving", "stable", "degrading"]
+from bus.events import Trend
 
-# The same rule as the node's checkpoint evaluation (services.node.evaluation.trend_of), so the
-# trainer's and the node's trend of one set mean the same thing.
+# One rule for every fixed-eval trend, the trainer's and the node's (each over its own scorer's
+# history of the set).
 TREND_WINDOW = 3  # earlier evaluations the new one is compared with
 TREND_MARGIN = 0.02  # absolute EM change that counts as a move rather than noise
 

@@ -1,4 +1,4 @@
-"""Evaluation math and eval sets: ECE, token-weighted CE, answer confidence, heatmap, trend."""
+"""The node's evaluation: eval sets, and the one scorer's figures as the node publishes them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import redis
 
 from bus.events import EvalResult
 from bus.publish import Publisher
-from codec.evaluate import aggregate, evaluate_output
+from codec.evaluate import evaluate_output
 from codec.modes import Mode
 from services.node import evaluation
 from services.node.evaluation import (
@@ -19,11 +19,10 @@ from services.node.evaluation import (
     answer_confidence,
     answer_span,
     expected_calibration_error,
-    heatmap_grid,
-    mean_cross_entropy,
     resolve_eval_set,
 )
 from services.node.node_client import Scored
+from services.validation import scorer
 
 
 def test_ece_of_a_hand_computed_case() -> None:
@@ -51,13 +50,6 @@ def _scored(logprobs: list[float], offsets: list[tuple[int, int]] | None = None)
     return Scored("m", ["x"] * len(logprobs), logprobs, offsets, None)
 
 
-def test_cross_entropy_is_weighted_by_tokens_not_by_example() -> None:
-    long, short = _scored([-1.0, -1.0, -1.0]), _scored([-4.0])
-    # Per-example means would be (1 + 4) / 2 = 2.5; over tokens it is 7 / 4.
-    assert mean_cross_entropy([long, short]) == pytest.approx(7 / 4)
-    assert mean_cross_entropy([]) is None
-
-
 def test_answer_confidence_multiplies_the_answer_tokens_only() -> None:
     raw = "🤔🤔🤔🤔\nthink\n🛑🛑\n21"
     span = answer_span(raw)
@@ -71,24 +63,17 @@ def test_answer_confidence_multiplies_the_answer_tokens_only() -> None:
     assert answer_span("🤔\nthinking\n🛑🛑\n") is None
 
 
-def test_heatmap_grid_is_domain_then_difficulty() -> None:
-    results = [
-        ("arithmetic", 1, evaluate_output("🤔\nx\n🛑\n3", "3")),
-        ("arithmetic", 1, evaluate_output("🤔\nx\n🛑\n4", "3")),
-        ("arithmetic", 2, evaluate_output("🤔\nx\n🛑\n5", "5")),
-        ("word", 1, evaluate_output("no stop marker", "5")),
-    ]
-    assert heatmap_grid(aggregate(results)) == {
-        "arithmetic": {"1": 0.5, "2": 1.0},
-        "word": {"1": 0.0},
-    }
-
-
 def test_previous_ems_reads_the_same_set_from_the_eval_stream(r: redis.Redis) -> None:
     pub = Publisher(r)
-    for em, name in [(0.1, "a"), (0.2, "b"), (0.3, "a")]:
-        pub.publish(EvalResult(model_id="m", eval_set=name, total=10, correct=1, fixed_eval_em=em))
+    for em, name, by in [(0.1, "a", "trainer"), (0.2, "b", "node:n"), (0.3, "a", "node:n")]:
+        pub.publish(
+            EvalResult(
+                model_id="m", eval_set=name, total=10, correct=1, fixed_eval_em=em, scorer=by
+            )
+        )
     assert evaluation.previous_ems(r, "a") == [0.1, 0.3]
+    # The node's trend follows the node's own results of the set, not the trainer's.
+    assert evaluation.previous_ems(r, "a", scorer="node:n") == [0.3]
 
 
 def test_builtin_sets_are_fixed_heldout_problems() -> None:
@@ -136,26 +121,27 @@ def test_a_stored_validation_set_name_goes_through_services_validation(tmp_path:
     assert items[0].completion == stored[0].messages[-1]["content"]
 
 
-def _outcome(
+def _answer(
     domain: str, level: int, output: str, golden: str, conf: float | None, lps: list[float]
-) -> evaluation.ItemOutcome:
-    item = evaluation.EvalItem("id", [{"role": "user", "content": "q"}], "c", golden, domain, level)
+) -> scorer.ItemAnswer:
     verdict = evaluate_output(output, golden)
-    return evaluation.ItemOutcome(item, output, verdict, _scored(lps), conf, {"model-3"})
+    return scorer.ItemAnswer("id", domain, level, output, verdict, lps, conf)
 
 
-def test_summarize_a_hand_checkable_run() -> None:
-    outcomes = [
-        _outcome("arithmetic", 1, "🤔\nx\n🛑🛑\n4", "4", 0.9, [-1.0, -1.0]),  # right, bin 9
-        _outcome("arithmetic", 1, "🤔\nx\n🛑🛑\n5", "4", 0.7, [-2.0]),  # wrong, bin 7
-        _outcome("arithmetic", 2, "🤔\nx\n🛑🛑\n(add 1 2)", "(add 2 1)", 0.3, [-3.0]),  # right
-        _outcome("word", 1, "never stops", "9", None, [-0.5, -0.5]),  # parse failure
+def test_the_event_of_a_hand_checkable_run() -> None:
+    answers = [
+        _answer("arithmetic", 1, "🤔\nx\n🛑🛑\n4", "4", 0.9, [-1.0, -1.0]),  # right, bin 9
+        _answer("arithmetic", 1, "🤔\nx\n🛑🛑\n5", "4", 0.7, [-2.0]),  # wrong, bin 7
+        _answer("arithmetic", 2, "🤔\nx\n🛑🛑\n(add 1 2)", "(add 2 1)", 0.3, [-3.0]),  # right
+        _answer("word", 1, "never stops", "9", None, [-0.5, -0.5]),  # parse failure
     ]
-    report = evaluation.summarize(
-        outcomes, eval_set="tiny", step=40, train_ce=1.0, previous=[0.2, 0.2, 0.2]
+    result = scorer.summarize(answers, scorer="node:n1", model="model-3", max_tokens=40)
+    report = evaluation.report_of(
+        result, eval_set="tiny", step=40, train_ce=1.0, previous=[0.2, 0.2, 0.2]
     )
     e = report.event
     assert (e.model_id, e.eval_set, e.step) == ("model-3", "tiny", 40)
+    assert (e.scorer, e.max_tokens) == ("node:n1", 40)
     assert (e.total, e.correct, e.parse_failures) == (4, 2, 1)
     assert e.fixed_eval_em == pytest.approx(0.5)
     assert e.fixed_eval_ce == pytest.approx(8.0 / 6)  # 2 + 2 + 3 + 1 nats over 6 tokens
@@ -164,12 +150,5 @@ def test_summarize_a_hand_checkable_run() -> None:
     assert e.val_train_gap == pytest.approx(8.0 / 6 - 1.0)
     assert e.fixed_eval_trend == "improving"
     assert e.pattern_heatmap == {"arithmetic": {"1": 0.5, "2": 1.0}, "word": {"1": 0.0}}
+    assert e.pattern_counts == {"arithmetic": {"1": 2, "2": 1}, "word": {"1": 1}}
     assert report.heatmap["total"]["parse_failed"] == 1
-
-
-def test_answers_from_two_model_versions_are_refused() -> None:
-    a = _outcome("arithmetic", 1, "🤔\nx\n🛑🛑\n4", "4", 0.9, [-1.0])
-    b = _outcome("arithmetic", 1, "🤔\nx\n🛑🛑\n4", "4", 0.9, [-1.0])
-    b.models = {"model-4"}
-    with pytest.raises(evaluation.ModelChanged, match="model-3, model-4"):
-        evaluation.summarize([a, b], eval_set="tiny")

@@ -23,11 +23,12 @@ from services.node.registry import Registry
 from services.node.worker import build_worker
 from tests.node import jobs_fixtures
 from tests.node.conftest import RunningNode
-from tests.node.jobs_fixtures import MAX_TOKENS
+from tests.node.jobs_fixtures import MAX_TOKENS, MEMORIZED, memorized_set
 
 # Shared fixtures, bound here so pytest finds them in this module.
 jobs_env = jobs_fixtures.jobs_env
 gateway_url = jobs_fixtures.gateway_url
+memorized_dir = jobs_fixtures.memorized_dir
 
 
 def events(r: redis.Redis, stream: str) -> list[Any]:
@@ -36,74 +37,6 @@ def events(r: redis.Redis, stream: str) -> list[Any]:
 
 def run_worker(r: redis.Redis) -> None:
     build_worker(r).work(burst=True)
-
-
-# A model that memorized three answers (the third one "wrongly": the set's golden is 2), so
-# the figures have a known shape: EM 2/3, no parse failure, and ECE = |2/3 − mean confidence|
-# when every confidence lands in the top bin.
-MEMORIZED = [
-    ("Calculate 3 + 4.", "🤔🤔🤔🤔\nadd\n🛑🛑\n7", "7"),
-    ("Calculate 5 × 2.", "🤔🤔🤔🤔\nmul\n🛑🛑\n10", "10"),
-    ("Calculate 9 - 8 + 1.", "🤔🤔🤔🤔\nsub\n🛑🛑\n3", "2"),
-]
-
-
-@pytest.fixture(scope="session")
-def memorized_dir(embedded_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded model trained (about 60 steps, one thread) until it answers MEMORIZED."""
-    import torch
-
-    from services.model.loading import load_model_and_tokenizer
-
-    out = tmp_path_factory.mktemp("memorized") / "memorized-7"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls on a shared CPU: threads only contend
-    try:
-        torch.manual_seed(0)
-        model, tok = load_model_and_tokenizer(embedded_dir)
-        batch = []
-        for question, turn, _golden in MEMORIZED:
-            prompt = str(
-                tok.apply_chat_template(
-                    [{"role": "user", "content": question}],
-                    add_generation_prompt=True,
-                    tokenize=False,
-                )
-            )
-            ids = tok(prompt + turn + "<|im_end|>", add_special_tokens=False)["input_ids"]
-            first = len(tok(prompt, add_special_tokens=False)["input_ids"])
-            batch.append((torch.tensor([ids]), torch.tensor([[-100] * first + ids[first:]])))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        model.train()
-        for _ in range(70):
-            loss = sum(model(ids, labels=labels).loss for ids, labels in batch) / len(batch)
-            optimizer.zero_grad()
-            loss.backward()  # type: ignore[union-attr]
-            optimizer.step()
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
-    finally:
-        torch.set_num_threads(threads)
-    return out
-
-
-def memorized_set(path: Path) -> Path:
-    with path.open("w", encoding="utf-8") as handle:
-        for i, (question, turn, golden) in enumerate(MEMORIZED):
-            line = {
-                "messages": [
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": turn},
-                ],
-                "meta": {
-                    "id": f"t{i}",
-                    "golden": golden,
-                    "domain": "arithmetic",
-                    "difficulty": 1 + i // 2,
-                },
-            }
-            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
-    return path
 
 
 @pytest.mark.slow
@@ -259,19 +192,21 @@ def test_a_swap_during_evaluation_restarts_it_on_the_new_model(
     node.state.registry.register("memorized-7", path=str(memorized_dir), step=7)
     monkeypatch.setenv("R3_JOBS_CONCURRENCY", "1")  # items in order: the swap lands mid-run
     get_node_settings.cache_clear()
-    real = evaluation._score_item
-    calls: list[str] = []
+    real = evaluation.HttpBackend.score
+    calls: list[int] = []
 
-    def score_then_swap(client: NodeClient, item: Any, max_tokens: int) -> Any:
-        outcome = real(client, item, max_tokens)
-        calls.append(item.id)
+    def score_then_swap(backend: Any, requests: Any) -> Any:
+        scored = real(backend, requests)
+        calls.append(len(requests))
         if len(calls) == 1:  # a real activation, as the checkpoint watcher would do
             activate(node.state, "memorized-7", by="auto")
-        return outcome
+        return scored
 
-    monkeypatch.setattr(evaluation, "_score_item", score_then_swap)
+    monkeypatch.setattr(evaluation.HttpBackend, "score", score_then_swap)
     result = jobs.evaluate(eval_set=str(memorized_set(tmp_path / "tiny.jsonl")))
-    assert calls == ["t0", "t1", "t2", "t0", "t1", "t2"]  # the whole set, twice
+    # The golden turns scored on the old model, answers from the new: the whole set again
+    # (golden turns, then the three answers' own confidence).
+    assert calls == [3, 3, 3, 3]
     assert (result["model_id"], result["step"]) == ("memorized-7", 7) and before != "memorized-7"
     assert (result["total"], result["correct"]) == (3, 2)
     [published] = events(r, keys.STREAM_EVAL)
