@@ -1,7 +1,7 @@
 // Rendering the state into the page's panels; each function owns one panel's DOM.
 
 import { DASH, ago, bytes, clock, frac, int, num, pct, seconds } from "./format.js";
-import { PROVISIONAL_N, queueDepths, rateCounts, trainerGpu, trainerStatus, valTrainGap } from "./state.js";
+import { PROVISIONAL_N, emLine, queueDepths, rateCounts, trainerGpu, trainerStatus, valTrainGap } from "./state.js";
 
 function $(id) {
   return document.getElementById(id);
@@ -95,7 +95,7 @@ export function renderSecondary(state) {
   const ev = state.evalResult;
   if (ev) {
     rate("v-em", frac(ev.fixed_eval_em), n.em,
-      `${ev.correct} of ${ev.total} · ${ev.eval_set}${ev.fixed_eval_trend ? ` · ${ev.fixed_eval_trend}` : ""}`);
+      `${ev.correct} of ${ev.total} · ${emLine(ev)}${ev.fixed_eval_trend ? ` · ${ev.fixed_eval_trend}` : ""}`);
     text("v-ece-ce", num(ev.fixed_eval_ce));
     text("v-ece-ce-n", `n = ${int(ev.total)} golden answers`);
     rate("v-ece", num(ev.fixed_eval_ece, 3), n.em, `n = ${int(ev.total)} answers`);
@@ -332,22 +332,25 @@ function natural(a, b) {
 export function renderHeatmap(state) {
   const ev = state.evalResult;
   if (!ev || !Object.keys(ev.pattern_heatmap ?? {}).length) return;
-  // Each cell is an EM over that cell's share of the set's n answers (the event carries no
-  // per-cell count): the set's n is said in the title.
-  text("heatmap-model", `${ev.model_id} · step ${ev.step ?? DASH} · n = ${int(ev.total)} answers in all`);
+  // Each cell is an EM over its own n answers (pattern_counts, from the scorer); an event from
+  // before the counts has only the set's n, said in the title.
+  const counts = ev.pattern_counts ?? {};
+  const by = ev.scorer ? ` · scored by ${ev.scorer}` : "";
+  text("heatmap-model", `${ev.model_id} · step ${ev.step ?? DASH}${by} · n = ${int(ev.total)} answers in all`);
   const domains = Object.keys(ev.pattern_heatmap).sort(natural);
   const diffs = [...new Set(domains.flatMap((d) => Object.keys(ev.pattern_heatmap[d])))].sort(natural);
-  const cell = (v) => {
+  const cell = (v, n) => {
     if (v == null) return h("td", { class: "na" }, DASH);
     // red (0) → green (1) through yellow, readable on the dark background.
-    return h("td", { style: `background:hsl(${Math.round(v * 120)} 60% 32%)` }, frac(v, 0));
+    return h("td", { style: `background:hsl(${Math.round(v * 120)} 60% 32%)` },
+      frac(v, 0), n == null ? [] : h("small", { class: "n" }, `n = ${int(n)}`));
   };
   fill(
     "heatmap",
     h("div", { class: "scroll" },
       h("table", { class: "heat" },
         h("thead", {}, h("tr", {}, h("th", {}, "domain \\ difficulty"), diffs.map((d) => h("th", {}, d)))),
-        h("tbody", {}, domains.map((dom) => h("tr", {}, h("th", {}, dom), diffs.map((d) => cell(ev.pattern_heatmap[dom][d]))))),
+        h("tbody", {}, domains.map((dom) => h("tr", {}, h("th", {}, dom), diffs.map((d) => cell(ev.pattern_heatmap[dom][d], counts[dom]?.[d]))))),
       ),
     ),
   );

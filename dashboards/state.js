@@ -31,7 +31,7 @@ export function newState() {
       tps: new Series(),
       acc: new Series(),
       acc20: new Series(),
-      em: new Map(), // eval set → Series: each set its own line, or two sets would zigzag
+      em: new Map(), // emLine (set, scorer) → Series: each its own line, or two would zigzag
     },
   };
 }
@@ -39,6 +39,13 @@ export function newState() {
 function when(event) {
   const t = Date.parse(event.time);
   return Number.isNaN(t) ? new Date() : new Date(t);
+}
+
+// One EM line per set and scorer (services/gateway/history.py em_line, the same rule): the
+// trainer's keeps the set's name, a node's adds its own, so the two never zigzag in one line.
+export function emLine(event) {
+  const by = event.scorer;
+  return !by || by === "trainer" ? event.eval_set : `${event.eval_set} · ${by}`;
 }
 
 function checkpoint(state, id) {
@@ -108,8 +115,9 @@ export function apply(state, type, event) {
     case "eval.result":
       state.evalResult = event;
       if (event.step != null) {
-        if (!s.em.has(event.eval_set)) s.em.set(event.eval_set, new Series({ onRewind: "drop" }));
-        s.em.get(event.eval_set).push(event.step, secs, event.fixed_eval_em * 100);
+        const line = emLine(event);
+        if (!s.em.has(line)) s.em.set(line, new Series({ onRewind: "drop" }));
+        s.em.get(line).push(event.step, secs, event.fixed_eval_em * 100);
       }
       break;
     case "checkpoint.ready":

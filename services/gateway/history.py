@@ -80,6 +80,14 @@ def columns(window: history.HistoryWindow) -> dict[str, Any]:
     return out
 
 
+def em_line(eval_set: str, scorer: str) -> str:
+    """One EM line per set and scorer (the dashboard's rule, dashboards/state.js emLine): the
+    trainer's keeps the set's name, a node's adds its own, so the two never zigzag in one."""
+    if scorer in ("", "null", "trainer"):
+        return eval_set
+    return f"{eval_set} · {scorer}"
+
+
 def em_history(connection: redis.Redis, first_time: float, last_time: float) -> dict[str, Any]:
     """EM of every fixed eval set scored while a run trained: {set: {"step": [], "em": []}}.
 
@@ -93,7 +101,7 @@ def em_history(connection: redis.Redis, first_time: float, last_time: float) -> 
         if not first_time <= ms <= last_time + 60:
             continue
         step, em = fields.get(b"step"), fields.get(b"fixed_eval_em")
-        name = fields.get(b"eval_set", b"").decode()
+        name = em_line(fields.get(b"eval_set", b"").decode(), fields.get(b"scorer", b"").decode())
         if not step or em is None or step in (b"", b"null"):
             continue
         series = out.setdefault(name, {"step": [], "em": []})

@@ -75,7 +75,7 @@ class InProcessBackend:
                         (k for k, t in enumerate(ids) if t in (self.eos, self.pad)), len(ids)
                     )
                     kept = [t for t in ids[:cut] if t not in special]
-                    texts[index] = self.tokenizer.decode(kept, skip_special_tokens=True)
+                    texts[index] = str(self.tokenizer.decode(kept, skip_special_tokens=True))
         return [Generated(texts[i], self.model_id) for i in range(len(prompts))]
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[TokenScores]:

@@ -85,7 +85,7 @@ def score_completion(
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         target = torch.tensor(enc.ids[enc.first :], device=device)
         picked = logprobs.gather(1, target[:, None])[:, 0].tolist()
-    tokens = [tokenizer.decode([t]) for t in enc.ids[enc.first :]]
+    tokens = [str(tokenizer.decode([t])) for t in enc.ids[enc.first :]]
     return Scores(tokens=tokens, logprobs=[float(x) for x in picked], offsets=enc.offsets)
 
 

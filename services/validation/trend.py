@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bus.events import Trend
+from bus.events import Trend as Trend
 
 # One rule for every fixed-eval trend, the trainer's and the node's (each over its own scorer's
 # history of the set).
