@@ -219,7 +219,11 @@ class NodeSettings(BaseSettings):
         "batches them.",
     )
     eval_max_tokens: int = Field(
-        384, ge=1, description="`max_tokens` of each greedy answer an eval job asks for."
+        384,
+        ge=1,
+        description="Ceiling of an eval job's answer budget (greedy); the budget follows the "
+        "set: its longest golden turn plus a margin, as the trainer's (a job's max_tokens "
+        "sets it exactly).",
     )
     gen_max_tokens: int = Field(
         384, ge=1, description="`max_tokens` of each attempt a generation job samples."

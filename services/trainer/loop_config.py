@@ -68,7 +68,10 @@ class LoopSettings(BaseSettings):
         "checkpoint.ready carries val_loss and fixed_eval_em and retention keeps the best.",
     )
     fixed_eval_max_new_tokens: int = Field(
-        128, ge=1, description="Most tokens generated per fixed-eval answer (greedy)."
+        128,
+        ge=1,
+        description="Ceiling of a fixed-eval answer's budget (greedy); the budget follows the "
+        "set: its longest golden turn plus a margin (services.validation.scorer).",
     )
     probe_count: int = Field(
         8,
