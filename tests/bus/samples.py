@@ -98,6 +98,9 @@ SAMPLES: list[ev.Event] = [
         fixed_eval_ce=0.4,
         fixed_eval_ece=0.04,
         pattern_heatmap={"arithmetic": {"1": 0.95, "2": 0.85}},
+        pattern_counts={"arithmetic": {"1": 100, "2": 100}},
+        scorer="node:node-1",
+        max_tokens=96,
     ),
     ev.Telemetry(
         role="node",
