@@ -147,3 +147,55 @@ def test_a_full_disk_first_frees_what_retention_allows_and_training_goes_on(
     for_disk = {e.checkpoint_id for e in pruned if e.reason == "disk"}
     assert for_disk and for_disk <= set(kept[:-1])  # never the newest
     assert "disk_full" not in [a.code for a in events(r, keys.STREAM_ALERTS)]  # no pause needed
+
+
+def fill_up(disk: Path) -> Path:
+    """Write until the disk refuses a single page."""
+    filler = disk / ".filler-all"
+    with filler.open("wb", buffering=0) as f:
+        for size in (1 << 20, 4096):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                continue
+    return filler
+
+
+def test_a_full_disk_while_validation_writes_its_rejects_pauses_and_goes_on(
+    r: redis.Redis,
+    embedded_dir: Path,
+    tmp_path: Path,
+    small_disk: Path,
+    codec_rows: list[dict[str, Any]],
+    write_jsonl: Callable[..., Path],
+    one_thread: None,
+) -> None:
+    trainer = make_trainer(
+        r, embedded_dir, tmp_path, eval_steps=1000, layer_monitor_steps=0, reject_threshold=0.5
+    )
+    trainer.loop = trainer.loop.model_copy(update={"rejects_dir": small_disk / "rejects"})
+    trainer.disk.poll_seconds = 0.2
+    data = write_jsonl([*codec_rows[:8], "not json"], "rejects.jsonl")
+    filler = fill_up(small_disk)
+    outcome: dict[str, Any] = {}
+
+    def train() -> None:
+        try:
+            outcome["result"] = trainer.train_file(data, job_id="job-rejects")
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=train)
+    worker.start()
+    deadline = time.monotonic() + 120
+    while not [a for a in events(r, keys.STREAM_ALERTS) if a.code == "disk_full"]:
+        assert worker.is_alive(), outcome
+        assert time.monotonic() < deadline, "no disk_full alert"
+        time.sleep(0.1)
+    filler.unlink()
+    worker.join(120)
+    assert "error" not in outcome, outcome
+    assert outcome["result"]["rejected"] == 1 and outcome["result"]["examples"] == 8
+    kept = list((small_disk / "rejects").glob("*.rejects.jsonl"))
+    assert len(kept) == 1 and "not json" in kept[0].read_text()
