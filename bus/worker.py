@@ -78,6 +78,9 @@ class EventWorker(SimpleWorker):
         return int(3 * self.job_monitoring_interval + 2)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # RQ 3's constructor sets job_monitoring_interval on the instance (default 30 s),
+        # which silently overrode the class's 10 s: beats every 30 s and a 92 s TTL.
+        kwargs.setdefault("job_monitoring_interval", type(self).job_monitoring_interval)
         super().__init__(*args, **kwargs)
         self.publisher = Publisher(self.connection)
         self._last_exc: BaseException | None = None
