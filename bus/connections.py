@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
@@ -10,6 +12,8 @@ from redis.retry import Retry
 
 from bus.errors import RedisUnavailable
 from bus.settings import get_bus_settings
+
+log = logging.getLogger(__name__)
 
 # How long a worker (trainer, node worker, feeder) keeps retrying a command while Redis is
 # away: a restart, an AOF rewrite stall, a container being recreated. Past it the command
@@ -52,3 +56,17 @@ def connect(
     if ride_out:
         options["retry"] = ride_out_retry(ride_out)
     return redis.Redis.from_url(url, **options)
+
+
+def connect_waiting(seconds: float = RIDE_OUT_SECONDS) -> redis.Redis:
+    """A worker's client: it rides out Redis restarts, and at start-up it waits up to
+    `seconds` for Redis (started together, or restarting) instead of exiting at once."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return connect(ride_out=seconds)
+        except RedisUnavailable as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("%s Waiting for it.", exc)
+            time.sleep(2)

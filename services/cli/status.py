@@ -9,7 +9,7 @@ import click
 import redis
 from rq import Worker
 
-from bus import keys, queues
+from bus import keys, liveness, queues
 from bus.connections import connect
 from bus.errors import RedisUnavailable
 from bus.status import StatusStore
@@ -45,9 +45,9 @@ def collect(connection: redis.Redis) -> dict[str, Any]:
                 "job": None if job is None else {"id": job.id, "description": job.description},
             }
         )
+    # A kill -9 leaves the hash saying `training`: shown as `crashed` once it is stale.
     training = (
-        StatusStore(connection)
-        .read()
+        liveness.shown(StatusStore(connection).read(), connection)
         .model_dump(
             include={
                 "status",

@@ -6,7 +6,7 @@ import logging
 import signal
 import threading
 
-from bus.connections import connect
+from bus.connections import connect_waiting
 from services.feeder.config import get_feeder_settings
 from services.feeder.feeder import Feeder
 
@@ -16,7 +16,7 @@ log = logging.getLogger("services.feeder")
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_feeder_settings()
-    feeder = Feeder(connect(), settings)
+    feeder = Feeder(connect_waiting(), settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

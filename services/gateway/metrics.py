@@ -17,9 +17,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from bus import queues
+from bus import liveness, queues
 from bus.status import StatusStore
-from services.gateway import liveness
 from services.gateway.fanout import Hub
 from services.gateway.telemetry import latest_by_host
 

@@ -7,8 +7,8 @@ from typing import Any
 import psutil
 from fastapi import APIRouter, Request
 
+from bus import liveness
 from bus.status import StatusStore
-from services.gateway import liveness
 from services.gateway.telemetry import latest_by_host
 
 router = APIRouter()
@@ -18,7 +18,7 @@ router = APIRouter()
 def training_status(request: Request) -> dict[str, Any]:
     """The B2 payload exactly as bus.status.TrainingStatus holds it (field names and meanings
     of the users' core/training_status.py, plus the B3 live figures). A `training` whose
-    trainer stopped beating is answered as `crashed` (services.gateway.liveness)."""
+    trainer stopped beating is answered as `crashed` (bus.liveness)."""
     redis = request.app.state.redis
     return liveness.shown(StatusStore(redis).read(), redis).model_dump(mode="json")
 

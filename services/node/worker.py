@@ -13,7 +13,7 @@ import time
 import redis
 
 from bus import queues
-from bus.connections import connect
+from bus.connections import connect_waiting
 from bus.worker import EventWorker
 from services.node.config import get_node_settings
 from services.node.node_client import NodeClient, NodeUnavailable
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     url = get_node_settings().node_url
     log.info("node at %s serves %s", url, wait_for_node(url, timeout=args.wait))
-    worker = build_worker(connect(), name=args.name)
+    worker = build_worker(connect_waiting(), name=args.name)
     worker.work(burst=args.burst)
 
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-import time
 from types import FrameType
 
 import redis
 from rq.job import Job
 
 from bus import queues
-from bus.connections import RIDE_OUT_SECONDS, connect
-from bus.errors import RedisUnavailable
+from bus.connections import connect_waiting
 from bus.events import Alert
 from bus.worker import LongJobWorker
 from services.trainer import jobs
@@ -67,20 +65,6 @@ def resume_cut_jobs(conn: redis.Redis, trainer: Trainer) -> list[Job]:
             cursor.rows_done,
         )
     return requeued
-
-
-def connect_waiting(seconds: float = RIDE_OUT_SECONDS) -> redis.Redis:
-    """A client that rides out Redis restarts; at start-up, wait up to `seconds` for Redis
-    (started together, or restarting) instead of exiting at once."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return connect(ride_out=seconds)  # a Redis restart pauses training, no more
-        except RedisUnavailable as exc:
-            if time.monotonic() > deadline:
-                raise
-            log.warning("%s Waiting for it.", exc)
-            time.sleep(2)
 
 
 def main() -> None:

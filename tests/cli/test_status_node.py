@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import redis
 from click.testing import CliRunner
 
 from bus import keys
+from bus.liveness import STALE_AFTER_SECONDS
 from bus.status import StatusStore
 from services.cli.main import cli
 
@@ -35,3 +37,12 @@ def test_the_active_model_is_the_registry_s_and_the_loss_is_rounded(r: redis.Red
 def test_a_node_without_an_active_model_says_so(r: redis.Redis) -> None:
     r.sadd(keys.NODES, "node-c")
     assert "node-c  active -" in invoke("status")
+
+
+def test_a_trainer_that_stopped_beating_is_shown_crashed(r: redis.Redis) -> None:
+    # What a kill -9 leaves in the hash: "training", last written long ago, no heartbeat.
+    long_ago = (datetime.now(UTC) - timedelta(seconds=STALE_AFTER_SECONDS + 5)).isoformat()
+    StatusStore(r).update(status="training", current_step=7, timestamp=long_ago)
+    assert json.loads(invoke("status", "--json"))["training"]["status"] == "crashed"
+    StatusStore(r).update(timestamp=datetime.now(UTC).isoformat())
+    assert json.loads(invoke("status", "--json"))["training"]["status"] == "training"

@@ -9,9 +9,9 @@ import redis
 
 from bus import queues
 from bus.keys import heartbeat_key
+from bus.liveness import STALE_AFTER_SECONDS
 from bus.status import StatusStore
 from bus.worker import LongJobWorker
-from services.gateway.liveness import STALE_AFTER_SECONDS
 from tests.gateway.rig import Gateway
 
 
