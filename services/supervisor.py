@@ -9,7 +9,6 @@ sends them SIGTERM even if this process is killed with SIGKILL.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import os
 import shutil
 import signal
@@ -45,19 +44,6 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("node", "services.node", "node"),
     ServiceSpec("node-worker", "services.node.worker", "node"),
 )
-
-
-def runnable(module: str) -> bool:
-    """True when `python -m module` would find code to run."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except ModuleNotFoundError:
-        return False
-    if spec is None:
-        return False
-    if spec.submodule_search_locations:  # a package runs through its __main__
-        return importlib.util.find_spec(module + ".__main__") is not None
-    return True
 
 
 def _die_with_parent() -> None:
@@ -157,11 +143,6 @@ class Supervisor:
 
     def add_services(self, specs: Sequence[ServiceSpec], env: dict[str, str]) -> None:
         for spec in specs:
-            if not runnable(spec.module):
-                self.say(
-                    f"{spec.name:<11} | skipped: {spec.module} does not exist in this version yet"
-                )
-                continue
             child = Child(spec.name, [sys.executable, "-m", spec.module], env)
             self.children.append(child)
             self._start(child)

@@ -1,4 +1,4 @@
-"""`regime3 settings`: every R3_* setting with its default and meaning (the README's table)."""
+"""`regime3 settings`: every R3_* setting with its default and meaning (docs/settings.md's table)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import click
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
-# Every settings class, by dotted path; one not written yet is left out of the table.
+# Every settings class, by dotted path; one that does not import is a bug, not a gap.
 SETTINGS_CLASSES = (
     "bus.settings:BusSettings",
     "services.model.config:ModelSettings",
     "services.trainer.config:TrainerSettings",
-    "services.trainer.checkpoint_config:CheckpointSettings",
+    "checkpoints.settings:CheckpointSettings",
     "services.trainer.loop_config:LoopSettings",
     "services.inbox.config:InboxSettings",
     "services.gateway.config:GatewaySettings",
@@ -28,10 +28,7 @@ def settings_classes() -> list[type[BaseSettings]]:
     found = []
     for path in SETTINGS_CLASSES:
         module, _, name = path.partition(":")
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except ModuleNotFoundError:
-            continue
+        found.append(getattr(importlib.import_module(module), name))
     return found
 
 
@@ -63,27 +60,31 @@ def markdown_table() -> str:
 START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
 
 
-def with_table(readme: str) -> str:
-    """`readme` with the text between the markers replaced by the current table."""
-    head, found, rest = readme.partition(START)
+# The file that holds the table, relative to the repository root.
+TABLE_FILE = "docs/settings.md"
+
+
+def with_table(text: str) -> str:
+    """`text` with the part between the markers replaced by the current table."""
+    head, found, rest = text.partition(START)
     _, found_end, tail = rest.partition(END)
     if not (found and found_end):
-        raise click.ClickException(f"the README has no {START} … {END} markers")
+        raise click.ClickException(f"no {START} … {END} markers in the file")
     return f"{head}{START}\n{markdown_table()}\n{END}{tail}"
 
 
 @click.command("settings")
 @click.option(
+    "--update",
     "--update-readme",
+    "update",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Rewrite the table between the settings-table markers of this file.",
+    help=f"Rewrite the table between the settings-table markers of this file ({TABLE_FILE}).",
 )
-def settings_command(update_readme: Path | None) -> None:
-    """Print every R3_* setting as a Markdown table (the one in the README)."""
-    if update_readme is None:
+def settings_command(update: Path | None) -> None:
+    """Print every R3_* setting as a Markdown table (the one in docs/settings.md)."""
+    if update is None:
         click.echo(markdown_table())
         return
-    update_readme.write_text(
-        with_table(update_readme.read_text(encoding="utf-8")), encoding="utf-8"
-    )
-    click.echo(f"updated the settings table in {update_readme}", err=True)
+    update.write_text(with_table(update.read_text(encoding="utf-8")), encoding="utf-8")
+    click.echo(f"updated the settings table in {update}", err=True)

@@ -3,7 +3,6 @@ the node's active model over its HTTP API."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import random
 import re
@@ -28,7 +27,7 @@ from codec.evaluate import split_output
 from codec.modes import Mode
 from codec.problem import STOP, Problem, RenderSettings
 from services.node.node_client import NodeClient, Scored
-from services.validation import calibration
+from services.validation import calibration, sets
 from services.validation.calibration import answer_span as answer_span
 from services.validation.calibration import (
     expected_calibration_error as expected_calibration_error,
@@ -149,10 +148,6 @@ def _stored_set(name: str, data_dir: Path) -> Path | None:
     on first use with that module's own seed, so the trainer and the node score the same set."""
     match = _STORED_SET.fullmatch(name)
     if match is None:
-        return None
-    try:
-        sets = importlib.import_module("services.validation.sets")
-    except ModuleNotFoundError:
         return None
     # The trainer's and the feeder's default root; drawn from the same seed, the node's copy
     # holds exactly the trainer's problems.

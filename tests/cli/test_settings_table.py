@@ -2,16 +2,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.cli.settings_table import END, START, markdown_table, settings_classes, with_table
+from services.cli.settings_table import (
+    END,
+    SETTINGS_CLASSES,
+    START,
+    TABLE_FILE,
+    markdown_table,
+    settings_classes,
+    with_table,
+)
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+TABLE = Path(__file__).resolve().parents[2] / TABLE_FILE
 
 
-def test_the_readme_table_is_the_code_s_table() -> None:
-    text = README.read_text(encoding="utf-8")
+def test_the_docs_table_is_the_code_s_table() -> None:
+    text = TABLE.read_text(encoding="utf-8")
     assert with_table(text) == text, (
-        "README's settings table is stale: run `regime3 settings --update-readme README.md`"
+        f"{TABLE_FILE}'s settings table is stale: run `regime3 settings --update {TABLE_FILE}`"
     )
+
+
+def test_every_listed_settings_class_is_in_the_table() -> None:
+    # A class that fails to import is an error here, never a row left out.
+    assert len(settings_classes()) == len(SETTINGS_CLASSES)
 
 
 def test_every_setting_has_a_description() -> None:
