@@ -45,7 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
 
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}  # fmt: skip
@@ -131,6 +131,8 @@ def start_redis() -> tuple[subprocess.Popen[bytes] | None, str]:
     proc = subprocess.Popen(
         [server, "--port", str(port), "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # holding the caller's pipe open would hang its reader
+        start_new_session=True,
     )
     time.sleep(0.5)
     return proc, f"redis://127.0.0.1:{port}/0"

@@ -105,7 +105,9 @@ class StepForward:
         self.max_length = max_length
         head = model.get_output_embeddings()  # type: ignore[operator]
         if not isinstance(head, nn.Linear) or head.bias is not None:
-            raise TypeError(f"{type(model).__name__}: need a causal LM with a bias-free linear head")
+            raise TypeError(
+                f"{type(model).__name__}: need a causal LM with a bias-free linear head"
+            )
         self.head = head
         if plan.attention == "varlen":
             register_varlen()

@@ -18,10 +18,11 @@ import torch
 from bus.events import Alert
 from bus.publish import Publisher
 from bus.worker import Interrupted, report_progress
-from services.dataset_store import sha256_file
+from checkpoints.durable import sha256_file
+from checkpoints.manifest import JobCursor
+from checkpoints.settings import CheckpointSettings, get_checkpoint_settings
 from services.model.loading import load_model_and_tokenizer
 from services.trainer.checkpoint import CheckpointStore, publish_ready
-from services.trainer.checkpoint_config import CheckpointSettings, get_checkpoint_settings
 from services.trainer.config import TrainerSettings, get_trainer_settings
 from services.trainer.dataset_reader import DataCursor
 from services.trainer.disk import DiskFull
@@ -31,7 +32,6 @@ from services.trainer.forward import StepForward, StepPlan
 from services.trainer.gpu import GpuMeter
 from services.trainer.layer_monitor import LayerMonitor
 from services.trainer.loop_config import LoopSettings
-from services.trainer.manifest import JobCursor
 from services.trainer.metrics import Reporter, StepFigures
 from services.trainer.oom import Backoff, run_with_backoff
 from services.trainer.optim import BF16AdamW
@@ -119,9 +119,11 @@ class Trainer:
         if self.device.type == "cuda" and self.settings.gpu_memory_gib is not None:
             # Past the budget an allocation raises an out-of-memory like a full card would,
             # which is what turns checkpointing on and then lowers the micro-batch.
-            total = torch.cuda.get_device_properties(self.device).total_memory / 2**30
+            index = self.device.index
+            index = torch.cuda.current_device() if index is None else index
+            total = torch.cuda.get_device_properties(index).total_memory / 2**30
             fraction = min(1.0, self.settings.gpu_memory_gib / total)
-            torch.cuda.set_per_process_memory_fraction(fraction, self.device)
+            torch.cuda.set_per_process_memory_fraction(fraction, index)
         self.checkpointing = False
         if self.settings.activation_checkpointing is True:
             self._enable_checkpointing()
@@ -340,9 +342,9 @@ class Trainer:
         clip = self.settings.grad_clip if self.settings.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         # The step's one read of the device: loss, entropy and gradient norm together.
-        loss_total, entropy_total, grad_norm = (
-            torch.stack([loss_sum.float(), entropy_sum.float(), norm.float()]).tolist()
-        )
+        loss_total, entropy_total, grad_norm = torch.stack(
+            [loss_sum.float(), entropy_sum.float(), norm.float()]
+        ).tolist()
         loss = loss_total / max(1, step.loss_tokens)
         entropy = entropy_total / max(1, entropy_tokens)
         if started is not None and self.plan.compile:

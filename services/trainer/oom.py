@@ -51,8 +51,8 @@ def run_with_backoff(
     """Run `attempt(rows_per_batch)` (all micro-batches of one step); on an out-of-memory,
     `reset()` (zero the gradients: a partial accumulation must not count), then first try
     `lighten()` (turn activation checkpointing on; True if it changed anything) at the same
-    rows, else halve the rows per micro-batch, and try the whole step again. The step's rows, and so its loss and global batch,
-    are unchanged: only accumulation grows.
+    rows, else halve the rows per micro-batch, and try the whole step again. The step's rows,
+    and so its loss and global batch, are unchanged: only accumulation grows.
 
     Returns the attempt's result and the rows per micro-batch that worked (callers keep it, so
     the next steps do not hit the same wall). Raises StepOutOfMemory when one row is too much.
@@ -78,7 +78,8 @@ def run_with_backoff(
             if rows <= 1:
                 raise StepOutOfMemory(
                     f"step {step}: out of memory with a single packed row per micro-batch "
-                    f"({reason}). Lower R3_MAX_LENGTH, set R3_ACTIVATION_CHECKPOINTING=auto or true, "
+                    f"({reason}). Lower R3_MAX_LENGTH, set R3_ACTIVATION_CHECKPOINTING=auto or "
+                    "true, "
                     "lower R3_LOSS_CHUNK_TOKENS, or use a GPU with more memory."
                 ) from None
             smaller = max(1, rows // 2)
