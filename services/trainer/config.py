@@ -146,8 +146,8 @@ class TrainerSettings(BaseSettings):
         description="Liger-Kernel on CUDA (the `cuda` extra): `loss` is its fused linear "
         "cross-entropy alone, `all` adds its RMSNorm, RoPE and SwiGLU kernels, `off` keeps the "
         "chunked loss. `auto`: `loss` when the decoder is compiled (inductor fuses those "
-        "elementwise chains itself, measured faster in bench/README.md), `all` when it is not; "
-        "off on CPU.",
+        "elementwise chains itself; which of the two is faster is not yet measured, see "
+        "bench/README.md), `all` when it is not; off on CPU.",
     )
     loss_chunk_tokens: int = Field(
         1024,
