@@ -54,7 +54,7 @@ def _varlen_call() -> tuple[Any, bool]:
     else:
 
         def causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *a: Any, **kw: Any) -> Any:
-            return varlen_attn(q, k, v, *a, is_causal=True, **kw)
+            return varlen_attn(q, k, v, *a, is_causal=True, **kw)  # type: ignore[call-arg]
 
     return causal, gqa
 
@@ -77,7 +77,7 @@ def varlen_attention_forward(
     if cu_seq_lens_q is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(  # type: ignore[no-any-return]
+        return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
     if dropout:

@@ -108,19 +108,19 @@ class StepForward:
             raise TypeError(
                 f"{type(model).__name__}: need a causal LM with a bias-free linear head"
             )
-        self.head = head
+        self.head: nn.Linear = head
         if plan.attention == "varlen":
             register_varlen()
-            model.set_attn_implementation(VARLEN)  # type: ignore[operator]
+            model.set_attn_implementation(VARLEN)
         elif plan.attention != getattr(model.config, "_attn_implementation", None):
-            model.set_attn_implementation(plan.attention)  # type: ignore[operator]
+            model.set_attn_implementation(plan.attention)
         if plan.liger_layers:
             from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
             _apply_liger_kernel_to_instance(
                 model=model, fused_linear_cross_entropy=False, cross_entropy=False
             )
-        decoder = model.get_decoder()  # type: ignore[operator]
+        decoder = model.get_decoder()
         self.decoder: Any = torch.compile(decoder, dynamic=False) if plan.compile else decoder
 
     def __call__(self, batch: PackedBatch, *, with_entropy: bool = True) -> MicroBatchLoss:
