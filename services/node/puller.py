@@ -30,13 +30,13 @@ from typing import Any, BinaryIO
 import httpx
 from pydantic import ValidationError
 
-from services.trainer.manifest import (
-    ARTIFACTS_PREFIX,
+from checkpoints.durable import fsync_dir, fsync_dirs, sha256_file
+from checkpoints.manifest import (
     MANIFEST,
     MANIFEST_DIGEST,
     FileEntry,
     Manifest,
-    fsync_dir,
+    artifact_path,
     parse_id,
 )
 
@@ -215,17 +215,13 @@ class Puller:
 
     # -- the pull -----------------------------------------------------------------------------
 
-    def pull(
-        self, checkpoint_id: str, *, manifest_sha256: str, url_path: str | None = None
-    ) -> PullResult:
+    def pull(self, checkpoint_id: str, *, manifest_sha256: str) -> PullResult:
         """Fetch and verify one checkpoint; returns where it now lies. Raises PullError."""
         if parse_id(checkpoint_id) is None:
             raise PullError(
                 checkpoint_id, "not a checkpoint id (expected step-NNNNNNNN[-rN]); not fetched"
             )
-        base = (url_path or f"{ARTIFACTS_PREFIX}/{checkpoint_id}/").rstrip("/") + "/"
-        if not base.startswith("/") or ".." in base.split("/"):
-            raise PullError(checkpoint_id, f"refusing artifact path {base!r}")
+        base = artifact_path(checkpoint_id)  # under the gateway's base URL
         started = time.perf_counter()
         final = self.models_dir / checkpoint_id
         present = self._verified_copy(final, manifest_sha256)
@@ -467,8 +463,7 @@ class Puller:
         skipped = [e.path for e in manifest.files if e.path in self.skip]
         record = {"id": manifest.id, "manifest_sha256": digest, "files": files, "skipped": skipped}
         (staging / PULLED).write_text(json.dumps(record, indent=2) + "\n")
-        for sub in sorted({p.parent for p in staging.rglob("*")} | {staging}, reverse=True):
-            fsync_dir(sub)
+        fsync_dirs(staging)
         if final.exists():
             if (final / PULLED).is_file():  # an earlier pull of ours under the same id
                 shutil.rmtree(final)
@@ -478,6 +473,21 @@ class Puller:
                 log.warning("%s was not pulled by this node: kept as %s", final, aside)
         os.rename(staging, final)
         fsync_dir(self.models_dir)
+        _just_verified[final.resolve()] = _stamp(final, files)
+
+
+# Copies this process pulled and hashed itself, with each file's (size, mtime) then: the
+# activation right after a pull need not hash 1.2 GB a second time. A restart starts empty,
+# so what a node serves after a restart is always hashed again.
+_just_verified: dict[Path, tuple[tuple[str, int, int], ...]] = {}
+
+
+def _stamp(path: Path, files: Iterable[str]) -> tuple[tuple[str, int, int], ...]:
+    out = []
+    for name in sorted(files):
+        st = (path / name).stat()
+        out.append((name, st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 def verify_pulled(path: Path) -> list[str] | None:
@@ -485,7 +495,8 @@ def verify_pulled(path: Path) -> list[str] | None:
     None when `path` is no pull of ours (no pulled.json): nothing to check it against.
 
     A copy was verified when it arrived, but a disk can rot and a person can edit it; what
-    the node serves after a restart must be what the trainer wrote.
+    the node serves after a restart must be what the trainer wrote. Only a copy this very
+    process pulled, untouched since (same sizes and mtimes), skips the second hashing.
     """
     try:
         pulled = json.loads((path / PULLED).read_text())
@@ -503,8 +514,14 @@ def verify_pulled(path: Path) -> list[str] | None:
         manifest = Manifest.model_validate_json(raw)
     except ValidationError as exc:
         return [f"{MANIFEST} unreadable: {exc.errors()[0]['msg']}"]
-    problems = []
     kept = set(pulled.get("files", []))
+    remembered = _just_verified.pop(path.resolve(), None)
+    try:
+        if remembered is not None and remembered == _stamp(path, kept):
+            return []
+    except OSError:
+        pass  # a file went missing: the full check below says which
+    problems = []
     for entry in manifest.files:
         if entry.path not in kept:
             continue
@@ -515,7 +532,7 @@ def verify_pulled(path: Path) -> list[str] | None:
             problems.append(
                 f"{entry.path}: {file.stat().st_size} bytes, the manifest says {entry.size}"
             )
-        elif _sha256(file) != entry.sha256:
+        elif sha256_file(file) != entry.sha256:
             problems.append(f"{entry.path}: sha256 differs from the manifest")
     return problems
 
@@ -527,14 +544,6 @@ def set_aside(path: Path, problems: list[str]) -> Path:
     os.rename(path, aside)
     (aside / "why.txt").write_text("\n".join(problems) + "\n")
     return aside
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def discard_staging(models_dir: Path, checkpoint_id: str) -> bool:

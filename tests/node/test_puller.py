@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from services.node.puller import PULLED, Puller, PullError, staging_dir
+from checkpoints.manifest import MANIFEST, MANIFEST_DIGEST, Manifest
+from services.node import puller as puller_module
+from services.node.puller import PULLED, Puller, PullError, staging_dir, verify_pulled
 from services.trainer.checkpoint import CheckpointInfo, CheckpointStore
-from services.trainer.manifest import MANIFEST, MANIFEST_DIGEST, Manifest
 from tests.node.cutting_server import CutPlan, serve
 from tests.node.swap_fixtures import NODE_TOKEN, flip_byte, gateway, save_checkpoint
 
@@ -56,7 +57,7 @@ def test_a_pull_verifies_every_file_and_appears_by_one_rename(
 ) -> None:
     models = tmp_path / "models"
     with puller(gateway_url, models) as p:
-        result = p.pull(info.id, manifest_sha256=info.manifest_sha256, url_path=info.url_path)
+        result = p.pull(info.id, manifest_sha256=info.manifest_sha256)
     assert result.path == models / info.id and not result.already_present
     assert not staging_dir(models, info.id).exists()
     manifest = Manifest.model_validate_json((result.path / MANIFEST).read_bytes())
@@ -197,7 +198,27 @@ def test_a_hand_copied_model_under_the_same_id_is_set_aside_not_deleted(
     by_hand.mkdir(parents=True)
     (by_hand / "notes.txt").write_text("rsynced by hand")
     with puller(gateway_url, models) as p:
-        result = p.pull(info.id, manifest_sha256=info.manifest_sha256, url_path=info.url_path)
+        result = p.pull(info.id, manifest_sha256=info.manifest_sha256)
     assert (result.path / PULLED).is_file()
     (aside,) = models.glob(f".replaced-{info.id}-*")
     assert (aside / "notes.txt").read_text() == "rsynced by hand"
+
+
+def test_a_fresh_pull_is_not_hashed_again_but_a_restart_or_an_edit_is(
+    gateway_url: str, info: CheckpointInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = tmp_path / "models"
+    with puller(gateway_url, models) as p:
+        result = p.pull(info.id, manifest_sha256=info.manifest_sha256)
+    hashed: list[Path] = []
+    real = puller_module.sha256_file
+    monkeypatch.setattr(puller_module, "sha256_file", lambda f: hashed.append(f) or real(f))
+    # The activation right after the pull: the copy this process just verified, untouched.
+    assert verify_pulled(result.path) == [] and hashed == []
+    # Later (as after a restart, when nothing is remembered) every file is hashed again …
+    assert verify_pulled(result.path) == [] and hashed
+    # … and an edit after the pull is caught even by the first check after it.
+    with puller(gateway_url, tmp_path / "again") as p:
+        fresh = p.pull(info.id, manifest_sha256=info.manifest_sha256)
+    flip_byte(fresh.path / WEIGHTS, 100)
+    assert verify_pulled(fresh.path) == [f"{WEIGHTS}: sha256 differs from the manifest"]
