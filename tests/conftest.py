@@ -75,12 +75,13 @@ def _claim_empty_db(host: str, port: int, token: str) -> int | None:
     return None
 
 
-def _start_private_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _start_private_redis(tmp: Path, tried: str) -> tuple[subprocess.Popen[bytes], int]:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.exit(
-            "No Redis answers at 127.0.0.1:6379 and no redis-server is on PATH: "
-            "install it (apt-get install redis-server) or set R3_TEST_REDIS_URL.",
+            f"No Redis with a free database answers at {tried} and no redis-server is on "
+            "PATH: install it (apt-get install redis-server), or point R3_TEST_REDIS_HOST and "
+            "R3_TEST_REDIS_PORT at a Redis the tests may use.",
             returncode=3,
         )
     port = free_port()
@@ -133,6 +134,8 @@ def embedded_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def test_redis() -> Iterator[TestRedis]:
+    """R3_TEST_REDIS_HOST / R3_TEST_REDIS_PORT (default 127.0.0.1:6379) when a database there is
+    free to claim, else a private redis-server on a free port."""
     host = os.environ.get("R3_TEST_REDIS_HOST", "127.0.0.1")
     port = int(os.environ.get("R3_TEST_REDIS_PORT", "6379"))
     token = f"{socket.gethostname()}:{os.getpid()}"
@@ -141,7 +144,7 @@ def test_redis() -> Iterator[TestRedis]:
     db = _claim_empty_db(host, port, token) if _answers(host, port) else None
     if db is None:
         tmp = tempfile.TemporaryDirectory(prefix="r3-test-redis-")
-        proc, port = _start_private_redis(Path(tmp.name))
+        proc, port = _start_private_redis(Path(tmp.name), f"{host}:{port}")
         host, db = "127.0.0.1", 0
     where = TestRedis(host, port, db, token)
     try:

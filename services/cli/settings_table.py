@@ -1,4 +1,4 @@
-"""`regime3 settings`: every R3_* setting with its default and meaning (docs/settings.md's table)."""
+"""`regime3 settings`: every R3_* setting with its default and meaning (docs/settings.md)."""
 
 from __future__ import annotations
 

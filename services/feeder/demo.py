@@ -27,8 +27,8 @@ from services.feeder.config import FeederSettings
 from services.validation.sets import ensure_set, parse_sets, stored_ids
 
 # The trainer settings that make the embedded tiny model learn the demo on a CPU (the recipe
-# measured for the 10-minute acceptance; see the README). `regime3 up` sets each one that the
-# environment does not, and only while no other model is configured.
+# measured for the 10-minute acceptance: docs/operations.md, bench/README.md). `regime3 up`
+# sets each one that the environment does not, and only while no other model is configured.
 DEMO_TRAINER_ENV: dict[str, str] = {
     "R3_MAX_LENGTH": "256",
     "R3_MICRO_BATCH_TOKENS": "1024",

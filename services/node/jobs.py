@@ -2,7 +2,7 @@
 
 A job never loads weights: it calls the local node (R3_NODE_URL), which holds the GPU's one
 copy of the model. Run them with `python -m services.node.worker`; queue them with
-`bus.queues.enqueue` or `rq enqueue` (see the README).
+`bus.queues.enqueue` or `rq enqueue` (see docs/jobs.md).
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ def rq_enqueue(redis_url: str, *args: str) -> None:
 
 
 def test_rq_enqueue_by_dotted_path_reaches_a_worker(r: redis.Redis, redis_url: str) -> None:
-    """What the README shows: `rq enqueue --queue train-high <dotted path> key=value`."""
+    """What docs/jobs.md shows: `rq enqueue --queue train-high <dotted path> key=value`."""
     rq_enqueue(redis_url, "--queue", "train-high", "tests.fixtures.jobs.record", "tag=from-cli")
     assert queues.depths(r)["train-high"] == 1
     EventWorker(queues.queues(r, "train"), connection=r).work(burst=True)

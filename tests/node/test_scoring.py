@@ -89,10 +89,10 @@ def test_score_and_jobs_are_protected_with_the_reads(
     assert answer.headers["X-Regime3-Model"] == scored.model == answer.json()["model"]
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="the README example uses curl")
-def test_the_readme_score_example_runs_as_written(node: RunningNode) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```sh\n(.*?)```", readme, flags=re.DOTALL)
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the documented example uses curl")
+def test_the_documented_score_example_runs_as_written(node: RunningNode) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "jobs.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```sh\n(.*?)```", doc, flags=re.DOTALL)
     [example] = [b for b in blocks if b.startswith("curl") and "/v1/score" in b]
     argv = [a.replace("http://127.0.0.1:8765", node.url) for a in shlex.split(example)]
     done = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=60)

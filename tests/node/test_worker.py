@@ -1,4 +1,4 @@
-"""The node-worker module and the README's `rq enqueue` examples, run as written."""
+"""The node-worker module and the `rq enqueue` examples of docs/jobs.md, run as written."""
 
 from __future__ import annotations
 
@@ -23,15 +23,13 @@ jobs_env = jobs_fixtures.jobs_env
 gateway_url = jobs_fixtures.gateway_url
 
 REPO = Path(__file__).resolve().parents[2]
-# The examples live in README.md (the node jobs section).
-SOURCES = (REPO / "README.md",)
+# The examples live in docs/jobs.md (the node jobs section).
+SOURCES = (REPO / "docs" / "jobs.md",)
 
 
 def node_examples() -> list[list[str]]:
     """The `rq enqueue … services.node.jobs.*` commands of the first source that has them."""
     for source in SOURCES:
-        if not source.is_file():
-            continue
         text = source.read_text(encoding="utf-8").replace("\\\n", " ")
         found = [
             shlex.split(m.group(0))
