@@ -170,7 +170,7 @@ def lineage(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def newest_checkpoint(root: Path) -> Path | None:
-    from services.trainer.manifest import parse_id
+    from checkpoints.manifest import parse_id
 
     found = [(parse_id(p.name), p) for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
     found = [(key, p) for key, p in found if key is not None]
@@ -193,7 +193,8 @@ def main() -> int:
     server.start()
     from bus import queues
     from bus.keys import STREAM_ALERTS, STREAM_CHECKPOINTS
-    from services.dataset_store import DatasetStore, sha256_file
+    from checkpoints.durable import sha256_file
+    from services.dataset_store import DatasetStore
     from services.model.loading import resolve_model_dir
 
     conn = redis.Redis.from_url(server.url)

@@ -50,13 +50,7 @@ import torch
 from qwen_arch import QWEN3_06B  # bench/ is on sys.path when run as a script
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from services.model.embedded import ensure_embedded_model
-from services.model.loading import load_tokenizer
-from services.node.config import NodeSettings
-from services.node.engine import Engine, GenerationRequest
-from services.node.loading import load_for_serving, warm_up
-from services.node.puller import Puller
-from services.trainer.manifest import (
+from checkpoints.manifest import (
     MANIFEST,
     MANIFEST_DIGEST,
     FileEntry,
@@ -64,6 +58,12 @@ from services.trainer.manifest import (
     checkpoint_id,
     sha256_file,
 )
+from services.model.embedded import ensure_embedded_model
+from services.model.loading import load_tokenizer
+from services.node.config import NodeSettings
+from services.node.engine import Engine, GenerationRequest
+from services.node.loading import load_for_serving, warm_up
+from services.node.puller import Puller
 
 TOKEN = "bench-token"
 TARGET_SWAP_S = 1.0

@@ -186,7 +186,9 @@ class JobFailed(_JobEvent):
 
 
 class CheckpointReady(Event):
-    """A complete, verified-on-write checkpoint; nodes pull it over HTTP from `path`."""
+    """A complete, verified-on-write checkpoint. A node pulls it from the gateway: the URL is
+    the gateway's base + `checkpoints.manifest.artifact_path(checkpoint_id)` (the route is the
+    gateway's), and the manifest must hash to `manifest_sha256`."""
 
     TYPE: ClassVar[str] = "checkpoint.ready"
     STREAM: ClassVar[str] = keys.STREAM_CHECKPOINTS
@@ -194,7 +196,7 @@ class CheckpointReady(Event):
     checkpoint_id: str
     step: int
     manifest_sha256: str  # digest of manifest.json, which lists every file's sha256
-    path: str  # URL path on the gateway, e.g. /artifacts/checkpoints/<id>/
+    path: str | None = None  # deprecated, ignored: older trainers wrote the gateway's URL path
     size_bytes: int
     files: int
     val_loss: float | None = None

@@ -1,4 +1,4 @@
-"""The checkpoint manifest: its schema, checkpoint ids, and hashing files the same way everywhere.
+"""The checkpoint manifest: its schema, checkpoint ids, the job cursor, and where one is served.
 
 No torch here: the gateway (serving artifacts) and the node (verifying a download) read
 manifests too, and must not pay for importing the training stack.
@@ -6,24 +6,18 @@ manifests too, and must not pay for importing the training stack.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.dataset_store import sha256_file
-
-__all__ = ["sha256_file"]  # checkpoint.py hashes its files with the same function
-
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.sha256"
-ARTIFACTS_PREFIX = "/artifacts/checkpoints"  # where the gateway serves the checkpoint root
+# Where the gateway serves the checkpoint root: the gateway mounts its route here and a node
+# builds a checkpoint's URL from the gateway's base URL and `artifact_path(id)`.
+ARTIFACTS_PREFIX = "/artifacts/checkpoints"
 ID_PATTERN = re.compile(r"^step-(\d{8,})(?:-r(\d+))?$")
-CHUNK = 1 << 20
 
 
 class JobCursor(BaseModel):
@@ -84,29 +78,6 @@ def parse_id(name: str) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2) or 0)
 
 
-# --- files -----------------------------------------------------------------------------------
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def hash_and_sync(path: Path) -> str:
-    """sha256 of the file, then fsync it: one open, and the pages are hot from the write."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-        os.fsync(f.fileno())
-    return digest.hexdigest()
-
-
-def write_synced(path: Path, data: bytes) -> None:
-    with path.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+def artifact_path(checkpoint_id: str) -> str:
+    """The URL path, under the gateway's base URL, of a checkpoint's directory (ends in /)."""
+    return f"{ARTIFACTS_PREFIX}/{checkpoint_id}/"

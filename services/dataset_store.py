@@ -15,17 +15,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    """The file's sha256, read in 1 MiB chunks (memory flat whatever the size)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 class DatasetError(ValueError):
     """A file that cannot be queued; the message says which file, where, and what to do."""

@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from bus.connections import connect
 from bus.settings import get_bus_settings
+from checkpoints.settings import get_checkpoint_settings
 from services.gateway import (
     artifacts,
     errors,
@@ -25,7 +26,6 @@ from services.gateway import (
 )
 from services.gateway.config import GatewaySettings, get_gateway_settings
 from services.gateway.fanout import Hub
-from services.trainer.checkpoint_config import get_checkpoint_settings
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:

@@ -9,22 +9,22 @@ file's sha256 from the manifest: a node that already holds the bytes gets 304, a
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
-from services.gateway.auth import require_token
-from services.gateway.errors import NotFound
-from services.trainer.manifest import (
+from checkpoints.durable import sha256_file
+from checkpoints.manifest import (
     ARTIFACTS_PREFIX,
     MANIFEST,
     MANIFEST_DIGEST,
     Manifest,
     parse_id,
 )
+from services.gateway.auth import require_token
+from services.gateway.errors import NotFound
 
 router = APIRouter(dependencies=[Depends(require_token)])
 
@@ -54,7 +54,7 @@ def locate(root: Path, checkpoint_id: str, file: str) -> tuple[Path, str]:
         target = (base / file).resolve()
         if not target.is_relative_to(base) or not target.is_file():
             raise missing
-        return target, hashlib.sha256(target.read_bytes()).hexdigest()
+        return target, sha256_file(target)
     try:
         manifest = Manifest.model_validate_json(manifest_path.read_bytes())
     except ValidationError:

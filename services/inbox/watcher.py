@@ -31,7 +31,8 @@ from bus.events import Alert
 from bus.keys import heartbeat_key
 from bus.publish import Publisher
 from bus.settings import get_bus_settings
-from services.dataset_store import DatasetError, DatasetStore, StoredDataset, sha256_file
+from checkpoints.durable import sha256_file
+from services.dataset_store import DatasetError, DatasetStore, StoredDataset
 from services.inbox.config import InboxSettings
 from services.inbox.markers import PRIORITY_FOLDERS, DropName, in_progress, is_dataset, parse
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -15,6 +14,7 @@ import torch
 import transformers
 from transformers import GenerationConfig, PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
 
+from checkpoints.durable import fsync_files
 from services.model.config import get_model_settings
 from services.model.tokenizer_build import ENDOFTEXT, IM_END, SPECIAL_TOKENS, build_tokenizer
 
@@ -123,14 +123,6 @@ def build_embedded_model(dest: Path, corpus: Iterable[str] | None = None) -> dic
     return record
 
 
-def _fsync_tree(root: Path) -> None:
-    # The rename below only means "complete" if the file contents reached the disk first.
-    for path in root.iterdir():
-        if path.is_file():
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
-
-
 def ensure_embedded_model(root: Path | None = None) -> Path:
     """Return `root/embedded-v1` (default root: R3_DATA_DIR/models), building it if absent.
 
@@ -145,7 +137,7 @@ def ensure_embedded_model(root: Path | None = None) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}.building-", dir=root))
     try:
         build_embedded_model(staging)
-        _fsync_tree(staging)
+        fsync_files(staging)  # the rename below means "complete" only once the bytes are down
         try:
             staging.rename(final)
         except OSError:

@@ -21,11 +21,11 @@ from bus import keys
 from bus.encoding import as_str
 from bus.events import Alert, CheckpointPulled, CheckpointReady, Event, ModelSwapFailed
 from bus.workgroup import WorkGroup
+from checkpoints.manifest import parse_id
 from services.node.activation import activate
 from services.node.errors import ActiveModelDeleteError, UnknownModelError
 from services.node.puller import PULLED, Puller, PullResult, discard_staging
 from services.node.state import NodeState
-from services.trainer.manifest import parse_id
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +96,7 @@ class CheckpointWatcher:
 
     def _pull_and_swap(self, event: CheckpointReady) -> None:
         state = self.state
-        result = self.puller.pull(
-            event.checkpoint_id, manifest_sha256=event.manifest_sha256, url_path=event.path
-        )
+        result = self.puller.pull(event.checkpoint_id, manifest_sha256=event.manifest_sha256)
         state.publisher.publish(
             CheckpointPulled(
                 node=state.node_name,

@@ -38,19 +38,22 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bus.events import CheckpointReady
 from bus.publish import Publisher
-from services.trainer.manifest import (
-    ARTIFACTS_PREFIX,
+from checkpoints.durable import (
+    append_synced,
+    fsync_dir,
+    fsync_dirs,
+    hash_and_sync,
+    sha256_file,
+    write_synced,
+)
+from checkpoints.manifest import (
     MANIFEST,
     MANIFEST_DIGEST,
     FileEntry,
     JobCursor,
     Manifest,
     checkpoint_id,
-    fsync_dir,
-    hash_and_sync,
     parse_id,
-    sha256_file,
-    write_synced,
 )
 
 log = logging.getLogger(__name__)
@@ -100,11 +103,6 @@ class CheckpointInfo:
     files: int
     val_loss: float | None  # validation.json's if recorded later, else the manifest's
     cursor: JobCursor | None
-
-    @property
-    def url_path(self) -> str:
-        """Where the gateway serves it: `/artifacts/checkpoints/<id>/` + a manifest path."""
-        return f"{ARTIFACTS_PREFIX}/{self.id}/"
 
     @property
     def order(self) -> tuple[int, int]:
@@ -236,10 +234,7 @@ class CheckpointStore:
         return checkpoint_id(step, revision), revision
 
     def _record_issued(self, checkpoint: str) -> None:
-        with self.root.joinpath(ISSUED).open("a") as f:
-            f.write(checkpoint + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_synced(self.root / ISSUED, checkpoint + "\n")
 
     def save(
         self,
@@ -309,8 +304,7 @@ class CheckpointStore:
             write_synced(tmp / MANIFEST, manifest_bytes)
             digest = hashlib.sha256(manifest_bytes).hexdigest()
             write_synced(tmp / MANIFEST_DIGEST, f"{digest}  {MANIFEST}\n".encode())
-            for sub in sorted({p.parent for p in tmp.rglob("*") if p.is_file()}, reverse=True):
-                fsync_dir(sub)
+            fsync_dirs(tmp)
             final = self.root / checkpoint
             self._record_issued(checkpoint)  # before it can be seen: never given out twice
             # rename(2) refuses a non-empty target, so an existing id is never overwritten.
@@ -523,7 +517,6 @@ def publish_ready(
             checkpoint_id=info.id,
             step=info.step,
             manifest_sha256=info.manifest_sha256,
-            path=info.url_path,
             size_bytes=info.size_bytes,
             files=info.files,
             val_loss=info.val_loss,

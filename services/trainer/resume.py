@@ -22,9 +22,9 @@ from rq.worker import Worker
 from bus.events import JobQueued
 from bus.keys import TRAIN_QUEUES
 from bus.publish import Publisher
+from checkpoints.manifest import JobCursor
 from services.trainer.checkpoint import CheckpointInfo
 from services.trainer.dataset_reader import DataCursor
-from services.trainer.manifest import JobCursor
 from services.trainer.validate import ExampleId
 
 log = logging.getLogger(__name__)

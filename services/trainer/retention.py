@@ -19,8 +19,8 @@ from typing import Literal
 
 from bus.events import Alert, CheckpointPruned
 from bus.publish import Publisher
+from checkpoints.settings import CheckpointSettings
 from services.trainer.checkpoint import CheckpointInfo, CheckpointStore
-from services.trainer.checkpoint_config import CheckpointSettings
 
 log = logging.getLogger(__name__)
 

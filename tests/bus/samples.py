@@ -66,7 +66,6 @@ SAMPLES: list[ev.Event] = [
         checkpoint_id="step-001000",
         step=1000,
         manifest_sha256="ab" * 32,
-        path="/artifacts/checkpoints/step-001000/",
         size_bytes=1_500_000_000,
         files=7,
     ),

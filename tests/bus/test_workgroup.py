@@ -19,7 +19,6 @@ def ready(step: int) -> CheckpointReady:
         checkpoint_id=f"step-{step}",
         step=step,
         manifest_sha256="0" * 64,
-        path=f"/artifacts/checkpoints/step-{step}/",
         size_bytes=1,
         files=1,
     )

@@ -210,7 +210,6 @@ def test_every_panel_updates_within_a_second_of_a_publish(
                 checkpoint_id=ckpt,
                 step=900,
                 manifest_sha256="0" * 64,
-                path=f"/artifacts/checkpoints/{ckpt}/",
                 size_bytes=1_500_000_000,
                 files=7,
                 val_loss=0.5,

@@ -115,7 +115,6 @@ def _publish_a_busy_run(r: redis.Redis, publisher: Publisher) -> None:
                 checkpoint_id=cid,
                 step=(k + 1) * 9,
                 manifest_sha256="0" * 64,
-                path=f"/artifacts/checkpoints/{cid}/",
                 size_bytes=1_500_000_000,
                 files=7,
             )

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.trainer.manifest import MANIFEST, MANIFEST_DIGEST, FileEntry, Manifest
+from checkpoints.manifest import MANIFEST, MANIFEST_DIGEST, FileEntry, Manifest
 from tests.gateway.rig import ADMIN, NODE, Gateway
 
 CKPT = "step-00000100"

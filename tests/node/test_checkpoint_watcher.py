@@ -118,7 +118,6 @@ def _wrong_manifest(store: CheckpointStore, info: CheckpointInfo) -> CheckpointR
         checkpoint_id=info.id,
         step=info.step,
         manifest_sha256="ab" * 32,  # announced digest differs from what the gateway serves
-        path=info.url_path,
         size_bytes=info.size_bytes,
         files=info.files,
     )

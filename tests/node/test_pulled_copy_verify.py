@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from bus.publish import Publisher
+from checkpoints.manifest import MANIFEST, FileEntry, Manifest
 from services.node.activation import activate
 from services.node.app import startup_model
 from services.node.config import NodeSettings
@@ -23,7 +24,6 @@ from services.node.loading import load_for_serving
 from services.node.puller import PULLED, verify_pulled
 from services.node.registry import Registry
 from services.node.state import NodeState
-from services.trainer.manifest import MANIFEST, FileEntry, Manifest
 
 
 def pulled_copy(source: Path, models_dir: Path, checkpoint: str) -> Path:

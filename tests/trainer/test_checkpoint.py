@@ -133,7 +133,6 @@ def test_the_manifest_lists_every_file_with_its_size_and_sha256(
     assert manifest["cursor"] == CURSOR.model_dump()
     assert manifest["trainer_config"] == {"lr": 1e-2, "max_length": 512}
     assert manifest["meta"] == {"mode": "english"} and manifest["created"].endswith("Z")
-    assert info.url_path == "/artifacts/checkpoints/step-00001000/"
     assert store.verify(info.id) == []
     # No temporary left; beside it only the record of ids given out.
     assert sorted(p.name for p in store.root.iterdir()) == [".issued-ids", "step-00001000"]
@@ -392,6 +391,6 @@ def test_publish_ready_announces_the_checkpoint_on_its_stream(
     assert event.type == "checkpoint.ready"
     assert event.checkpoint_id == "step-00001000" and event.step == 1000
     assert event.manifest_sha256 == sha256(info.path / MANIFEST)
-    assert event.path == "/artifacts/checkpoints/step-00001000/"
+    assert event.path is None  # the URL is the gateway's: a node builds it from the id
     assert event.size_bytes == info.size_bytes and event.files == info.files
     assert event.val_loss == 1.5

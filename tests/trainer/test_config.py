@@ -29,7 +29,7 @@ def test_every_setting_is_described() -> None:
 
 
 def test_checkpoint_retention_is_not_here() -> None:
-    # Retention has its own settings class (services.trainer.checkpoint_config).
+    # Retention has its own settings class (checkpoints.settings).
     names = set(TrainerSettings.model_fields)
     retention = {"keep_last", "keep_last_checkpoints", "snapshot_time", "min_free_disk_bytes"}
     assert not names & retention

@@ -17,10 +17,10 @@ from bus import keys, queues
 from bus.broadcast import EARLIEST, BroadcastReader
 from bus.events import EvalResult
 from bus.worker import LongJobWorker
+from checkpoints.settings import CheckpointSettings
 from services.feeder.config import FeederSettings
 from services.feeder.demo import DEMO_TRAINER_ENV, seed_queue
 from services.trainer import jobs
-from services.trainer.checkpoint_config import CheckpointSettings
 from services.trainer.config import TrainerSettings
 from services.trainer.loop import Trainer
 from services.trainer.loop_config import LoopSettings

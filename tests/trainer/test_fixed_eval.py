@@ -12,9 +12,9 @@ from bus import keys
 from bus.broadcast import EARLIEST, BroadcastReader
 from bus.events import CheckpointReady, EvalResult
 from bus.status import StatusStore
+from checkpoints.settings import CheckpointSettings
 from services.feeder.demo import problem_lines, write_shard
 from services.trainer.checkpoint import CheckpointStore
-from services.trainer.checkpoint_config import CheckpointSettings
 from services.trainer.config import TrainerSettings
 from services.trainer.loop import Trainer
 from services.trainer.loop_config import LoopSettings

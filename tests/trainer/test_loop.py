@@ -16,8 +16,8 @@ from transformers import PreTrainedTokenizerBase
 from bus import keys
 from bus.broadcast import EARLIEST, BroadcastReader
 from bus.status import StatusStore
+from checkpoints.settings import CheckpointSettings
 from services.trainer.checkpoint import CheckpointStore
-from services.trainer.checkpoint_config import CheckpointSettings
 from services.trainer.config import TrainerSettings
 from services.trainer.errors import RejectThresholdError
 from services.trainer.loop import Trainer, lr_factor

@@ -21,10 +21,10 @@ from rq.worker import Worker
 
 from bus import queues
 from bus.worker import EventWorker, LongJobWorker
-from services.dataset_store import sha256_file
+from checkpoints.durable import sha256_file
+from checkpoints.manifest import JobCursor
 from services.trainer.checkpoint import CheckpointStore
 from services.trainer.dataset_reader import read_lines
-from services.trainer.manifest import JobCursor
 from services.trainer.resume import forget_dead_workers, requeue_unfinished
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,9 +12,9 @@ from bus import keys
 from bus.broadcast import EARLIEST, BroadcastReader
 from bus.events import Event
 from bus.publish import Publisher
+from checkpoints.settings import CheckpointSettings
 from services.model.loading import load_model_and_tokenizer
 from services.trainer.checkpoint import CheckpointInfo, CheckpointStore, checkpoint_id
-from services.trainer.checkpoint_config import CheckpointSettings
 from services.trainer.retention import RetentionPolicy, apply_retention, plan_retention
 from tests.model.fixtures import embedded_model_dir
 

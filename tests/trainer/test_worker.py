@@ -18,7 +18,7 @@ from rq.registry import FailedJobRegistry
 from bus import keys, queues
 from bus.status import StatusStore
 from bus.worker import LongJobWorker
-from services.dataset_store import sha256_file
+from checkpoints.durable import sha256_file
 from services.trainer import jobs
 from services.trainer.__main__ import TrainerWorker
 from services.trainer.resume import requeue_unfinished
