@@ -1,7 +1,7 @@
 """Typed, versioned events: every message a regime3 process puts on the bus.
 
 An event is an envelope (`type`, `v`, `time`, `host`, `run_id`) plus its own payload fields.
-Payload fields that also appear in the users' TrainingStatus (questionnaire B2/B3) keep that
+Payload fields that also appear in the users' TrainingStatus (docs/compat.md) keep that
 name and meaning (`loss`, `streaming_ce`, `current_step` …); new ones use base units in their
 names (`_seconds`, `_bytes`, `_watts`, `_c`).
 
@@ -53,7 +53,7 @@ class Event(BaseModel):
 
 
 class TrainStep(Event):
-    """One optimizer step. Field names follow TrainingStatus (B2) where they overlap."""
+    """One optimizer step. Field names follow TrainingStatus where they overlap."""
 
     TYPE: ClassVar[str] = "train.step"
     STREAM: ClassVar[str] = keys.STREAM_TRAINING
@@ -268,7 +268,7 @@ class ModelActivated(Event):
 
 
 class EvalResult(Event):
-    """A fixed validation set scored on one model. Names follow B2's `fixed_eval_*`."""
+    """A fixed validation set scored on one model. Names follow TrainingStatus's `fixed_eval_*`."""
 
     TYPE: ClassVar[str] = "eval.result"
     STREAM: ClassVar[str] = keys.STREAM_EVAL

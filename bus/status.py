@@ -1,4 +1,4 @@
-"""The latest TrainingStatus (questionnaire B2), materialized in one Redis hash.
+"""The latest TrainingStatus (the old setup's status payload, docs/compat.md), in one Redis hash.
 
 `redis-cli HGETALL r3:status:training` shows it field by field; the gateway serves the same
 payload at `GET /status/training_status.json` so the users' old viewer keeps working.
@@ -18,8 +18,9 @@ from bus.events import Trend
 
 
 class TrainingStatus(BaseModel):
-    """Field names and meanings exactly as the users' `core/training_status.py` (B2), plus the
-    live figures they asked for in B3 (`val_train_gap`, `tokens_per_sec`, `eta_seconds`, GPU)."""
+    """Field names and meanings exactly as the users' old `core/training_status.py`, plus the
+    live figures they asked for (`val_train_gap`, `tokens_per_sec`, `eta_seconds`, GPU);
+    docs/compat.md explains each."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -72,7 +73,7 @@ class TrainingStatus(BaseModel):
     train_loss_history: list[float] = []
     accuracy_history: list[float] = []
 
-    # B3's live figures that B2 had no field for.
+    # The live figures the old payload had no field for.
     validation_loss: float | None = None
     val_train_gap: float | None = None
     tokens_per_sec: float | None = None

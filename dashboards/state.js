@@ -193,7 +193,7 @@ export function queueDepths(state) {
   return depths;
 }
 
-// B3's val−train gap: the evaluation's own figure, else the last checkpoint's val_loss
+// The val−train gap (docs/compat.md): the evaluation's own figure, else the last checkpoint's val_loss
 // against the current streaming CE (the trainer's smoothed train loss).
 export function valTrainGap(state) {
   if (state.evalResult?.val_train_gap != null) {

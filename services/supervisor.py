@@ -35,7 +35,7 @@ class ServiceSpec:
     host: Host
 
 
-# The processes of DESIGN.md's table, in start order (stopped in reverse).
+# The processes of docs/design.md's table, in start order (stopped in reverse).
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("gateway", "services.gateway", "trainer"),
     ServiceSpec("trainer", "services.trainer", "trainer"),

@@ -1,6 +1,6 @@
 """GET /events: server-sent events from the bus streams, resumable with no gap and no duplicate.
 
-Frames (CONTRACTS.md): `id: <cursor>`, `event: <bus event type>`, `data: <event JSON with
+Frames (docs/gateway.md): `id: <cursor>`, `event: <bus event type>`, `data: <event JSON with
 "stream" and "entry_id">`. The cursor carries the client's position in every stream it
 follows (see services.gateway.cursor), so `Last-Event-ID` (sent by a browser's EventSource
 on reconnect, and preferred) or `?since=` resumes all of them at once.

@@ -16,9 +16,10 @@ router = APIRouter()
 
 @router.get("/status/training_status.json")
 def training_status(request: Request) -> dict[str, Any]:
-    """The B2 payload exactly as bus.status.TrainingStatus holds it (field names and meanings
-    of the users' core/training_status.py, plus the B3 live figures). A `training` whose
-    trainer stopped beating is answered as `crashed` (bus.liveness)."""
+    """The old setup's status payload exactly as bus.status.TrainingStatus holds it (field
+    names and meanings of the users' old core/training_status.py, plus the live figures;
+    docs/compat.md). A `training` whose trainer stopped beating is answered as `crashed`
+    (bus.liveness)."""
     redis = request.app.state.redis
     return liveness.shown(StatusStore(redis).read(), redis).model_dump(mode="json")
 

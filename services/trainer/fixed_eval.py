@@ -3,7 +3,7 @@
 Every R3_EVAL_STEPS steps and at every checkpoint, by the one scorer's rules
 (services.validation.scorer, the node's eval job uses them too): exact match, teacher-forced CE
 of the reference answers, ECE of the answers' probabilities, the pattern heatmap; here also
-the val−train gap and the EM trend. The figures go to the status hash (B2's
+the val−train gap and the EM trend. The figures go to the status hash (TrainingStatus's
 `fixed_eval_*`, `validation_loss`, `val_train_gap`, `pattern_heatmap`), one `eval.result`
 event per set, and the probes' answers to the evolution stream.
 """
