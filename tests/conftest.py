@@ -16,6 +16,9 @@ import psutil
 import pytest
 import redis
 
+from tests.rig.ports import free_port
+from tests.rig.threads import torch_threads
+
 CLAIM_KEY = "r3:test:claim"
 
 
@@ -32,12 +35,6 @@ class TestRedis:
 
     def client(self) -> redis.Redis:
         return redis.Redis(host=self.host, port=self.port, db=self.db)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _answers(host: str, port: int) -> bool:
@@ -122,6 +119,13 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_model_settings.cache_clear()
     yield
     get_model_settings.cache_clear()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test (tests/rig/threads.py says why)."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

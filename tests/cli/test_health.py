@@ -15,7 +15,7 @@ from bus.worker import EventWorker
 from services.cli.main import cli
 from services.inbox.config import InboxSettings
 from services.inbox.watcher import Inbox
-from tests.conftest import free_port
+from tests.rig.ports import free_port
 
 
 def health(service: str) -> tuple[int, str]:

@@ -13,7 +13,7 @@ import psutil
 import pytest
 import redis
 
-from tests.conftest import free_port
+from tests.rig.ports import free_port
 
 
 def start_up(tmp_path: Path, port: int, *, path_env: str | None = None) -> subprocess.Popen:

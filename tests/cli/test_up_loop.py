@@ -20,7 +20,7 @@ import redis
 
 from bus import keys
 from bus.encoding import as_str
-from tests.conftest import free_port
+from tests.rig.ports import free_port
 
 pytestmark = pytest.mark.slow
 

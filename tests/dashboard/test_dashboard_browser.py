@@ -14,36 +14,9 @@ import redis
 from bus import events as ev
 from bus.publish import Publisher
 from bus.status import StatusStore
-from tests.dashboard.conftest import Gateway
+from tests.rig.dashboard import NODE, Gateway, open_page, step
 
 pytestmark = pytest.mark.slow
-
-TRAINER = "trainer-a"
-NODE = "node-a"
-
-
-def step(n: int, **fields: Any) -> ev.TrainStep:
-    defaults: dict[str, Any] = {
-        "host": TRAINER,
-        "run_id": "run-test",
-        "current_step": n,
-        "total_steps": 5000,
-        "loss": 2.0 / (1 + n / 100),
-        "learning_rate": 2e-4,
-        "streaming_ce": 1.9 / (1 + n / 100),
-        "tokens_per_sec": 9000.0 + n,
-        "eta_seconds": (5000 - n) * 1.2,
-        "current_file": "syllo_batch_001.jsonl",
-        "batch_step": n % 118,
-        "batch_total_steps": 118,
-        "batch_number": 6,
-        "batch_queue_size": 3,
-        "gpu_temp_c": 71.0,
-        "gpu_vram_used_bytes": 19 << 30,
-        "gpu_vram_total_bytes": 24 << 30,
-        "gpu_power_watts": 320.0,
-    }
-    return ev.TrainStep(**(defaults | fields))
 
 
 @pytest.fixture
@@ -53,22 +26,7 @@ def publisher(r: redis.Redis) -> Publisher:
 
 @pytest.fixture
 def page(chromium: Any, gateway: Gateway) -> Iterator[Any]:
-    yield from _open(chromium, gateway.url, 1280, 900)
-
-
-def _open(chromium: Any, url: str, width: int, height: int) -> Iterator[Any]:
-    context = chromium.new_context(viewport={"width": width, "height": height})
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    pg.goto(url + "/")
-    pg.wait_for_function("() => document.getElementById('conn').dataset.state === 'live'")
-    pg.r3_errors = errors  # a test that kills the gateway expects connection errors
-    yield pg
-    context.close()
-    # A script error would leave panels stale without failing any wait above.
-    assert not errors, f"the page logged errors: {errors}"
+    yield from open_page(chromium, gateway.url, 1280, 900)
 
 
 def _watch(page: Any, key: str, selector: str, text: str) -> None:
@@ -333,7 +291,7 @@ def test_a_lagged_page_resumes_from_the_cursor_it_is_given(
     gw.env["R3_SSE_BUFFER_EVENTS"] = "16"
     gw.start()
     try:
-        pages = _open(chromium, gw.url, 1280, 900)
+        pages = open_page(chromium, gw.url, 1280, 900)
         page = next(pages)
         total = 3000
         # Keep the page's main thread busy while ~25 MB go out (8 KB events), more than the
@@ -389,7 +347,7 @@ def test_phone_width_renders_without_horizontal_overflow(
     )
     publisher.publish(ev.Alert(level="error", source="node", code="x", message="m" * 300))
     for w, h in ((360, 740), (390, 844)):
-        pages = _open(chromium, gateway.url, w, h)
+        pages = open_page(chromium, gateway.url, w, h)
         page = next(pages)
         page.wait_for_function("() => window.__r3.state.alerts.length === 1")
         assert page.locator("#trainer-status").inner_text() == "trainer crashed · Qwen3-0.6B"

@@ -10,7 +10,7 @@ import redis
 
 from bus import events as ev
 from bus.publish import Publisher
-from tests.dashboard.conftest import Gateway
+from tests.rig.dashboard import Gateway
 
 
 @pytest.fixture

@@ -18,9 +18,8 @@ from bus.history import HistoryWriter
 from bus.publish import Publisher
 from codec.problem import STOP, THINK
 from services.validation.evolution import ProbeAnswer, record_probes
-from tests.dashboard.conftest import CHROMIUM, Gateway
-from tests.dashboard.test_dashboard_browser import _open, step
 from tests.gateway.week import WEEK_STEPS, simulate_week
+from tests.rig.dashboard import CHROMIUM, Gateway, open_page, step
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +33,7 @@ def publisher(r: redis.Redis) -> Publisher:
 
 
 def _page(chromium: Any, url: str, size: tuple[int, int]) -> Iterator[Any]:
-    return _open(chromium, url, *size)
+    return open_page(chromium, url, *size)
 
 
 def _requests(page: Any) -> list[str]:

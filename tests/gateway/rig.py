@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import free_port
+from tests.rig.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "admin-secret-token"
@@ -147,3 +147,29 @@ class SseReader:
             if len(out) == n:
                 break
         return out
+
+
+# Dataset uploads (tests/gateway/test_uploads*.py).
+AUTH = {"Authorization": f"Bearer {NODE}"}
+
+
+def jsonl(n: int) -> bytes:
+    """`n` small chat lines, as an upload's body."""
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+        for i in range(n)
+    ]
+    return b"".join(json.dumps(row).encode() + b"\n" for row in rows)
+
+
+def upload(
+    gw: Gateway, data: bytes, *, headers: dict[str, str] = AUTH, **params: str
+) -> httpx.Response:
+    """POST `data` to the gateway's /datasets as the multipart field `file`."""
+    return httpx.post(
+        gw.url + "/datasets",
+        params=params,
+        files={"file": ("shard-7.jsonl", data, "application/x-ndjson")},
+        headers=headers,
+        timeout=30,
+    )

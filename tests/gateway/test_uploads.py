@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,29 +11,7 @@ import redis
 from rq import Queue
 
 from bus import queues
-from tests.gateway.rig import NODE, Gateway
-
-AUTH = {"Authorization": f"Bearer {NODE}"}
-
-
-def jsonl(n: int) -> bytes:
-    rows = [
-        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
-        for i in range(n)
-    ]
-    return b"".join(json.dumps(row).encode() + b"\n" for row in rows)
-
-
-def upload(
-    gw: Gateway, data: bytes, *, headers: dict[str, str] = AUTH, **params: str
-) -> httpx.Response:
-    return httpx.post(
-        gw.url + "/datasets",
-        params=params,
-        files={"file": ("shard-7.jsonl", data, "application/x-ndjson")},
-        headers=headers,
-        timeout=30,
-    )
+from tests.gateway.rig import AUTH, NODE, Gateway, jsonl, upload
 
 
 def test_a_good_file_is_stored_and_queued(gateway: Gateway, r: redis.Redis) -> None:

@@ -13,8 +13,7 @@ import redis
 from bus import queues
 from tests.faults import redis_server
 from tests.faults.redis_server import KillableRedis
-from tests.gateway.rig import Gateway, gateway_env
-from tests.gateway.test_uploads import AUTH, jsonl, upload
+from tests.gateway.rig import AUTH, Gateway, gateway_env, jsonl, upload
 
 HEAD = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
 MULTIPART = {**AUTH, "Content-Type": "multipart/form-data; boundary=xyz"}

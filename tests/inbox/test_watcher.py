@@ -20,7 +20,7 @@ from bus import keys
 from bus.broadcast import EARLIEST, BroadcastReader
 from services.inbox.config import InboxSettings
 from services.inbox.watcher import QUEUED_KEY, Inbox, Outcome
-from tests.conftest import free_port
+from tests.rig.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STABLE = 5.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,16 +19,6 @@ EXAMPLES = [
     [{"role": "user", "content": "What is 12 times 3?"},
      {"role": "assistant", "content": "🤔🤔🤔🤔 (mul 12 3) 🛑🛑🛑 36"}],
 ]
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    # Tiny matmuls gain nothing from threads, and on a shared busy CPU two spinning OpenMP
-    # threads turned this 3 s test into 50 s.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from services.node.config import get_node_settings
-from tests.node.conftest import RunningNode
 from tests.node.swap_fixtures import NODE_TOKEN, serve_app
+from tests.rig.node import RunningNode
+from tests.rig.threads import torch_threads
 
 MAX_TOKENS = 16
 
@@ -65,9 +66,7 @@ def memorized_dir(embedded_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     from services.model.loading import load_model_and_tokenizer
 
     out = tmp_path_factory.mktemp("memorized") / "memorized-7"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls on a shared CPU: threads only contend
-    try:
+    with torch_threads(1):  # tiny matmuls on a shared CPU: threads only contend
         torch.manual_seed(0)
         model, tok = load_model_and_tokenizer(embedded_dir)
         batch = []
@@ -91,8 +90,6 @@ def memorized_dir(embedded_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
             optimizer.step()
         model.save_pretrained(out)
         tok.save_pretrained(out)
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 

@@ -14,7 +14,7 @@ import uvicorn
 
 from services.model.loading import load_model_and_tokenizer
 from services.trainer.checkpoint import CheckpointInfo, CheckpointStore
-from tests.conftest import free_port
+from tests.rig.ports import free_port
 
 NODE_TOKEN = "node-secret-for-tests"
 

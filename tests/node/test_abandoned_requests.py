@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.node.conftest import RunningNode
+from tests.rig.node import RunningNode
 
 LONG = {"messages": [{"role": "user", "content": "talk"}], "max_tokens": 3000, "seed": 1}
 

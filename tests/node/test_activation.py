@@ -19,7 +19,7 @@ from services.node.errors import ModelLoadError, UnknownModelError
 from services.node.loading import load_for_serving
 from services.node.registry import Registry
 from services.node.state import NodeState
-from tests.node.conftest import save_model_variant
+from tests.rig.node import save_model_variant
 
 
 @pytest.fixture

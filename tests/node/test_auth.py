@@ -10,7 +10,7 @@ import pytest
 from services.node.auth import check_admin
 from services.node.config import NodeSettings
 from services.node.errors import ApiError
-from tests.node.conftest import ADMIN_TOKEN, RunningNode
+from tests.rig.node import ADMIN_TOKEN, RunningNode
 
 ADMIN_CALLS = [
     ("POST", "/models/register", {"id": "x", "path": "/nowhere"}),

@@ -20,9 +20,9 @@ from bus.publish import Publisher
 from services.node.checkpoint_watcher import CheckpointWatcher
 from services.node.puller import Puller, staging_dir
 from services.trainer.checkpoint import CheckpointInfo, CheckpointStore, publish_ready
-from tests.node.conftest import RunningNode
 from tests.node.cutting_server import CutPlan, serve
 from tests.node.swap_fixtures import NODE_TOKEN, flip_byte, gateway, save_checkpoint
+from tests.rig.node import RunningNode
 
 WEIGHTS = "model.safetensors"
 

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from services.cli.main import cli
-from tests.node.conftest import RunningNode
+from tests.rig.node import RunningNode
 
 
 def test_healthz_names_the_model_and_needs_no_token(

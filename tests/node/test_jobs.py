@@ -22,8 +22,8 @@ from services.node.node_client import NodeClient
 from services.node.registry import Registry
 from services.node.worker import build_worker
 from tests.node import jobs_fixtures
-from tests.node.conftest import RunningNode
 from tests.node.jobs_fixtures import MAX_TOKENS, MEMORIZED, memorized_set
+from tests.rig.node import RunningNode
 
 # Shared fixtures, bound here so pytest finds them in this module.
 jobs_env = jobs_fixtures.jobs_env

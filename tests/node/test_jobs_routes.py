@@ -14,7 +14,7 @@ import httpx
 import redis
 from rq.queue import Queue
 
-from tests.node.conftest import RunningNode
+from tests.rig.node import RunningNode
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.node.conftest import RunningNode
+from tests.rig.node import RunningNode
 
 HI = [{"role": "user", "content": "hi"}]
 

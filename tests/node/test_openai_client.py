@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.node.conftest import RunningNode
+from tests.rig.node import RunningNode
 
 HI = [{"role": "user", "content": "hi"}]
 

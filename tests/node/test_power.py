@@ -20,8 +20,8 @@ from services.node.power import (
     scheduled_profile,
 )
 from services.node.telemetry import GpuProbe
-from tests.node.conftest import RunningNode
 from tests.node.fake_nvml import FakeBoard, FakeNvml
+from tests.rig.node import RunningNode
 
 WATTS = {"quiet": 220.0, "normal": 280.0, "max": 350.0}
 

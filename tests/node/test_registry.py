@@ -13,7 +13,7 @@ import redis
 from bus import keys
 from services.node.errors import ActiveModelDeleteError, RegistryError, UnknownModelError
 from services.node.registry import Registry
-from tests.node.conftest import RunningNode
+from tests.rig.node import RunningNode
 
 
 def test_entries_live_in_the_nodes_redis_hash(r: redis.Redis) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import redis
-import torch
 
 from services.model.loading import load_model_and_tokenizer
 from services.node import evaluation
@@ -25,8 +24,9 @@ from services.validation.scorer import SetScore
 from services.validation.scoring import score
 from services.validation.sets import ensure_set, load_set
 from tests.node import jobs_fixtures
-from tests.node.conftest import RunningNode
 from tests.node.jobs_fixtures import MEMORIZED
+from tests.rig.node import RunningNode
+from tests.rig.threads import torch_threads
 
 memorized_dir = jobs_fixtures.memorized_dir  # bound here so pytest finds it
 
@@ -55,9 +55,7 @@ def _stored_memorized(path: Path) -> Path:
 
 
 def _both(model_dir: Path, node: RunningNode, path: Path) -> tuple[SetScore, EvalReport]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         model, tokenizer = load_model_and_tokenizer(model_dir)
         trainer = score(model, tokenizer, load_set(path), max_new_tokens=CEILING)
         with NodeClient(node.url) as client:
@@ -69,8 +67,6 @@ def _both(model_dir: Path, node: RunningNode, path: Path) -> tuple[SetScore, Eva
                 concurrency=4,
                 node_name=node.state.node_name,
             )
-    finally:
-        torch.set_num_threads(threads)
     return trainer, report
 
 

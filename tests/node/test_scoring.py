@@ -17,7 +17,7 @@ import torch
 
 from services.node.node_client import NodeClient, NodeUnavailable
 from services.node.scoring import END_OF_TURN
-from tests.node.conftest import RunningNode
+from tests.rig.node import RunningNode
 
 PROMPT = [{"role": "user", "content": "Calculate 3 + 4."}]
 COMPLETION = "🤔🤔🤔🤔\nWe add 3 and 4.\n🛑🛑\n7"

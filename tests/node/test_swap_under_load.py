@@ -18,8 +18,8 @@ from bus.encoding import from_fields
 from bus.publish import Publisher
 from services.node.checkpoint_watcher import CheckpointWatcher
 from services.trainer.checkpoint import CheckpointStore, publish_ready
-from tests.node.conftest import RunningNode
 from tests.node.swap_fixtures import NODE_TOKEN, gateway, save_checkpoint
+from tests.rig.node import RunningNode
 
 CLIENTS = 20
 SWAPS = 5

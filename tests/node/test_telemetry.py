@@ -18,8 +18,8 @@ from bus.encoding import from_fields
 from bus.events import Telemetry
 from bus.publish import Publisher
 from services.node.telemetry import GpuProbe, SystemProbe, TelemetryLoop, snapshot
-from tests.node.conftest import RunningNode
 from tests.node.fake_nvml import FakeBoard, FakeNvml
+from tests.rig.node import RunningNode
 
 
 def nvml_present() -> bool:

@@ -21,7 +21,7 @@ from services.node.thinking import (
     ThinkingState,
     apply_constraints,
 )
-from tests.node.conftest import MARKER_WORD, RunningNode
+from tests.rig.node import MARKER_WORD, RunningNode
 
 OPEN, CLOSE, WORD, OTHER = 10, 11, 12, 13
 MARKERS = ThinkingMarkers(open_id=OPEN, close_id=CLOSE)

@@ -17,7 +17,7 @@ from bus import keys, queues
 from bus.encoding import from_fields
 from bus.events import EvalResult, JobFinished, JobStarted
 from tests.node import jobs_fixtures
-from tests.node.conftest import RunningNode
+from tests.rig.node import RunningNode
 
 jobs_env = jobs_fixtures.jobs_env
 gateway_url = jobs_fixtures.gateway_url

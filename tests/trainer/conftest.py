@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from transformers import PreTrainedTokenizerBase
 
 from services.model.loading import load_tokenizer
-from services.trainer.config import TrainerSettings
 from services.trainer.tokenize import ChatTokenizer
 
 Row = dict[str, Any] | str | bytes
@@ -27,37 +25,6 @@ def tokenizer(embedded_dir: Path) -> PreTrainedTokenizerBase:
 @pytest.fixture(scope="session")
 def chat(tokenizer: PreTrainedTokenizerBase) -> ChatTokenizer:
     return ChatTokenizer(tokenizer)
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    # Tiny matmuls gain nothing from threads, and a shared busy CPU makes spinning threads slow.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def settings(**overrides: Any) -> TrainerSettings:
-    """Settings from defaults and `overrides` only, whatever R3_* the environment holds."""
-    return TrainerSettings.model_validate(overrides)
-
-
-def think(reasoning: str, answer: str, stops: int = 3) -> str:
-    """Assistant content in the users' format."""
-    return f"🤔🤔🤔🤔\n{reasoning}\n{'🛑' * stops}\n{answer}"
-
-
-def chat_line(question: str, reasoning: str, answer: str, **meta: Any) -> dict[str, Any]:
-    line: dict[str, Any] = {
-        "messages": [
-            {"role": "user", "content": question},
-            {"role": "assistant", "content": think(reasoning, answer)},
-        ]
-    }
-    if meta:
-        line["meta"] = meta
-    return line
 
 
 @pytest.fixture(scope="session")

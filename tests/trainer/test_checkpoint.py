@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from services.trainer.checkpoint import (
     publish_ready,
 )
 from tests.model.fixtures import embedded_model_dir
+from tests.rig.files import flip_byte
 
 CURSOR = JobCursor(
     job_id="job-1", dataset_sha256="ab" * 32, byte_offset=4096, line=17, examples_done=16
@@ -51,15 +51,6 @@ def tiny(tiny_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
 @pytest.fixture
 def store(tmp_path: Path) -> CheckpointStore:
     return CheckpointStore(tmp_path / "checkpoints")
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    # Bitwise-stable CPU matmuls: the same op order whatever else the machine is doing.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def sha256(path: Path) -> str:
@@ -222,14 +213,6 @@ def test_a_save_killed_midway_is_never_listed_and_recovery_removes_it(
     assert latest is not None and latest.info.id == "step-00000001"
     assert not leftovers[0].exists()
     assert [p.name for p in store.root.iterdir() if p.name != ISSUED] == ["step-00000001"]
-
-
-def flip_byte(path: Path, at: int) -> None:
-    with path.open("r+b") as f:
-        f.seek(at)
-        byte = f.read(1)
-        f.seek(at)
-        f.write(bytes([byte[0] ^ 0x01]))
 
 
 def test_a_flipped_byte_fails_verify_and_load_latest_falls_back(

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.trainer.config import TrainerSettings, get_trainer_settings
-from tests.trainer.conftest import settings
+from tests.rig.trainer import settings
 
 
 def test_defaults_are_the_documented_ones() -> None:

@@ -17,7 +17,7 @@ import redis
 
 from bus import keys
 from services.trainer.dataset_reader import read_lines
-from tests.trainer.test_loop import events, make_trainer
+from tests.rig.trainer import events, make_trainer
 
 SIZE_MB = 96
 

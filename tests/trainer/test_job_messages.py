@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from services.trainer.errors import RejectThresholdError
-from tests.trainer.test_loop import make_trainer
+from tests.rig.trainer import make_trainer
 
 
 def test_a_failed_job_names_the_users_file_not_the_stored_copy(

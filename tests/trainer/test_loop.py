@@ -14,62 +14,14 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from bus import keys
-from bus.broadcast import EARLIEST, BroadcastReader
 from bus.status import StatusStore
-from checkpoints.settings import CheckpointSettings
 from services.trainer.checkpoint import CheckpointStore
 from services.trainer.config import TrainerSettings
 from services.trainer.errors import RejectThresholdError
-from services.trainer.loop import Trainer, lr_factor
-from services.trainer.loop_config import LoopSettings
+from services.trainer.loop import lr_factor
 from services.trainer.optim import BF16AdamW
 from services.trainer.sampling import Sampler, validation_problems
-
-SMALL = {
-    "max_length": 256,
-    "micro_batch_tokens": 512,
-    "tokens_per_step": 512,
-    "pack_buffer_examples": 16,
-    "learning_rate": 3e-3,
-    "lr_schedule": "constant",
-    "warmup_steps": 0,
-    "activation_checkpointing": False,
-    "eval_steps": 10,
-    "eval_examples": 4,
-    "layer_monitor_steps": 5,
-    "save_steps": 1000,
-}
-
-
-def make_trainer(
-    r: redis.Redis,
-    model_dir: Path,
-    tmp: Path,
-    *,
-    ledger: Path | None = None,
-    weights: str = "auto",
-    **overrides: Any,
-) -> Trainer:
-    """A Trainer on the embedded model with small, fast settings and its own checkpoint dir."""
-    return Trainer(
-        r,
-        settings=TrainerSettings.model_validate({**SMALL, **overrides}),
-        loop_settings=LoopSettings(
-            sample_max_new_tokens=12,
-            rejects_dir=tmp / "rejects",
-            train_ledger=ledger,
-            weights=weights,  # type: ignore[arg-type]
-        ),
-        checkpoint_settings=CheckpointSettings(
-            data_dir=tmp, checkpoint_dir=tmp / "ckpt", min_free_disk_bytes=0
-        ),
-        model_path=model_dir,
-        device="cpu",
-    )
-
-
-def events(r: redis.Redis, stream: str) -> list[Any]:
-    return [d.event for d in BroadcastReader(r, {stream: EARLIEST}).read(0)]
+from tests.rig.trainer import events, make_trainer
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import torch
 
 from bus import keys
 from services.trainer.oom import Backoff, StepOutOfMemory, run_with_backoff
-from tests.trainer.test_loop import events, make_trainer
+from tests.rig.trainer import events, make_trainer
 
 
 def oom_above(limit: int, times: int = 1) -> Callable[[int], int]:

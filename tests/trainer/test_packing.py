@@ -28,7 +28,7 @@ from services.trainer.packing import (
 )
 from services.trainer.tokenize import ChatTokenizer
 from services.trainer.validate import ExampleId, TokenizedExample, training_examples
-from tests.trainer.conftest import settings
+from tests.rig.trainer import settings
 
 MAX = 512
 

@@ -276,8 +276,8 @@ def test_a_quarantined_checkpoints_training_is_requeued_and_its_id_never_reused(
     from bus import keys
     from services.trainer import jobs
     from services.trainer.__main__ import resume_cut_jobs
-    from tests.trainer.test_checkpoint import flip_byte
-    from tests.trainer.test_loop import events, make_trainer
+    from tests.rig.files import flip_byte
+    from tests.rig.trainer import events, make_trainer
 
     ledger = tmp_path / "ledger.jsonl"
     options = {"eval_steps": 1000, "layer_monitor_steps": 0, "save_steps": 2}

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 from services.model.chat_template import QWEN3_STOCK_TEMPLATE
 from services.trainer.errors import TemplateError
 from services.trainer.tokenize import ChatTokenizer, ExampleRejected, mask_runs
-from tests.trainer.conftest import think
+from tests.rig.trainer import think
 
 # Qwen3's chat template as shipped in its tokenizer_config.json: no {% generation %} markers,
 # an empty <think></think> before the final answer, and reasoning in <think> tags stripped

@@ -20,7 +20,7 @@ from services.trainer.validate import (
     training_examples,
     validate_file,
 )
-from tests.trainer.conftest import chat_line, settings, think
+from tests.rig.trainer import chat_line, settings, think
 
 Write = Callable[..., Path]
 

@@ -22,7 +22,7 @@ from checkpoints.durable import sha256_file
 from services.trainer import jobs
 from services.trainer.__main__ import TrainerWorker
 from services.trainer.resume import requeue_unfinished
-from tests.trainer.test_loop import events, make_trainer
+from tests.rig.trainer import events, make_trainer
 
 
 @pytest.fixture
