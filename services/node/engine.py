@@ -422,7 +422,7 @@ class Engine:
 
     def _serving(self, loaded: LoadedModel) -> _Serving:
         serving = loaded.runtime.get("serving")
-        if serving is None:
+        if serving is None or serving.cache.slots != self.max_batch:  # another engine's
             use_slot_attention(loaded.model)
             dtype = next(loaded.model.parameters()).dtype
             cache = SlotCache(loaded.model, self.max_batch, loaded.device, dtype)

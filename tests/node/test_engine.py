@@ -328,3 +328,19 @@ def test_greedy_tokens_equal_transformers_generate_for_rows_of_every_length(
     for p, n, text in zip(prompts, budgets, texts, strict=True):
         expected = tok.decode(_hf_greedy(base, p, n), skip_special_tokens=True)
         assert text == expected
+
+
+def test_a_model_served_by_a_smaller_engine_first_gets_a_cache_of_the_new_size(
+    base: LoadedModel,
+) -> None:
+    small = Engine(base, max_batch=2, batch_wait_ms=0)
+    try:
+        small.submit(greedy(2)).result(timeout=60)
+    finally:
+        small.close()
+    big = Engine(base, max_batch=6, batch_wait_ms=200)
+    try:
+        handles = [big.submit(greedy(3)) for _ in range(6)]
+        assert all(h.result(timeout=60).completion_tokens <= 3 for h in handles)
+    finally:
+        big.close()
