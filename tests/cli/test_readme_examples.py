@@ -53,3 +53,9 @@ def test_every_link_stays_in_the_repository_and_exists() -> None:
             assert "://" not in target and not target.startswith("mailto:"), where
             path = (doc.parent / target.split("#")[0]).resolve()
             assert path.is_relative_to(REPO) and path.exists(), where
+
+
+def test_the_readme_stays_what_a_user_reads_first() -> None:
+    # Reference belongs in docs/, measurements in bench/README.md (issue 13 item 5).
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines: move reference into docs/"
