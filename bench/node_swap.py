@@ -50,13 +50,13 @@ import torch
 from qwen_arch import QWEN3_06B  # bench/ is on sys.path when run as a script
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from checkpoints.durable import sha256_file
 from checkpoints.manifest import (
     MANIFEST,
     MANIFEST_DIGEST,
     FileEntry,
     Manifest,
     checkpoint_id,
-    sha256_file,
 )
 from services.model.embedded import ensure_embedded_model
 from services.model.loading import load_tokenizer
