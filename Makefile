@@ -44,8 +44,8 @@ test: .stamp-install-test .stamp-browser
 
 lint: .stamp-install-test
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check bus checkpoints services/cli services/supervisor.py services/dataset_store.py
-	$(BIN)/mypy bus checkpoints codec
+	$(BIN)/ruff format --check bus checkpoints settings services/cli services/supervisor.py services/dataset_store.py
+	$(BIN)/mypy bus checkpoints codec settings
 
 clean:
 	rm -rf $(VENV) .stamp-install .stamp-install-test .stamp-browser

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import socket
 from functools import lru_cache
-from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from settings.base import R3Settings
 
 
-class BusSettings(BaseSettings):
+class BusSettings(R3Settings):
     """Read from `R3_*` environment variables (and an optional `.env` file)."""
-
-    model_config = SettingsConfigDict(env_prefix="R3_", env_file=".env", extra="ignore")
 
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
         description="Redis the services talk through (streams, RQ queues, status hashes).",
-    )
-    data_dir: Path = Field(
-        Path("data"),
-        description="Root for datasets, checkpoints, models and a private Redis's files.",
     )
     host_name: str = Field(
         default_factory=socket.gethostname,
@@ -45,8 +39,9 @@ class BusSettings(BaseSettings):
         description="Per-stream caps by short name, as JSON: "
         '`{"telemetry": 5000, "alerts": 1000}`.',
     )
-    reclaim_idle_ms: int = Field(
-        60_000,
+    reclaim_idle_seconds: float = Field(
+        60.0,
+        gt=0,
         description="A work entry pending this long on a silent consumer is reclaimed "
         "(XAUTOCLAIM) by another.",
     )

@@ -2,10 +2,11 @@
 dies, and dead-lettered after repeated failures.
 
 Life of an entry: XREADGROUP delivers it to one consumer → the handler runs → XACK. If the
-handler raises, the entry stays pending; once it has been idle `reclaim_idle_ms`, XAUTOCLAIM
-hands it to whichever consumer asks next (the same one retrying, or another if the first
-died), which also counts a delivery. When a delivery that fails is number `max_deliveries`,
-the entry goes to the dead-letter stream with the error and is acknowledged.
+handler raises, the entry stays pending; once it has been idle `reclaim_idle_ms`
+(R3_RECLAIM_IDLE_SECONDS), XAUTOCLAIM hands it to whichever consumer asks next (the same one
+retrying, or another if the first died), which also counts a delivery. When a delivery that
+fails is number `max_deliveries`, the entry goes to the dead-letter stream with the error and
+is acknowledged.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ class WorkGroup:
         self.consumer = consumer
         self.handler = handler
         self.reclaim_idle_ms = (
-            settings.reclaim_idle_ms if reclaim_idle_ms is None else reclaim_idle_ms
+            round(settings.reclaim_idle_seconds * 1000)
+            if reclaim_idle_ms is None
+            else reclaim_idle_ms
         )
         self.max_deliveries = settings.max_deliveries if max_deliveries is None else max_deliveries
         self.block_ms = block_ms

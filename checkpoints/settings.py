@@ -10,18 +10,13 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from settings.base import R3Settings
 
 GIB = 1 << 30
 
 
-class CheckpointSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="R3_", env_file=".env", extra="ignore")
-
-    data_dir: Path = Field(
-        Path("data"),
-        description="Root for datasets, checkpoints, models and a private Redis's files.",
-    )
+class CheckpointSettings(R3Settings):
     checkpoint_dir: Path | None = Field(
         None,
         description="Where checkpoints are written, one directory each (`step-00001000/`).",
@@ -70,11 +65,7 @@ class CheckpointSettings(BaseSettings):
     @property
     def checkpoints_path(self) -> Path:
         """`checkpoint_dir` if set, else `<data_dir>/checkpoints`."""
-        return (
-            self.checkpoint_dir
-            if self.checkpoint_dir is not None
-            else self.data_dir / "checkpoints"
-        )
+        return self.checkpoint_dir if self.checkpoint_dir is not None else self.layout.checkpoints
 
 
 @lru_cache

@@ -24,6 +24,8 @@ from urllib.parse import urlparse
 
 import redis
 
+from settings.layout import DataLayout
+
 Host = Literal["trainer", "node"]
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
@@ -103,7 +105,7 @@ class Supervisor:
                 "Install Redis (Debian/Ubuntu: `sudo apt-get install redis-server`; macOS: "
                 "`brew install redis`), start it, or set R3_REDIS_URL to a Redis that answers."
             )
-        redis_dir = data_dir.resolve() / "redis"
+        redis_dir = DataLayout(data_dir.resolve()).redis
         redis_dir.mkdir(parents=True, exist_ok=True)
         argv = [
             binary,

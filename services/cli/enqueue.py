@@ -30,7 +30,7 @@ def enqueue_command(file: Path, priority: str) -> None:
     except RedisUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        stored = DatasetStore(settings.data_dir / "datasets").add(file)
+        stored = DatasetStore(settings.layout.datasets).add(file)
     except DatasetError as exc:
         raise click.ClickException(f"{exc}. Nothing was queued.") from None
     job = queues.enqueue(

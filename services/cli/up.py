@@ -13,6 +13,7 @@ from bus import keys
 from bus.connections import connect
 from bus.settings import get_bus_settings
 from services.supervisor import SERVICES, Supervisor
+from settings.layout import DataLayout
 
 
 def _demo_env(env: dict[str, str]) -> bool:
@@ -83,7 +84,7 @@ def _one_machine_env(env: dict[str, str], data_dir: Path) -> str | None:
     env.setdefault("R3_NODE_URL", node_url)
     if env.get("R3_NODE_TOKEN"):
         return None
-    path = data_dir / "secrets" / "node-token"
+    path = DataLayout(data_dir).node_token_file
     token = path.read_text().strip() if path.is_file() else ""
     if token:
         env["R3_NODE_TOKEN"] = token

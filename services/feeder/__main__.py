@@ -1,4 +1,4 @@
-"""`python -m services.feeder`: look at the queues every R3_FEEDER_INTERVAL_S and feed them."""
+"""`python -m services.feeder`: look at the queues every R3_FEEDER_INTERVAL_SECONDS, feed them."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def main() -> None:
                 decision.job_id,
                 decision.mode,
             )
-        stop.wait(settings.feeder_interval_s)
+        stop.wait(settings.feeder_interval_seconds)
 
 
 if __name__ == "__main__":

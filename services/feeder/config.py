@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.validation.config import ValidationSettings
 
 CurriculumMode = Literal["english", "canonical", "encoded", "transitional"]
 
 
-class FeederSettings(BaseSettings):
+class FeederSettings(ValidationSettings):
     """What `regime3 up` seeds the queue with, and when the feeder asks the node for more."""
 
-    model_config = SettingsConfigDict(env_prefix="R3_", extra="ignore")
-
-    data_dir: Path = Field(Path("data"), description="Root for datasets, checkpoints, models.")
     demo_domain: str = Field(
         "syllogism",
         description="The built-in domain `regime3 up` trains on out of the box (and the "
@@ -51,7 +48,7 @@ class FeederSettings(BaseSettings):
         "a full queue pauses generation.",
     )
     feeder_job_examples: int = Field(2_000, ge=1, description="Problems per node generate job.")
-    feeder_interval_s: float = Field(
+    feeder_interval_seconds: float = Field(
         10.0, gt=0, description="Seconds between the feeder's looks at the queues."
     )
     feeder_await_seed: str | None = Field(
@@ -82,10 +79,6 @@ class FeederSettings(BaseSettings):
                 "generation pauses for good while the queue is low"
             )
         return self
-
-    @property
-    def validation_dir(self) -> Path:
-        return self.data_dir / "validation"
 
 
 @lru_cache

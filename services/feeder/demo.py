@@ -42,7 +42,7 @@ DEMO_TRAINER_ENV: dict[str, str] = {
     "R3_SAVE_STEPS": "100",
     "R3_LAYER_MONITOR_STEPS": "50",
     "R3_SAMPLE_MAX_NEW_TOKENS": "96",
-    "R3_FIXED_EVAL_MAX_NEW_TOKENS": "96",
+    "R3_EVAL_MAX_TOKENS": "96",
     # One thread: the node and its generate jobs use the other core, and on a busy CPU
     # two spinning OpenMP threads made each step ~8x slower than one.
     "R3_TORCH_THREADS": "1",
@@ -120,11 +120,11 @@ def seed_queue(
         return []
     for spec in parse_sets(validation_sets):
         ensure_set(
-            settings.validation_dir, spec.domain, spec.difficulty, spec.mode, validation_size
+            settings.validation_path, spec.domain, spec.difficulty, spec.mode, validation_size
         )
-    exclude = stored_ids(settings.validation_dir)
-    store = DatasetStore(settings.data_dir / "datasets")
-    staging = settings.data_dir / "demo"
+    exclude = stored_ids(settings.validation_path)
+    store = DatasetStore(settings.layout.datasets)
+    staging = settings.layout.demo
     mode = Mode(settings.demo_mode)
     job_ids: list[str] = []
     made = 0

@@ -6,16 +6,15 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from settings.base import R3Settings
 
 # services/gateway/config.py → the repository root, where helper D's dashboards/ lives.
 REPO_DASHBOARDS = Path(__file__).resolve().parents[2] / "dashboards"
 MIB = 1 << 20
 
 
-class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="R3_", env_file=".env", extra="ignore")
-
+class GatewaySettings(R3Settings):
     gateway_host: str = Field(
         "127.0.0.1",
         description="Address the gateway listens on; 0.0.0.0 to serve other machines.",
@@ -28,10 +27,6 @@ class GatewaySettings(BaseSettings):
     node_token: str | None = Field(
         None,
         description="Bearer token the nodes use to download checkpoints and upload datasets.",
-    )
-    data_dir: Path = Field(
-        Path("data"),
-        description="Root for datasets, checkpoints, models and a private Redis's files.",
     )
     dashboard_dir: Path = Field(
         REPO_DASHBOARDS,
@@ -63,7 +58,7 @@ class GatewaySettings(BaseSettings):
     @property
     def datasets_path(self) -> Path:
         """The dataset store, the same one the inbox and `regime3 enqueue` use."""
-        return self.data_dir / "datasets"
+        return self.layout.datasets
 
 
 @lru_cache

@@ -6,16 +6,11 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from settings.base import R3Settings
 
 
-class InboxSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="R3_", env_file=".env", extra="ignore")
-
-    data_dir: Path = Field(
-        Path("data"),
-        description="Root for datasets, checkpoints, models and a private Redis's files.",
-    )
+class InboxSettings(R3Settings):
     inbox_dir: Path | None = Field(
         None,
         description="The drop folder: a .jsonl file put here (normal priority), in high/ or "
@@ -44,12 +39,12 @@ class InboxSettings(BaseSettings):
     @property
     def inbox_path(self) -> Path:
         """`inbox_dir` if set, else `<data_dir>/inbox`."""
-        return self.inbox_dir if self.inbox_dir is not None else self.data_dir / "inbox"
+        return self.inbox_dir if self.inbox_dir is not None else self.layout.inbox
 
     @property
     def datasets_path(self) -> Path:
         """The dataset store, the same one `regime3 enqueue` uses."""
-        return self.data_dir / "datasets"
+        return self.layout.datasets
 
 
 @lru_cache

@@ -6,12 +6,11 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from settings.base import R3Settings
 
 
-class ModelSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="R3_", extra="ignore")
-
+class ModelSettings(R3Settings):
     model: str | None = Field(
         default=None,
         description=(
@@ -20,16 +19,10 @@ class ModelSettings(BaseSettings):
             "on first use under R3_DATA_DIR/models."
         ),
     )
-    data_dir: Path = Field(
-        default=Path("./data"),
-        description="Root of local state; the embedded model is cached in its models/ folder.",
-        json_schema_extra={"shown_default": "./data"},
-    )
-
     @property
     def models_dir(self) -> Path:
         """Where built-in models are cached: `<data_dir>/models`."""
-        return self.data_dir / "models"
+        return self.layout.models
 
 
 @lru_cache

@@ -14,12 +14,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = get_node_settings()
     # Requests still open after the drain bound are cancelled (their batch rows freed), so
-    # SIGTERM stops the node within about R3_NODE_DRAIN_S, never waiting on long generations.
+    # SIGTERM stops the node within about R3_NODE_DRAIN_SECONDS, never waiting on long generations.
     uvicorn.run(
         create_app(settings),
         host=settings.node_host,
         port=settings.node_port,
-        timeout_graceful_shutdown=max(1, round(settings.node_drain_s)),
+        timeout_graceful_shutdown=max(1, round(settings.node_drain_seconds)),
     )
 
 

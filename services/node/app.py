@@ -92,7 +92,7 @@ def build_state(settings: NodeSettings) -> NodeState:
     engine = Engine(
         loaded,
         max_batch=settings.node_max_batch,
-        batch_wait_ms=settings.node_batch_wait_ms,
+        batch_wait_ms=settings.node_batch_wait_seconds * 1000,
         max_queue=settings.node_max_queue,
         cuda_graphs=settings.node_cuda_graphs,
     )
@@ -126,7 +126,7 @@ def create_app(settings: NodeSettings | None = None) -> FastAPI:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            await run_in_threadpool(state.engine.close, settings.node_drain_s)
+            await run_in_threadpool(state.engine.close, settings.node_drain_seconds)
             state.redis.close()
 
     app = FastAPI(

@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.validation.config import ValidationSettings
 
 MIB = 1 << 20
 
 
-class NodeSettings(BaseSettings):
-    """One node process: serving, registry, security. N2/N3 append fields in their block."""
-
-    model_config = SettingsConfigDict(env_prefix="R3_", env_file=".env", extra="ignore")
+class NodeSettings(ValidationSettings):
+    """One node process: serving, registry, security. N2/N3 append fields in their block; the
+    fixed sets' folder and eval budget are ValidationSettings' (shared with the trainer)."""
 
     # -- where it listens ------------------------------------------------------------------
     node_host: str = Field(
@@ -26,10 +26,6 @@ class NodeSettings(BaseSettings):
         None,
         description="Name of this node in events and registry keys; unset: the bus host name.",
         json_schema_extra={"shown_default": "R3_HOST_NAME"},
-    )
-    data_dir: Path = Field(
-        Path("data"),
-        description="Root for datasets, checkpoints, models and a private Redis's files.",
     )
     node_models_dir: Path | None = Field(
         None,
@@ -68,10 +64,10 @@ class NodeSettings(BaseSettings):
     node_max_batch: int = Field(
         32, ge=1, le=1024, description="Most requests generated together in one batch."
     )
-    node_batch_wait_ms: float = Field(
-        5.0,
+    node_batch_wait_seconds: float = Field(
+        0.005,
         ge=0,
-        le=1000,
+        le=1,
         description="How long the engine waits for more requests to join a batch once one "
         "arrives; longer gathers bigger batches, shorter answers a lone request sooner.",
     )
@@ -90,7 +86,7 @@ class NodeSettings(BaseSettings):
         description="On a GPU with Liger-Kernel installed (the `cuda` extra), serve with its "
         "fused RMSNorm, RoPE and SwiGLU (fewer kernels per decode step).",
     )
-    node_drain_s: float = Field(
+    node_drain_seconds: float = Field(
         10.0,
         ge=0,
         le=3600,
@@ -218,13 +214,6 @@ class NodeSettings(BaseSettings):
         description="Requests an eval or generation job keeps in flight at once, so the node "
         "batches them.",
     )
-    eval_max_tokens: int = Field(
-        384,
-        ge=1,
-        description="Ceiling of an eval job's answer budget (greedy); the budget follows the "
-        "set: its longest golden turn plus a margin, as the trainer's (a job's max_tokens "
-        "sets it exactly).",
-    )
     gen_max_tokens: int = Field(
         384, ge=1, description="`max_tokens` of each attempt a generation job samples."
     )
@@ -240,12 +229,12 @@ class NodeSettings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         """Where a model registered by id alone is looked for."""
-        return self.node_models_dir or self.data_dir / "models"
+        return self.node_models_dir or self.layout.models
 
     @property
     def generated_dir(self) -> Path:
         """Where generation jobs write their shards."""
-        return self.gen_dir or self.data_dir / "generated"
+        return self.gen_dir or self.layout.generated
 
 
 @lru_cache

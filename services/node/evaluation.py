@@ -143,26 +143,26 @@ def builtin_problems(name: str, per_level: int = BUILTIN_PER_LEVEL) -> list[Prob
 _STORED_SET = re.compile(r"(?P<domain>[a-z]+)-d(?P<level>\d+)-(?P<mode>english|canonical|encoded)")
 
 
-def _stored_set(name: str, data_dir: Path) -> Path | None:
+def _stored_set(name: str, validation_dir: Path) -> Path | None:
     """A fixed validation set (services.validation.sets, `<domain>-d<level>-<mode>`), written
     on first use with that module's own seed, so the trainer and the node score the same set."""
     match = _STORED_SET.fullmatch(name)
     if match is None:
         return None
-    # The trainer's and the feeder's default root; drawn from the same seed, the node's copy
-    # holds exactly the trainer's problems.
-    root = data_dir / "validation"
-    path: Path = sets.ensure_set(root, match["domain"], int(match["level"]), match["mode"])
+    # R3_VALIDATION_DIR, as the trainer's and the feeder's; drawn from the same seed, the
+    # node's copy holds exactly the trainer's problems.
+    level = int(match["level"])
+    path: Path = sets.ensure_set(validation_dir, match["domain"], level, match["mode"])
     return path
 
 
 def resolve_eval_set(
-    name: str, *, data_dir: Path, mode: Mode = Mode.ENGLISH, limit: int | None = None
+    name: str, *, validation_dir: Path, mode: Mode = Mode.ENGLISH, limit: int | None = None
 ) -> list[EvalItem]:
     """The items of `name`: a stored validation set (`arithmetic-d2-canonical`), a JSONL file
     in the training format, or a built-in held-out set (`all`, `<domain>`, `<domain>:<level>`)
     generated from a fixed seed and rendered in `mode`."""
-    stored = _stored_set(name, data_dir)
+    stored = _stored_set(name, validation_dir)
     if stored is not None:
         return items_from_jsonl(stored, limit)
     path = Path(name).expanduser()

@@ -75,7 +75,7 @@ def evaluate(
     settings = get_node_settings()
     connection = _connection()
     items = evaluation.resolve_eval_set(
-        eval_set, data_dir=settings.data_dir, mode=Mode(mode), limit=limit
+        eval_set, validation_dir=settings.validation_path, mode=Mode(mode), limit=limit
     )
     node_name = settings.node_name or get_bus_settings().host_name
     with _client(settings) as client:

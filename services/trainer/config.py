@@ -6,7 +6,8 @@ from functools import lru_cache
 from typing import Literal
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from settings.base import R3Settings
 
 ThinkingMarkers = Literal["require", "allow", "ignore"]
 Overlong = Literal["reject", "split"]
@@ -17,10 +18,8 @@ Attention = Literal["auto", "varlen", "flex_attention", "sdpa"]
 Liger = Literal["auto", "loss", "all", "off"]
 
 
-class TrainerSettings(BaseSettings):
+class TrainerSettings(R3Settings):
     """What one training job does with a file; checkpoint retention lives in CheckpointSettings."""
-
-    model_config = SettingsConfigDict(env_prefix="R3_", extra="ignore")
 
     # -- data checks -----------------------------------------------------------------------
     max_length: int = Field(

@@ -98,9 +98,9 @@ class FixedEvaluator:
             trainer.tokenizer,
             trainer.chat,
             sets=loop.fixed_eval_sets,
-            root=loop.validation_dir or trainer.ckpt_settings.data_dir / "validation",
+            root=loop.validation_dir or trainer.ckpt_settings.layout.validation,
             size=trainer.settings.eval_examples,
-            max_new_tokens=loop.fixed_eval_max_new_tokens,
+            max_new_tokens=loop.eval_max_tokens,
             probe_count=loop.probe_count,
             publisher=trainer.publisher,
         )

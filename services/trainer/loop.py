@@ -382,8 +382,16 @@ class Trainer:
 
     # -- one file --------------------------------------------------------------------------
 
+    def _recipe(self) -> dict[str, Any]:
+        """What the manifest records as the recipe: the job's settings, the schedule's
+        horizon and the weights' dtype as resolved (not `auto`)."""
+        recipe = self.settings.model_dump(mode="json", exclude={"data_dir"})
+        recipe["lr_decay_steps"] = self.loop.lr_decay_steps
+        recipe["weights"] = "bf16" if self.weights_dtype == torch.bfloat16 else "fp32"
+        return recipe
+
     def _rejects_path(self, name: str, digest: str) -> Path:
-        root = self.loop.rejects_dir or self.ckpt_settings.data_dir / "rejects"
+        root = self.loop.rejects_dir or self.ckpt_settings.layout.rejects
         return root / f"{Path(name).stem}.{digest[:12]}.rejects.jsonl"
 
     def _start_cursor(self, job_id: str | None, digest: str) -> JobCursor | None:
@@ -597,7 +605,7 @@ class Trainer:
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             cursor=job_cursor,
-            trainer_config=self.settings.model_dump(mode="json"),
+            trainer_config=self._recipe(),
             model_name=self.model_name,
         )
         info = self.disk.run(

@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.validation.config import ValidationSettings
 
 
-class LoopSettings(BaseSettings):
-    """The training loop's own settings (the job's are in services.trainer.config)."""
-
-    model_config = SettingsConfigDict(env_prefix="R3_", extra="ignore")
+class LoopSettings(ValidationSettings):
+    """The training loop's own settings (the job's are in services.trainer.config); the fixed
+    sets' folder and answer budget are ValidationSettings'."""
 
     lr_decay_steps: int = Field(
         10_000,
@@ -67,20 +67,9 @@ class LoopSettings(BaseSettings):
         description="Also score the fixed sets on every checkpoint written, so its "
         "checkpoint.ready carries val_loss and fixed_eval_em and retention keeps the best.",
     )
-    fixed_eval_max_new_tokens: int = Field(
-        128,
-        ge=1,
-        description="Ceiling of a fixed-eval answer's budget (greedy); the budget follows the "
-        "set: its longest golden turn plus a margin (services.validation.scorer).",
-    )
     probe_count: int = Field(
         8,
         ge=0,
         description="The first this many problems of each fixed set are the probes whose "
         "answers are kept for every evaluation (the evolution tracker, `r3:evolution`).",
-    )
-    validation_dir: Path | None = Field(
-        None,
-        description="Where the fixed validation sets are stored (JSONL with meta.golden).",
-        json_schema_extra={"shown_default": "$R3_DATA_DIR/validation"},
     )

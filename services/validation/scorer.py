@@ -6,7 +6,7 @@ one set scored on one model gives the same figures wherever it is scored:
 
 - **Budget**: each answer may take `answer_budget(...)` tokens: the longest golden turn of
   the set (its tokens as `/v1/score` counts them, end-of-turn included) plus a margin, at
-  most the caller's ceiling (R3_FIXED_EVAL_MAX_NEW_TOKENS / R3_EVAL_MAX_TOKENS) or exactly
+  most the caller's ceiling (R3_EVAL_MAX_TOKENS, the trainer's and the node's) or exactly
   an explicit `max_tokens`.
 - **EM**: the greedy answer (no thinking-marker processors: the model's own output), judged
   by the codec (canonical forms, numeric equivalence, codes decoded with the default

@@ -67,7 +67,7 @@ def test_regime3_up_runs_the_loop(tmp_path: Path) -> None:
         R3_FEEDER_LOW_MARK="5",
         R3_FEEDER_MAX_QUEUE="9",
         R3_FEEDER_JOB_EXAMPLES="4",
-        R3_FEEDER_INTERVAL_S="2",
+        R3_FEEDER_INTERVAL_SECONDS="2",
         R3_GEN_MAX_TOKENS="64",
     )
     log = (tmp_path / "up.log").open("w")

@@ -40,7 +40,7 @@ def node_settings_factory(
             "data_dir": tmp_path / "data",
             "node_device": "cpu",
             "admin_token": ADMIN_TOKEN,
-            "node_batch_wait_ms": 20.0,
+            "node_batch_wait_seconds": 0.02,
             **overrides,
         }
         return NodeSettings(**fields)

@@ -82,7 +82,7 @@ def test_abandoned_requests_are_cancelled_within_a_second_streaming_or_not(
 def test_shutdown_ends_long_requests_within_its_drain_bound(
     node_factory: Callable[..., RunningNode],
 ) -> None:
-    node = node_factory(node_drain_s=1.0)
+    node = node_factory(node_drain_seconds=1.0)
     endless(node)
     answers: list[object] = []
 

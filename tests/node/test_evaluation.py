@@ -77,18 +77,18 @@ def test_previous_ems_reads_the_same_set_from_the_eval_stream(r: redis.Redis) ->
 
 
 def test_builtin_sets_are_fixed_heldout_problems() -> None:
-    items = resolve_eval_set("arithmetic:2", data_dir=Path("unused"), mode=Mode.CANONICAL)
-    again = resolve_eval_set("arithmetic:2", data_dir=Path("unused"), mode=Mode.CANONICAL)
+    items = resolve_eval_set("arithmetic:2", validation_dir=Path("unused"), mode=Mode.CANONICAL)
+    again = resolve_eval_set("arithmetic:2", validation_dir=Path("unused"), mode=Mode.CANONICAL)
     assert [i.id for i in items] == [i.id for i in again]
     assert len(items) == evaluation.BUILTIN_PER_LEVEL
     assert {(i.domain, i.difficulty) for i in items} == {("arithmetic", 2)}
     first = items[0]
     assert first.prompt[0]["role"] == "user" and first.completion.startswith("🤔")
     assert evaluate_output(first.completion, first.golden).match  # the golden turn verifies
-    every = resolve_eval_set("syllogism", data_dir=Path("unused"), limit=7)
+    every = resolve_eval_set("syllogism", validation_dir=Path("unused"), limit=7)
     assert len(every) == 7
     with pytest.raises(EvalSetError, match="no built-in domain"):
-        resolve_eval_set("astrology", data_dir=Path("unused"))
+        resolve_eval_set("astrology", validation_dir=Path("unused"))
 
 
 def test_a_jsonl_file_in_the_training_format(tmp_path: Path) -> None:
@@ -104,19 +104,19 @@ def test_a_jsonl_file_in_the_training_format(tmp_path: Path) -> None:
         {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}]},
     ]
     path.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n")
-    [item] = resolve_eval_set(str(path), data_dir=tmp_path, limit=1)
+    [item] = resolve_eval_set(str(path), validation_dir=tmp_path, limit=1)
     assert (item.golden, item.domain, item.difficulty) == ("4", "arithmetic", 1)
     with pytest.raises(EvalSetError, match=r":2: no meta\.golden"):
-        resolve_eval_set(str(path), data_dir=tmp_path)
+        resolve_eval_set(str(path), validation_dir=tmp_path)
     with pytest.raises(EvalSetError, match="does not exist"):
-        resolve_eval_set(str(tmp_path / "missing.jsonl"), data_dir=tmp_path)
+        resolve_eval_set(str(tmp_path / "missing.jsonl"), validation_dir=tmp_path)
 
 
 def test_a_stored_validation_set_name_goes_through_services_validation(tmp_path: Path) -> None:
     from services.validation import sets
 
-    items = resolve_eval_set("word-d1-canonical", data_dir=tmp_path)
-    stored = sets.load_set(sets.set_path(tmp_path / "validation", "word", 1, "canonical"))
+    items = resolve_eval_set("word-d1-canonical", validation_dir=tmp_path)
+    stored = sets.load_set(sets.set_path(tmp_path, "word", 1, "canonical"))
     assert [i.id for i in items] == [s.id for s in stored]
     assert items[0].completion == stored[0].messages[-1]["content"]
 

@@ -30,7 +30,7 @@ from tests.rig.threads import torch_threads
 
 memorized_dir = jobs_fixtures.memorized_dir  # bound here so pytest finds it
 
-CEILING = 48  # the budget's ceiling on both sides, as R3_FIXED_EVAL_MAX_NEW_TOKENS / R3_EVAL_…
+CEILING = 48  # the budget's ceiling on both sides, R3_EVAL_MAX_TOKENS on both
 
 
 def _stored_memorized(path: Path) -> Path:

@@ -53,7 +53,7 @@ def start_node(settings: NodeSettings, timeout: float = 60.0) -> RunningNode:
         port=settings.node_port,
         log_level="warning",
         lifespan="on",
-        timeout_graceful_shutdown=max(1, round(settings.node_drain_s)),  # as __main__ runs it
+        timeout_graceful_shutdown=max(1, round(settings.node_drain_seconds)),  # as __main__ runs it
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="test-node", daemon=True)

@@ -61,7 +61,7 @@ def test_demo_recipe_lifts_held_out_em_clearly_above_chance(
             {
                 **loop_fields,
                 "fixed_eval_sets": EVAL_SET,
-                "fixed_eval_max_new_tokens": 48,
+                "eval_max_tokens": 48,
                 "rejects_dir": str(tmp_path / "rejects"),
             }
         ),

@@ -49,7 +49,7 @@ def test_fixed_eval_fills_status_events_checkpoints_and_evolution(
         loop_settings=LoopSettings(
             sample_max_new_tokens=8,
             fixed_eval_sets="syllogism:1:canonical",
-            fixed_eval_max_new_tokens=16,
+            eval_max_tokens=16,
             probe_count=3,
             rejects_dir=tmp_path / "rejects",
         ),

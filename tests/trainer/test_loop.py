@@ -122,6 +122,13 @@ def test_a_new_trainer_continues_from_the_newest_checkpoint(
     assert again.latest_cursor is not None and again.latest_cursor.job_id == "a"
     state = again.optimizer.state_dict()["state"]
     assert state and int(next(iter(state.values()))["step"]) == done  # AdamW moments restored
+    # The manifest records the whole recipe, the schedule's horizon and weights' dtype included.
+    latest = again.store.load_latest()
+    assert latest is not None
+    recipe = latest.manifest.trainer_config
+    assert recipe["learning_rate"] == again.settings.learning_rate
+    assert recipe["lr_decay_steps"] == again.loop.lr_decay_steps
+    assert recipe["weights"] in ("bf16", "fp32") and "data_dir" not in recipe
 
 
 def test_the_schedule_warms_up_then_decays_to_its_floor() -> None:
