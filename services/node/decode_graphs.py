@@ -91,7 +91,7 @@ class DecodeStep:
         args = (self.model, self.cache, self.ids[:rows], self.positions[:rows], length)
         # The warm-up pass runs on the inputs of the replay that follows, so the cache
         # writes it makes are the ones that replay makes again.
-        side = torch.cuda.Stream(device)
+        side = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             decode(*args)

@@ -428,7 +428,7 @@ class Engine:
             cache = SlotCache(loaded.model, self.max_batch, loaded.device, dtype)
             step = DecodeStep(loaded.model, cache, graphs=self.cuda_graphs)
             serving = loaded.runtime["serving"] = _Serving(cache, step)
-        return serving  # type: ignore[no-any-return]
+        return serving
 
     @torch.inference_mode()
     def _step(self, run: _Run) -> bool:

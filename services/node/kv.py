@@ -135,7 +135,7 @@ def slot_attention(
     """Attention through the slot cache in a slot pass; transformers' SDPA otherwise."""
     active = _current()
     if active is None:
-        return sdpa_attention_forward(  # type: ignore[no-any-return]
+        return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
     layer = module.layer_idx
@@ -148,7 +148,7 @@ def slot_attention(
         width = key.shape[2]
         keys[active.slots, :, :width] = key
         values[active.slots, :, :width] = value
-        return sdpa_attention_forward(  # type: ignore[no-any-return]
+        return sdpa_attention_forward(
             module, query, key, value, None, scaling=scaling, is_causal=True
         )
     assert active.positions is not None and active.rows is not None and active.mask is not None
