@@ -29,10 +29,10 @@ import uvicorn
 from codec.domains import default_codebook
 from codec.modes import Mode
 from services.model.embedded import ensure_embedded_model
-from services.node import generation
-from services.node.app import create_app
+from services.node.api.app import create_app
 from services.node.config import NodeSettings
-from services.node.node_client import NodeClient
+from services.node.worker import generation
+from services.node.worker.node_client import NodeClient
 
 
 def free_port() -> int:

@@ -38,9 +38,9 @@ from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
 from services.model.embedded import ensure_embedded_model
 from services.model.loading import load_model_and_tokenizer, load_tokenizer
-from services.node.engine import Engine, GenerationRequest, LoadedModel
-from services.node.kernels import use_fused_kernels
-from services.node.loading import serving_model
+from services.node.serving.engine import Engine, GenerationRequest, LoadedModel
+from services.node.serving.kernels import use_fused_kernels
+from services.node.serving.loading import serving_model
 
 TOPICS = (
     "Add 17 and 25.",

@@ -4,7 +4,7 @@ A real checkpoint (model, tokenizer, manifest with every file's sha256) is writt
 trainer directory and served over loopback by the gateway's own artifact route (Range,
 ETag, bearer token) under uvicorn. Then:
 
-- download + verify: `services.node.puller.Puller` pulls it into a fresh models directory
+- download + verify: `services.node.pulling.puller.Puller` pulls it into a fresh models directory
   (manifest digest checked, every file hashed as it streams, fsynced, renamed into place);
   MB/s = bytes fetched / 1e6 / seconds of the whole pull;
 - load-and-swap (transfer excluded): the node's own steps, as `activation.activate` runs
@@ -61,9 +61,9 @@ from checkpoints.manifest import (
 from services.model.embedded import ensure_embedded_model
 from services.model.loading import load_tokenizer
 from services.node.config import NodeSettings
-from services.node.engine import Engine, GenerationRequest
-from services.node.loading import load_for_serving, warm_up
-from services.node.puller import Puller
+from services.node.pulling.puller import Puller
+from services.node.serving.engine import Engine, GenerationRequest
+from services.node.serving.loading import load_for_serving, warm_up
 
 TOKEN = "bench-token"
 TARGET_SWAP_S = 1.0

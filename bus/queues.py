@@ -17,8 +17,8 @@ Kind = Literal["train", "node"]
 
 # Job functions by dotted path, so `rq enqueue` and this module name the same thing.
 TRAIN_FILE = "services.trainer.jobs.train_file"
-NODE_EVALUATE = "services.node.jobs.evaluate"
-NODE_GENERATE = "services.node.jobs.generate"
+NODE_EVALUATE = "services.node.worker.jobs.evaluate"
+NODE_GENERATE = "services.node.worker.jobs.generate"
 
 
 def queue_name(kind: Kind, priority: str) -> str:

@@ -6,7 +6,7 @@ import logging
 
 import uvicorn
 
-from services.node.app import create_app
+from services.node.api.app import create_app
 from services.node.config import get_node_settings
 
 

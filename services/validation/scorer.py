@@ -1,7 +1,7 @@
 """The one scorer of fixed validation sets: EM, CE, confidence, ECE and the heatmap.
 
 The trainer (in-process, `services.validation.inprocess`) and the node-worker (over the
-node's HTTP API, `services.node.evaluation.HttpBackend`) both score through `score_set`, so
+node's HTTP API, `services.node.worker.evaluation.HttpBackend`) both score through `score_set`, so
 one set scored on one model gives the same figures wherever it is scored:
 
 - **Budget**: each answer may take `answer_budget(...)` tokens: the longest golden turn of

@@ -82,8 +82,9 @@ def test_node_and_gateway_import_nothing_of_the_trainer() -> None:
 
 def test_the_scan_follows_imports_to_the_trainer() -> None:
     # The checker itself: from-imports are resolved, and a chain into the trainer is named.
-    puller = _module_file("services.node.puller")
-    assert puller is not None and "checkpoints.manifest" in _imports("services.node.puller", puller)
+    name = "services.node.pulling.puller"
+    puller = _module_file(name)
+    assert puller is not None and "checkpoints.manifest" in _imports(name, puller)
     chain = _chain_to_trainer("services.trainer.jobs")
     assert chain == ["services.trainer.jobs"]
     loop = _module_file("services.trainer.loop")

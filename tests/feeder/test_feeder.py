@@ -63,7 +63,7 @@ def test_fills_from_the_low_mark_to_the_maximum_then_pauses(r: redis.Redis, tmp_
         "priority": "low",
     }
     # The node's job function takes exactly these arguments.
-    from services.node import jobs as node_jobs
+    from services.node.worker import jobs as node_jobs
 
     inspect.signature(node_jobs.generate).bind(**jobs[0].kwargs)
 

@@ -12,12 +12,12 @@ from bus import keys
 from bus.encoding import from_fields
 from bus.events import Event, ModelActivated, ModelSwapped
 from bus.publish import Publisher
-from services.node.activation import activate
 from services.node.config import NodeSettings
-from services.node.engine import Engine, GenerationRequest
 from services.node.errors import ModelLoadError, UnknownModelError
-from services.node.loading import load_for_serving
-from services.node.registry import Registry
+from services.node.pulling.activation import activate
+from services.node.pulling.registry import Registry
+from services.node.serving.engine import Engine, GenerationRequest
+from services.node.serving.loading import load_for_serving
 from services.node.state import NodeState
 from tests.rig.node import save_model_variant
 

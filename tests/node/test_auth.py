@@ -7,7 +7,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from services.node.auth import check_admin
+from services.node.api.auth import check_admin
 from services.node.config import NodeSettings
 from services.node.errors import ApiError
 from tests.rig.node import ADMIN_TOKEN, RunningNode

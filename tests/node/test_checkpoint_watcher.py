@@ -17,8 +17,8 @@ from bus import keys
 from bus.encoding import from_fields
 from bus.events import CheckpointReady, Event
 from bus.publish import Publisher
-from services.node.checkpoint_watcher import CheckpointWatcher
-from services.node.puller import Puller, staging_dir
+from services.node.pulling.checkpoint_watcher import CheckpointWatcher
+from services.node.pulling.puller import Puller, staging_dir
 from services.trainer.checkpoint import CheckpointInfo, CheckpointStore, publish_ready
 from tests.node.cutting_server import CutPlan, serve
 from tests.node.swap_fixtures import NODE_TOKEN, flip_byte, gateway, save_checkpoint
@@ -213,7 +213,7 @@ def test_out_of_memory_while_loading_fails_the_swap_and_the_old_model_keeps_serv
     def full_card(*args: Any, **kwargs: Any) -> Any:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.17 GiB")
 
-    monkeypatch.setattr("services.node.loading.load_model_and_tokenizer", full_card)
+    monkeypatch.setattr("services.node.serving.loading.load_model_and_tokenizer", full_card)
     (outcome,) = watcher(node).group.run_once(block_ms=100)
     assert outcome.result == "failed"
     (failed,) = events(r, keys.STREAM_MODELS, "model.swap_failed")

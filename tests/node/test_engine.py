@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from services.model.loading import load_model_and_tokenizer
-from services.node.engine import Engine, Finished, GenerationRequest, LoadedModel, TextDelta
 from services.node.errors import EngineBusy, GenerationError, PromptError
-from services.node.loading import serving_model
+from services.node.serving.engine import Engine, Finished, GenerationRequest, LoadedModel, TextDelta
+from services.node.serving.loading import serving_model
 
 HELLO = [{"role": "user", "content": "hello there"}]
 

@@ -13,15 +13,15 @@ from bus.events import EvalResult
 from bus.publish import Publisher
 from codec.evaluate import evaluate_output
 from codec.modes import Mode
-from services.node import evaluation
-from services.node.evaluation import (
+from services.node.worker import evaluation
+from services.node.worker.evaluation import (
     EvalSetError,
     answer_confidence,
     answer_span,
     expected_calibration_error,
     resolve_eval_set,
 )
-from services.node.node_client import Scored
+from services.node.worker.node_client import Scored
 from services.validation import scorer
 
 

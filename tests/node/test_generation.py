@@ -13,14 +13,14 @@ from codec.evaluate import evaluate_output, split_output
 from codec.modes import Mode
 from codec.problem import Problem, RenderSettings
 from services.model.loading import load_tokenizer
-from services.node.generation import (
+from services.node.worker.generation import (
     Attempt,
     build_line,
     reasoning_mode,
     selfcorrection_problem,
     write_shard,
 )
-from services.node.node_client import Reply
+from services.node.worker.node_client import Reply
 from services.trainer.config import TrainerSettings
 from services.trainer.tokenize import ChatTokenizer
 from services.trainer.validate import validate_file

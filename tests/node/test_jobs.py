@@ -17,10 +17,14 @@ from bus.events import EvalResult, JobFailed, JobFinished, JobProgress
 from bus.status import StatusStore
 from codec.evaluate import evaluate_output
 from services.node.config import get_node_settings
-from services.node.evaluation import answer_confidence, answer_span, expected_calibration_error
-from services.node.node_client import NodeClient
-from services.node.registry import Registry
-from services.node.worker import build_worker
+from services.node.pulling.registry import Registry
+from services.node.worker.evaluation import (
+    answer_confidence,
+    answer_span,
+    expected_calibration_error,
+)
+from services.node.worker.node_client import NodeClient
+from services.node.worker.runner import build_worker
 from tests.node import jobs_fixtures
 from tests.node.jobs_fixtures import MAX_TOKENS, MEMORIZED, memorized_set
 from tests.rig.node import RunningNode
@@ -184,8 +188,8 @@ def test_a_swap_during_evaluation_restarts_it_on_the_new_model(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from services.node import evaluation, jobs
-    from services.node.activation import activate
+    from services.node.pulling.activation import activate
+    from services.node.worker import evaluation, jobs
 
     node = jobs_env
     before = node.state.engine.active.version

@@ -11,15 +11,15 @@ from datetime import time as clock
 import httpx
 import pytest
 
-from services.node.ops import EXTRAS_KEY, get_ops
-from services.node.power import (
+from services.node.hardware.ops import get_ops
+from services.node.hardware.power import (
     PowerController,
     PowerError,
     ScheduleRule,
     parse_schedule,
     scheduled_profile,
 )
-from services.node.telemetry import GpuProbe
+from services.node.hardware.telemetry import GpuProbe
 from tests.node.fake_nvml import FakeBoard, FakeNvml
 from tests.rig.node import RunningNode
 
@@ -193,7 +193,7 @@ def test_power_over_http_clamps_and_relays_nvmls_refusal(
     assert [str(rule) for rule in ops.power.schedule] == ["quiet=22:00-07:00"]
     # The node's real routes, over a fake board (no GPU here): first without root.
     nvml = FakeNvml([FakeBoard(max_mw=300_000)], root=False)
-    node.state.extras[EXTRAS_KEY] = replace(ops, gpu=GpuProbe(nvml), power=controller(nvml))
+    node.state.ops = replace(ops, gpu=GpuProbe(nvml), power=controller(nvml))
     url = node.url + "/power/profile"
     refused = httpx.post(url, json={"profile": "max"}, headers=node.admin_headers, timeout=10)
     assert refused.status_code == 403

@@ -15,14 +15,14 @@ import redis
 
 from bus.publish import Publisher
 from checkpoints.manifest import MANIFEST, FileEntry, Manifest
-from services.node.activation import activate
-from services.node.app import startup_model
+from services.node.api.app import startup_model
 from services.node.config import NodeSettings
-from services.node.engine import Engine
 from services.node.errors import ModelLoadError
-from services.node.loading import load_for_serving
-from services.node.puller import PULLED, verify_pulled
-from services.node.registry import Registry
+from services.node.pulling.activation import activate
+from services.node.pulling.puller import PULLED, verify_pulled
+from services.node.pulling.registry import Registry
+from services.node.serving.engine import Engine
+from services.node.serving.loading import load_for_serving
 from services.node.state import NodeState
 
 

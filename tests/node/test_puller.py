@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from checkpoints.manifest import MANIFEST, MANIFEST_DIGEST, Manifest
-from services.node import puller as puller_module
-from services.node.puller import PULLED, Puller, PullError, staging_dir, verify_pulled
+from services.node.pulling import puller as puller_module
+from services.node.pulling.puller import PULLED, Puller, PullError, staging_dir, verify_pulled
 from services.trainer.checkpoint import CheckpointInfo, CheckpointStore
 from tests.node.cutting_server import CutPlan, serve
 from tests.node.swap_fixtures import NODE_TOKEN, flip_byte, gateway, save_checkpoint

@@ -12,7 +12,7 @@ import redis
 
 from bus import keys
 from services.node.errors import ActiveModelDeleteError, RegistryError, UnknownModelError
-from services.node.registry import Registry
+from services.node.pulling.registry import Registry
 from tests.rig.node import RunningNode
 
 

@@ -1,7 +1,7 @@
 """The trainer's and the node's scores of one model on one set agree: one scorer, two backends.
 
 The trainer scores in-process (`services.validation.scoring.score`, what FixedEvaluator runs);
-the node-worker over a real node's HTTP API (`services.node.evaluation.evaluate_items`, what
+the node-worker over a real node's HTTP API (`services.node.worker.evaluation.evaluate_items`, what
 the eval job runs). Same model, same set, both on CPU: EM and every verdict exactly, CE and
 ECE to float tolerance.
 """
@@ -16,10 +16,10 @@ import pytest
 import redis
 
 from services.model.loading import load_model_and_tokenizer
-from services.node import evaluation
-from services.node.evaluation import EvalReport
-from services.node.node_client import NodeClient
-from services.node.registry import Registry
+from services.node.pulling.registry import Registry
+from services.node.worker import evaluation
+from services.node.worker.evaluation import EvalReport
+from services.node.worker.node_client import NodeClient
 from services.validation.scorer import SetScore
 from services.validation.scoring import score
 from services.validation.sets import ensure_set, load_set

@@ -15,8 +15,8 @@ import httpx
 import pytest
 import torch
 
-from services.node.node_client import NodeClient, NodeUnavailable
-from services.node.scoring import END_OF_TURN
+from services.node.api.scoring import END_OF_TURN
+from services.node.worker.node_client import NodeClient, NodeUnavailable
 from tests.rig.node import RunningNode
 
 PROMPT = [{"role": "user", "content": "Calculate 3 + 4."}]

@@ -16,7 +16,7 @@ from openai import AsyncOpenAI
 from bus import keys
 from bus.encoding import from_fields
 from bus.publish import Publisher
-from services.node.checkpoint_watcher import CheckpointWatcher
+from services.node.pulling.checkpoint_watcher import CheckpointWatcher
 from services.trainer.checkpoint import CheckpointStore, publish_ready
 from tests.node.swap_fixtures import NODE_TOKEN, gateway, save_checkpoint
 from tests.rig.node import RunningNode

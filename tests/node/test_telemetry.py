@@ -17,7 +17,7 @@ from bus import keys
 from bus.encoding import from_fields
 from bus.events import Telemetry
 from bus.publish import Publisher
-from services.node.telemetry import GpuProbe, SystemProbe, TelemetryLoop, snapshot
+from services.node.hardware.telemetry import GpuProbe, SystemProbe, TelemetryLoop, snapshot
 from tests.node.fake_nvml import FakeBoard, FakeNvml
 from tests.rig.node import RunningNode
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from services.model.loading import load_model_and_tokenizer, load_tokenizer
-from services.node.thinking import (
+from services.node.serving.thinking import (
     THINK_CLOSE,
     THINK_OPEN,
     Constraint,

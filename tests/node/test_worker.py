@@ -25,23 +25,22 @@ gateway_url = jobs_fixtures.gateway_url
 REPO = Path(__file__).resolve().parents[2]
 # The examples live in docs/jobs.md (the node jobs section).
 SOURCES = (REPO / "docs" / "jobs.md",)
+EXAMPLE = r"^rq enqueue .*services\.node\.worker\.jobs\.\w+.*$"
 
 
 def node_examples() -> list[list[str]]:
-    """The `rq enqueue … services.node.jobs.*` commands of the first source that has them."""
+    """The `rq enqueue … services.node.worker.jobs.*` commands of the first source that has them."""
     for source in SOURCES:
         text = source.read_text(encoding="utf-8").replace("\\\n", " ")
-        found = [
-            shlex.split(m.group(0))
-            for m in re.finditer(r"^rq enqueue .*services\.node\.jobs\.\w+.*$", text, re.MULTILINE)
-        ]
+        found = [shlex.split(m.group(0)) for m in re.finditer(EXAMPLE, text, re.MULTILINE)]
         if found:
             return found
-    pytest.fail(f"no `rq enqueue … services.node.jobs.*` example in {', '.join(map(str, SOURCES))}")
+    sources = ", ".join(map(str, SOURCES))
+    pytest.fail(f"no `rq enqueue … services.node.worker.jobs.*` example in {sources}")
 
 
 def func_of(argv: list[str]) -> str:
-    return next(a for a in argv if a.startswith("services.node.jobs."))
+    return next(a for a in argv if a.startswith("services.node.worker.jobs."))
 
 
 def queue_of(argv: list[str]) -> str:
@@ -110,7 +109,7 @@ def test_the_readme_examples_run_under_the_worker_module_high_first(
 
 
 def test_the_worker_listens_on_the_node_queues_in_priority_order(r: redis.Redis) -> None:
-    from services.node.worker import build_worker
+    from services.node.worker.runner import build_worker
 
     worker = build_worker(r)
     assert [q.name for q in worker.queues] == list(keys.NODE_QUEUES)
@@ -118,11 +117,34 @@ def test_the_worker_listens_on_the_node_queues_in_priority_order(r: redis.Redis)
 
 
 def test_the_worker_waits_for_the_node_and_gives_up_when_told(jobs_env: RunningNode) -> None:
-    from services.node.node_client import NodeUnavailable
-    from services.node.worker import wait_for_node
+    from services.node.worker.node_client import NodeUnavailable
+    from services.node.worker.runner import wait_for_node
 
     assert wait_for_node(jobs_env.url) == jobs_env.state.engine.active.version
     started = time.monotonic()
     with pytest.raises(NodeUnavailable, match=r"127\.0\.0\.1:9"):
         wait_for_node("http://127.0.0.1:9", timeout=0.5, every=0.1)
     assert time.monotonic() - started < 10
+
+
+def test_the_old_job_paths_still_name_the_jobs() -> None:
+    # Jobs queued before the node-worker got its own package name `services.node.jobs.*`.
+    from rq.utils import import_attribute
+
+    from services.node.worker import jobs
+
+    assert import_attribute("services.node.jobs.evaluate") is jobs.evaluate
+    assert import_attribute("services.node.jobs.generate") is jobs.generate
+    assert queues.NODE_EVALUATE == "services.node.worker.jobs.evaluate"
+
+
+def test_the_worker_process_loads_no_torch() -> None:
+    # The node-worker is a client of the node: the serving engine (and torch) stay out of it.
+    code = (
+        "import sys, services.node.worker.runner, services.node.worker.jobs; "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('services.node.s')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert out.stdout.strip() == "[]", out.stdout

@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from services.node.app import create_app
+from services.node.api.app import create_app
 from services.node.config import NodeSettings
 from services.node.state import NodeState
 

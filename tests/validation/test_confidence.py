@@ -9,8 +9,8 @@ import pytest
 
 from codec.problem import STOP, THINK
 from services.model.loading import load_tokenizer
-from services.node.evaluation import answer_confidence as node_confidence
-from services.node.node_client import Scored
+from services.node.worker.evaluation import answer_confidence as node_confidence
+from services.node.worker.node_client import Scored
 from services.validation.calibration import (
     answer_confidence,
     answer_span,

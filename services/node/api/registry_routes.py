@@ -12,8 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from bus.events import ModelSwapFailed
 from services.model.errors import ModelNotFoundError
 from services.model.loading import check_model_dir
-from services.node.activation import activate
-from services.node.auth import require_admin, require_reader
+from services.node.api.auth import require_admin, require_reader
 from services.node.errors import (
     ActiveModelDeleteError,
     ApiError,
@@ -21,6 +20,7 @@ from services.node.errors import (
     RegistryError,
     UnknownModelError,
 )
+from services.node.pulling.activation import activate
 from services.node.state import NodeState
 
 router = APIRouter()

@@ -1,4 +1,4 @@
-"""A request's life in the engine: what is asked, the caller's handle and events, the row state.
+"""A request's life in the engine: the model it runs on, what is asked, its handle and events.
 
 The engine thread owns a `Slot` per request: it turns sampled tokens into text deltas
 (incremental detokenization), applies stop strings and max_tokens, and hands events to the
@@ -14,17 +14,34 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
 from services.node.errors import GenerationError
-from services.node.thinking import ThinkingRules, ThinkingState
-
-if TYPE_CHECKING:
-    from services.node.engine import LoadedModel
+from services.node.serving.thinking import ThinkingMarkers, ThinkingRules, ThinkingState
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One model version ready to serve: weights on the device, tokenizer, what stops it."""
+
+    version: str
+    path: Path | None
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    step: int | None = None
+    eos_ids: frozenset[int] = frozenset()
+    markers: ThinkingMarkers | None = None
+    max_positions: int | None = None
+    vocab_size: int | None = None  # tokenizer entries; embedding rows past it are never sampled
+    # The engine's serving state of this model (slot cache, captured steps): it lives and
+    # dies with the model, so a swapped-out model's cache goes with its weights.
+    runtime: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

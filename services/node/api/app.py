@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.concurrency import run_in_threadpool
@@ -17,42 +16,43 @@ from bus.connections import connect
 from bus.publish import Publisher
 from bus.settings import get_bus_settings
 from services.model.loading import resolve_model_dir
-from services.node.activation import entry_path
+from services.node.api import (
+    health_routes,
+    jobs_routes,
+    openai_api,
+    ops_routes,
+    registry_routes,
+    scoring,
+)
+from services.node.api.edge import BodyLimit, install_error_handlers
 from services.node.config import NodeSettings, get_node_settings
-from services.node.edge import BodyLimit, install_error_handlers
-from services.node.engine import Engine, LoadedModel
 from services.node.errors import ModelLoadError, RegistryError
-from services.node.loading import load_for_serving, warm_up
-from services.node.registry import Registry
+from services.node.hardware import ops
+from services.node.pulling import checkpoint_watcher
+from services.node.pulling.activation import entry_path
+from services.node.pulling.registry import Registry
+from services.node.serving.engine import Engine, LoadedModel
+from services.node.serving.loading import load_for_serving, warm_up
 from services.node.state import NodeState
 
 log = logging.getLogger(__name__)
 
-# ==== extension hooks =========================================================================
-# Other helpers add ONE line each here ("module:attribute"), imported when the app is built.
-# ROUTERS: an `APIRouter`. BACKGROUND_TASKS: `async def task(state: NodeState) -> None`, started
-# after the model is loaded, running for the app's life, cancelled at shutdown (use
-# asyncio.to_thread inside for blocking work).
-ROUTERS: list[str] = [
-    "services.node.openai_api:router",
-    "services.node.registry_routes:router",
-    "services.node.ops_routes:router",  # N2
-    "services.node.jobs_routes:router",  # N3
-    "services.node.scoring:router",  # N3
-    "services.node.health_routes:router",  # lead: /healthz for compose and regime3 health
-]
-BACKGROUND_TASKS: list[str] = [
-    "services.node.checkpoint_watcher:run",  # N2
-    "services.node.ops:run",  # N2: telemetry and the power schedule
-]
-# ==== end of extension hooks ==================================================================
-
+# Routers in the order their routes are matched, and the background tasks: each task starts
+# once the model is loaded, runs for the app's life and is cancelled at shutdown (blocking
+# work goes through asyncio.to_thread inside).
+ROUTERS: tuple[APIRouter, ...] = (
+    openai_api.router,
+    registry_routes.router,
+    ops_routes.router,
+    jobs_routes.router,
+    scoring.router,
+    health_routes.router,  # /healthz for compose and `regime3 health`
+)
 BackgroundTask = Callable[[NodeState], Coroutine[Any, Any, None]]
-
-
-def _resolve(path: str) -> Any:
-    module, _, attribute = path.partition(":")
-    return getattr(importlib.import_module(module), attribute)
+BACKGROUND_TASKS: tuple[BackgroundTask, ...] = (
+    checkpoint_watcher.run,
+    ops.run,  # telemetry and the power schedule
+)
 
 
 def _load(path: Any, version: str, settings: NodeSettings, step: int | None) -> LoadedModel:
@@ -115,8 +115,8 @@ def create_app(settings: NodeSettings | None = None) -> FastAPI:
         state = await run_in_threadpool(build_state, settings)
         app.state.node = state
         tasks: list[asyncio.Task[None]] = [
-            asyncio.create_task(cast(BackgroundTask, _resolve(path))(state), name=path)
-            for path in BACKGROUND_TASKS
+            asyncio.create_task(task(state), name=f"{task.__module__}.{task.__name__}")
+            for task in BACKGROUND_TASKS
         ]
         try:
             yield
@@ -136,6 +136,6 @@ def create_app(settings: NodeSettings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.node_max_body_bytes)
-    for path in ROUTERS:
-        app.include_router(cast(APIRouter, _resolve(path)))
+    for router in ROUTERS:
+        app.include_router(router)
     return app

@@ -9,10 +9,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.node.auth import require_admin, require_reader
+from services.node.api.auth import require_admin, require_reader
 from services.node.errors import ApiError
-from services.node.ops import Ops, get_ops
-from services.node.power import PowerError
+from services.node.hardware.ops import Ops, get_ops
+from services.node.hardware.power import PowerError
 
 router = APIRouter()
 

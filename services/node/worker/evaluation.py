@@ -26,7 +26,7 @@ from codec.domains import DOMAINS, default_codebook, generate, mixed_problems
 from codec.evaluate import split_output
 from codec.modes import Mode
 from codec.problem import STOP, Problem, RenderSettings
-from services.node.node_client import NodeClient, Scored
+from services.node.worker.node_client import NodeClient, Scored
 from services.validation import calibration, sets
 from services.validation.calibration import answer_span as answer_span
 from services.validation.calibration import (

@@ -17,7 +17,7 @@ from datetime import datetime
 from datetime import time as clock
 from typing import Any, Literal
 
-from services.node.telemetry import GpuProbe, nvml_error_name
+from services.node.hardware.telemetry import GpuProbe, nvml_error_name
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,12 @@ import threading
 from dataclasses import dataclass
 
 from services.node.config import NodeSettings
-from services.node.power import PowerController, PowerError, parse_schedule
+from services.node.hardware.power import PowerController, PowerError, parse_schedule
+from services.node.hardware.telemetry import GpuProbe, SystemProbe, TelemetryLoop
 from services.node.state import NodeState
-from services.node.telemetry import GpuProbe, SystemProbe, TelemetryLoop
 
 log = logging.getLogger(__name__)
 
-EXTRAS_KEY = "ops"  # where the Ops sit in NodeState.extras
 _build_lock = threading.Lock()
 
 
@@ -62,10 +61,9 @@ def build_ops(settings: NodeSettings) -> Ops:
 def get_ops(state: NodeState) -> Ops:
     """The process's Ops, built on first use (a route or the background task, whichever first)."""
     with _build_lock:
-        ops = state.extras.get(EXTRAS_KEY)
-        if ops is None:
-            ops = state.extras[EXTRAS_KEY] = build_ops(state.settings)
-        return ops  # type: ignore[no-any-return]
+        if state.ops is None:
+            state.ops = build_ops(state.settings)
+        return state.ops
 
 
 async def run(state: NodeState) -> None:

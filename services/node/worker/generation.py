@@ -39,7 +39,7 @@ from codec.modes import Mode, schedule_for
 from codec.operators import numeric_value
 from codec.problem import STOP, THINK, Problem, RenderSettings
 from codec.sexpr import Expr, Sym, number
-from services.node.node_client import NodeClient, Reply
+from services.node.worker.node_client import NodeClient, Reply
 
 Source = Literal["model", "selfcorrect", "golden"]
 Fallback = Literal["golden", "skip"]

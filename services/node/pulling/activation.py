@@ -8,11 +8,11 @@ from typing import Literal
 
 from bus.events import ModelActivated, ModelSwapped
 from services.node.config import NodeSettings
-from services.node.engine import free_device_memory
 from services.node.errors import ModelLoadError
-from services.node.loading import load_for_serving, warm_up
-from services.node.puller import set_aside, verify_pulled
-from services.node.registry import ModelEntry
+from services.node.pulling.puller import set_aside, verify_pulled
+from services.node.pulling.registry import ModelEntry
+from services.node.serving.engine import free_device_memory
+from services.node.serving.loading import load_for_serving, warm_up
 from services.node.state import NodeState
 
 

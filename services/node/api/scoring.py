@@ -7,7 +7,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.node.auth import require_reader
+from services.node.api.auth import require_reader
 
 # One tokenization rule for /v1/score and the trainer's in-process scorer.
 from services.validation.teacher_forcing import END_OF_TURN as END_OF_TURN

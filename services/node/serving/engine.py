@@ -26,25 +26,25 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from services.node.decode_graphs import DecodeStep
 from services.node.errors import EngineBusy, EngineClosed, PromptError
-from services.node.handles import (
+from services.node.serving.decode_graphs import DecodeStep
+from services.node.serving.handles import (
     Completion,
     Finished,
     FinishReason,
     GenerationRequest,
+    LoadedModel,
     RequestHandle,
     Slot,
     StreamEvent,
     TextDelta,
 )
-from services.node.kv import SlotCache, prefill, use_slot_attention
-from services.node.thinking import ThinkingMarkers, ThinkingState, apply_constraints
+from services.node.serving.kv import SlotCache, prefill, use_slot_attention
+from services.node.serving.thinking import ThinkingState, apply_constraints
 
 __all__ = [
     "Completion",
@@ -58,25 +58,6 @@ __all__ = [
     "StreamEvent",
     "TextDelta",
 ]
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """One model version ready to serve: weights on the device, tokenizer, what stops it."""
-
-    version: str
-    path: Path | None
-    model: Any
-    tokenizer: Any
-    device: torch.device
-    step: int | None = None
-    eos_ids: frozenset[int] = frozenset()
-    markers: ThinkingMarkers | None = None
-    max_positions: int | None = None
-    vocab_size: int | None = None  # tokenizer entries; embedding rows past it are never sampled
-    # The engine's serving state of this model (slot cache, captured steps): it lives and
-    # dies with the model, so a swapped-out model's cache goes with its weights.
-    runtime: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
 
 @dataclass

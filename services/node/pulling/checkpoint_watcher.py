@@ -22,14 +22,12 @@ from bus.encoding import as_str
 from bus.events import Alert, CheckpointPulled, CheckpointReady, Event, ModelSwapFailed
 from bus.workgroup import WorkGroup
 from checkpoints.manifest import parse_id
-from services.node.activation import activate
 from services.node.errors import ActiveModelDeleteError, UnknownModelError
-from services.node.puller import PULLED, Puller, PullResult, discard_staging
+from services.node.pulling.activation import activate
+from services.node.pulling.puller import PULLED, Puller, PullResult, discard_staging
 from services.node.state import NodeState
 
 log = logging.getLogger(__name__)
-
-EXTRAS_KEY = "checkpoint_watcher"  # where the running watcher sits in NodeState.extras
 
 
 class CheckpointWatcher:
@@ -256,7 +254,7 @@ async def run(state: NodeState) -> None:
         log.info("checkpoint watcher off (R3_CHECKPOINT_WATCH=false)")
         return
     watcher = CheckpointWatcher(state)
-    state.extras[EXTRAS_KEY] = watcher
+    state.checkpoint_watcher = watcher
     stop = threading.Event()
     try:
         await asyncio.to_thread(watcher.run, stop)

@@ -10,11 +10,11 @@ import torch
 from services.model.errors import ModelNotFoundError
 from services.model.loading import load_model_and_tokenizer
 from services.node.config import NodeSettings
-from services.node.engine import LoadedModel, free_device_memory
 from services.node.errors import ModelLoadError
-from services.node.kernels import use_fused_kernels
-from services.node.kv import SlotCache, decode, length_bucket, prefill, use_slot_attention
-from services.node.thinking import ThinkingMarkers
+from services.node.serving.engine import LoadedModel, free_device_memory
+from services.node.serving.kernels import use_fused_kernels
+from services.node.serving.kv import SlotCache, decode, length_bucket, prefill, use_slot_attention
+from services.node.serving.thinking import ThinkingMarkers
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,

@@ -14,12 +14,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.node.auth import require_reader
+from services.node.api.auth import require_reader
 from services.node.config import NodeSettings
-from services.node.engine import Finished, GenerationRequest, RequestHandle, TextDelta
 from services.node.errors import ApiError, EngineBusy, EngineClosed, PromptError
+from services.node.serving.engine import Finished, GenerationRequest, RequestHandle, TextDelta
+from services.node.serving.thinking import ThinkingOptions, ThinkingRules
 from services.node.state import NodeState
-from services.node.thinking import ThinkingOptions, ThinkingRules
 
 MODEL_HEADER = "X-Regime3-Model"
 

@@ -12,7 +12,7 @@ from rq.queue import Queue
 from rq.registry import BaseRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
 from bus import keys
-from services.node.auth import require_reader
+from services.node.api.auth import require_reader
 
 State = Literal["pending", "running", "done", "failed"]
 STATES: tuple[State, ...] = ("pending", "running", "done", "failed")

@@ -16,9 +16,9 @@ from bus import queues
 from bus.connections import connect_waiting
 from bus.worker import EventWorker
 from services.node.config import get_node_settings
-from services.node.node_client import NodeClient, NodeUnavailable
+from services.node.worker.node_client import NodeClient, NodeUnavailable
 
-log = logging.getLogger("services.node.worker")
+log = logging.getLogger(__name__)
 
 
 def build_worker(connection: redis.Redis, *, name: str | None = None) -> EventWorker:

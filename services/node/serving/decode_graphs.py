@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from services.node.kv import SlotCache, decode, length_bucket
+from services.node.serving.kv import SlotCache, decode, length_bucket
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The node's hardware: GPU and system telemetry, power profiles and their schedule."""

@@ -1,0 +1,1 @@
+"""Serving: the engine (batching, swaps), its KV cache and decode graphs, thinking, loading."""
