@@ -14,44 +14,11 @@ MIB = 1 << 20
 
 
 class NodeSettings(ValidationSettings):
-    """One node process: serving, registry, security. N2/N3 append fields in their block; the
-    fixed sets' folder and eval budget are ValidationSettings' (shared with the trainer)."""
+    """The node and its worker, grouped by concern as the package is (serving, api, pulling,
+    hardware, worker); the fixed sets' folder and eval budget are ValidationSettings' (shared
+    with the trainer)."""
 
-    # -- where it listens ------------------------------------------------------------------
-    node_host: str = Field(
-        "127.0.0.1", description="Address the node listens on; 0.0.0.0 to serve the LAN."
-    )
-    node_port: int = Field(8765, description="Port of the node's HTTP API (OpenAI-compatible).")
-    node_name: str | None = Field(
-        None,
-        description="Name of this node in events and registry keys; unset: the bus host name.",
-        json_schema_extra={"shown_default": "R3_HOST_NAME"},
-    )
-    node_models_dir: Path | None = Field(
-        None,
-        description="Where a model registered by id alone (no path, no url) is looked for: "
-        "`<dir>/<id>`, like the users' ~/llm/models/<checkpoint_name>.",
-        json_schema_extra={"shown_default": "R3_DATA_DIR/models"},
-    )
-
-    # -- security --------------------------------------------------------------------------
-    admin_token: SecretStr | None = Field(
-        None,
-        description="Bearer token for register, set_active, DELETE /models and power. Unset: "
-        "those endpoints are off (403), never open.",
-    )
-    node_api_token: SecretStr | None = Field(
-        None,
-        description="Bearer token for inference and read endpoints when R3_NODE_PROTECT_READS "
-        "is on (the admin token is accepted too).",
-    )
-    node_protect_reads: bool = Field(
-        False,
-        description="Require a bearer token (R3_NODE_API_TOKEN or R3_ADMIN_TOKEN) for "
-        "inference and read endpoints too; off by default (a home LAN).",
-    )
-
-    # -- the model on the device -----------------------------------------------------------
+    # -- serving: the model on the device, batching, shutdown ------------------------------
     node_device: str = Field(
         "auto", description="Torch device of the weights: auto (cuda if present), cpu, cuda:0…"
     )
@@ -59,8 +26,6 @@ class NodeSettings(ValidationSettings):
         "auto",
         description="Weights dtype: auto = float32 on CPU, the checkpoint's own dtype on a GPU.",
     )
-
-    # -- batching --------------------------------------------------------------------------
     node_max_batch: int = Field(
         32, ge=1, le=1024, description="Most requests generated together in one batch."
     )
@@ -94,7 +59,38 @@ class NodeSettings(ValidationSettings):
         "they are ended with an error and the node exits.",
     )
 
-    # -- request limits --------------------------------------------------------------------
+    # -- serving: thinking markers (node defaults; a request's `thinking: {...}` overrides) --
+    think_control: bool = Field(
+        True,
+        description="Apply the thinking-marker logits processors (🤔 opens the reasoning, 🛑 "
+        "closes it) to every completion unless a request turns them off.",
+    )
+    think_open_max: int = Field(
+        4, ge=0, description="Most 🤔 in a completion; only at its start, as one run."
+    )
+    think_close_min: int = Field(
+        2, ge=1, description="Once a 🛑 run starts, it continues to at least this many."
+    )
+    think_close_max: int = Field(
+        4, ge=1, description="Most 🛑 in the closing run; after it, no marker at all."
+    )
+    think_max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Cap on reasoning tokens (after the 🤔 run): reached, the 🛑 run is forced. "
+        "Unset: no cap.",
+    )
+
+    # -- API: where it listens, what a request may ask -------------------------------------
+    node_host: str = Field(
+        "127.0.0.1", description="Address the node listens on; 0.0.0.0 to serve the LAN."
+    )
+    node_port: int = Field(8765, description="Port of the node's HTTP API (OpenAI-compatible).")
+    node_name: str | None = Field(
+        None,
+        description="Name of this node in events and registry keys; unset: the bus host name.",
+        json_schema_extra={"shown_default": "R3_HOST_NAME"},
+    )
     node_max_messages: int = Field(256, ge=1, description="Most messages in one chat request.")
     node_max_tokens_limit: int = Field(
         4096, ge=1, description="Largest `max_tokens` a request may ask for."
@@ -118,29 +114,30 @@ class NodeSettings(ValidationSettings):
         1.0, gt=0, le=1, description="Nucleus sampling `top_p` of a request that sets none."
     )
 
-    # -- thinking markers (per-node defaults; a request overrides with `thinking: {...}`) --
-    think_control: bool = Field(
-        True,
-        description="Apply the thinking-marker logits processors (🤔 opens the reasoning, 🛑 "
-        "closes it) to every completion unless a request turns them off.",
-    )
-    think_open_max: int = Field(
-        4, ge=0, description="Most 🤔 in a completion; only at its start, as one run."
-    )
-    think_close_min: int = Field(
-        2, ge=1, description="Once a 🛑 run starts, it continues to at least this many."
-    )
-    think_close_max: int = Field(
-        4, ge=1, description="Most 🛑 in the closing run; after it, no marker at all."
-    )
-    think_max_tokens: int | None = Field(
+    # -- auth: bearer tokens of the API ----------------------------------------------------
+    admin_token: SecretStr | None = Field(
         None,
-        ge=1,
-        description="Cap on reasoning tokens (after the 🤔 run): reached, the 🛑 run is forced. "
-        "Unset: no cap.",
+        description="Bearer token for register, set_active, DELETE /models and power. Unset: "
+        "those endpoints are off (403), never open.",
+    )
+    node_api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for inference and read endpoints when R3_NODE_PROTECT_READS "
+        "is on (the admin token is accepted too).",
+    )
+    node_protect_reads: bool = Field(
+        False,
+        description="Require a bearer token (R3_NODE_API_TOKEN or R3_ADMIN_TOKEN) for "
+        "inference and read endpoints too; off by default (a home LAN).",
     )
 
-    # -- N2 (pull, swap, telemetry, power): add fields below this line ---------------------
+    # -- pulling: models on disk, checkpoints from the gateway, swaps ----------------------
+    node_models_dir: Path | None = Field(
+        None,
+        description="Where a model registered by id alone (no path, no url) is looked for: "
+        "`<dir>/<id>`, like the users' ~/llm/models/<checkpoint_name>.",
+        json_schema_extra={"shown_default": "R3_DATA_DIR/models"},
+    )
     gateway_url: str = Field(
         "http://127.0.0.1:8080",
         description="The trainer host's gateway: checkpoints are pulled from its "
@@ -181,6 +178,8 @@ class NodeSettings(ValidationSettings):
     pull_timeout_seconds: float = Field(
         30.0, gt=0, description="Connect/read timeout of each request to the gateway."
     )
+
+    # -- hardware: telemetry and power -----------------------------------------------------
     telemetry_interval_seconds: float = Field(
         5.0, gt=0, description="Seconds between telemetry events the node publishes."
     )
@@ -201,7 +200,7 @@ class NodeSettings(ValidationSettings):
         "instead (needs a NOPASSWD sudoers line for nvidia-smi).",
     )
 
-    # -- N3 (jobs, scoring): add fields below this line ------------------------------------
+    # -- jobs: the node-worker (services.node.worker) --------------------------------------
     node_url: str = Field(
         "http://127.0.0.1:8765",
         description="The node the node-worker's jobs call over HTTP (evaluate, generate): jobs "
