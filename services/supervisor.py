@@ -197,11 +197,13 @@ class Supervisor:
         if not self.children and self.redis_child is None:
             self.say("nothing to run: no service exists in this version yet")
             return 0
-        self.say("ready: Ctrl-C stops everything")
+        # The handlers first, then "ready": a Ctrl-C the moment it is printed must stop
+        # everything cleanly, not raise KeyboardInterrupt past the supervisor.
         previous = {
             s: signal.signal(s, lambda *_: self._stop.set())
             for s in (signal.SIGINT, signal.SIGTERM)
         }
+        self.say("ready: Ctrl-C stops everything")
         try:
             while not self._stop.wait(0.2):
                 for child in [*self.children, *([self.redis_child] if self.redis_child else [])]:
