@@ -1,8 +1,14 @@
-"""`python -m services.trainer`: build the Trainer once, resume a cut job, then work the queues."""
+"""`python -m services.trainer`: build the Trainer once, resume a cut job, then work the queues.
+
+Under `torchrun --nproc-per-node N` the same command trains on N GPUs: rank 0 works the queues
+as above; the other ranks follow its orders (services.trainer.distributed).
+"""
 
 from __future__ import annotations
 
 import logging
+import signal
+from collections.abc import Callable
 from types import FrameType
 
 import redis
@@ -13,6 +19,7 @@ from bus.connections import connect_waiting
 from bus.events import Alert
 from bus.worker import LongJobWorker
 from services.trainer import jobs
+from services.trainer.distributed import Group
 from services.trainer.loop import Trainer
 from services.trainer.resume import (
     forget_dead_workers,
@@ -67,15 +74,58 @@ def resume_cut_jobs(conn: redis.Redis, trainer: Trainer) -> list[Job]:
     return requeued
 
 
+def build_trainer(group: Group | None, make: Callable[[], Trainer]) -> Trainer:
+    """`make()` the Trainer; under torchrun the lead first (it alone may set a damaged
+    checkpoint aside), then the others from what it left, then DDP over all of them."""
+    if group is None:
+        return make()
+    if not group.lead:
+        group.barrier()
+    trainer = make()
+    if group.lead:
+        group.barrier()
+    trainer.data_parallel()
+    return trainer
+
+
+def follow(trainer: Trainer, group: Group) -> None:
+    """A rank other than the lead: train each file the lead orders until it says stop.
+
+    SIGTERM/SIGINT while training ask for a stop that every rank agrees on at the end of the
+    step (the lead checkpoints); while idle they end the process at once: it holds no state.
+    """
+    while (order := group.receive_order()) is not None:
+        stop = lambda signum, frame: trainer.request_stop()  # noqa: E731
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            trainer.follow_file(order)
+        except Exception:
+            # The lead met the same error on the same rows (bad data fails every rank alike).
+            log.exception("rank %d: training %s failed", group.rank, order.name)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    group = Group.start()
     conn = connect_waiting()
-    trainer = Trainer(conn)
-    jobs.set_trainer(trainer)
-    resume_cut_jobs(conn, trainer)
-    worker = TrainerWorker(queues.queues(conn, "train"), connection=conn)
-    worker.trainer = trainer
-    worker.work()
+    trainer = build_trainer(group, lambda: Trainer(conn, group=group))
+    try:
+        if group is not None and not group.lead:
+            follow(trainer, group)
+            return
+        jobs.set_trainer(trainer)
+        resume_cut_jobs(conn, trainer)
+        worker = TrainerWorker(queues.queues(conn, "train"), connection=conn)
+        worker.trainer = trainer
+        worker.work()
+        if group is not None:
+            group.send_order(None)  # the others exit with the lead
+    finally:
+        if group is not None:
+            group.close()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from services.trainer.checkpoint import CheckpointStore, publish_ready
 from services.trainer.config import TrainerSettings, get_trainer_settings
 from services.trainer.dataset_reader import DataCursor
 from services.trainer.disk import DiskFull
+from services.trainer.distributed import FileOrder, Group
 from services.trainer.errors import DataChangedError, TrainerError
 from services.trainer.fixed_eval import FixedEvalOutcome, FixedEvaluator
 from services.trainer.forward import StepForward, StepPlan
@@ -92,12 +93,20 @@ class Trainer:
         checkpoint_settings: CheckpointSettings | None = None,
         model_path: str | Path | None = None,
         device: str | None = None,
+        group: Group | None = None,
     ) -> None:
+        # Under torchrun: this rank's place. Only the lead (rank 0) publishes, writes the
+        # status hash, the ledger and checkpoints; `data_parallel()` wraps the model in DDP.
+        self.group = group
+        self.lead = group is None or group.lead
+        self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
         self.settings = settings or get_trainer_settings()
         self.loop = loop_settings or LoopSettings()
         self.ckpt_settings = checkpoint_settings or get_checkpoint_settings()
         self.connection = connection
         self.publisher = Publisher(connection)
+        if device is None and group is not None:
+            device = str(group.device)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.store = CheckpointStore(self.ckpt_settings.checkpoints_path)
         if self.loop.torch_threads:
@@ -185,12 +194,20 @@ class Trainer:
             self.publisher,
             self._stop,
         )
-        self.report.set_status(
-            "idle",
-            model_name=self.model_name,
-            context_window=self.settings.max_length,
-            current_step=self.global_step,
-        )
+        if self.lead:
+            self.report.set_status(
+                "idle",
+                model_name=self.model_name,
+                context_window=self.settings.max_length,
+                current_step=self.global_step,
+            )
+
+    def data_parallel(self) -> None:
+        """Under torchrun, on every rank once all are built: wrap the model in DDP (rank 0's
+        weights go to the others). The unwrapped model stays `self.model`: checkpoints,
+        sampling and evaluation use it, so the checkpoint format does not change."""
+        if self.group is not None and self.ddp is None:
+            self.ddp = self.group.wrap(self.model, self.forward)
 
     # -- construction ----------------------------------------------------------------------
 
@@ -264,6 +281,8 @@ class Trainer:
         """Forward and backward of every micro-batch of the step. Returns device tensors (the
         summed loss and sampled entropy) and the entropy's token count: nothing here waits for
         the GPU, the step reads the figures once at its end."""
+        if self.ddp is not None:
+            return self._shared_micro_batches(step, rows_per_batch)
         total_loss_tokens = max(1, step.loss_tokens)  # from the packer, on the host
         loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
         entropy_sum = torch.zeros((), dtype=torch.float32, device=self.device)
@@ -283,7 +302,59 @@ class Trainer:
             entropy_tokens += out.entropy_tokens
         return loss_sum, entropy_sum, entropy_tokens
 
+    def _shared_micro_batches(
+        self, step: StepRows, rows_per_batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """This rank's share of the step under DDP: micro-batches rank, rank + N, ...; each
+        loss over the step's global loss tokens, times N because DDP averages the ranks'
+        gradients, so the update is the one-process update. Gradients are exchanged on the
+        last micro-batch only (no_sync before); a rank with one micro-batch fewer runs its
+        last again with weight 0, since every rank must take part in that exchange."""
+        group, ddp = self.group, self.ddp
+        assert group is not None and ddp is not None
+        scale = group.world / max(1, step.loss_tokens)
+        loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
+        entropy_sum = torch.zeros((), dtype=torch.float32, device=self.device)
+        entropy_tokens = 0
+        width = self.settings.max_length if self.plan.compile else None
+        share = step.micro_batches(
+            rows_per_batch, self.pad_id, width, rank=group.rank, world=group.world
+        )
+        rounds = -(-step.micro_batch_count(rows_per_batch) // group.world)
+        if not share:
+            share = step.micro_batches(rows_per_batch, self.pad_id, width)[:1]
+            work = [(share[0], 0.0)] * rounds
+        else:
+            work = [(b, 1.0) for b in share] + [(share[-1], 0.0)] * (rounds - len(share))
+        ok = True
+        for number, (batch, weight) in enumerate(work):
+            last = number == len(work) - 1
+            if last and not group.all_ok(ok):
+                raise torch.OutOfMemoryError(
+                    "out of memory on a rank of the group: every rank backs off together"
+                )
+            if not ok:
+                continue  # skip to the agreement: the step is retried smaller anyway
+            sync = contextlib.nullcontext() if last else ddp.no_sync()
+            try:
+                with sync:
+                    with self._autocast():
+                        out = ddp(batch.to(self.device))
+                    self.scaler.scale(out.loss_sum * (scale * weight)).backward()
+            except torch.OutOfMemoryError:
+                if last:
+                    raise  # past the agreement: torchrun ends the group, resume follows
+                ok = False
+                continue
+            if weight:
+                loss_sum += out.loss_sum.detach()
+                entropy_sum += out.entropy_sum
+                entropy_tokens += out.entropy_tokens
+        return loss_sum, entropy_sum, entropy_tokens
+
     def _alert_oom(self, backoff: Backoff) -> None:
+        if not self.lead:
+            return
         if backoff.checkpointing:
             self.publisher.publish(
                 Alert(
@@ -315,6 +386,8 @@ class Trainer:
         """The first compiled step's wall time (compilation, forward and backward included;
         later steps take well under a second): logged, alerted and kept in the status hash."""
         self.compile_seconds = round(seconds, 1)
+        if not self.lead:
+            return
         log.info("first compiled step took %.1f s (%s)", seconds, self.plan.describe())
         self.publisher.publish(
             Alert(
@@ -342,9 +415,16 @@ class Trainer:
         clip = self.settings.grad_clip if self.settings.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         # The step's one read of the device: loss, entropy and gradient norm together.
-        loss_total, entropy_total, grad_norm = torch.stack(
-            [loss_sum.float(), entropy_sum.float(), norm.float()]
-        ).tolist()
+        figures = torch.stack([loss_sum.float(), entropy_sum.float(), norm.float()])
+        # Under torchrun a stop is decided here, by all ranks at once (asked of any, it is for
+        # all); alone, at the end of the step, as the request finds it (None here).
+        stop: bool | None = None
+        if self.group is not None:
+            (loss_total, entropy_total, grad_norm), entropy_tokens, stop = self.group.step_figures(
+                figures, entropy_tokens, self._stop.is_set()
+            )
+        else:
+            loss_total, entropy_total, grad_norm = figures.tolist()
         loss = loss_total / max(1, step.loss_tokens)
         entropy = entropy_total / max(1, entropy_tokens)
         if started is not None and self.plan.compile:
@@ -353,16 +433,18 @@ class Trainer:
             # One NaN/inf step would poison every weight it touches; skip it and say so.
             # (Under fp16 the GradScaler skips such steps itself and lowers its scale.)
             self.optimizer.zero_grad(set_to_none=True)
-            self.publisher.publish(
-                Alert(
-                    level="warning",
-                    source="trainer",
-                    code="nonfinite_gradients",
-                    message=f"step {number}: gradient norm {grad_norm}; the update was skipped "
-                    "(weights unchanged). Repeated, lower R3_LEARNING_RATE or check the data.",
+            if self.lead:
+                self.publisher.publish(
+                    Alert(
+                        level="warning",
+                        source="trainer",
+                        code="nonfinite_gradients",
+                        message=f"step {number}: gradient norm {grad_norm}; the update was "
+                        "skipped (weights unchanged). Repeated, lower R3_LEARNING_RATE or check "
+                        "the data.",
+                    )
                 )
-            )
-        monitored = self.layers.due(number) and math.isfinite(grad_norm)
+        monitored = self.lead and self.layers.due(number) and math.isfinite(grad_norm)
         if monitored:
             self.layers.before_step()
         lr = float(self.scheduler.get_last_lr()[0])
@@ -378,6 +460,7 @@ class Trainer:
             "grad_norm": grad_norm,
             "lr": lr,
             "layers": summary,
+            "stop": stop,
         }
 
     # -- one file --------------------------------------------------------------------------
@@ -486,6 +569,21 @@ class Trainer:
             if self.global_step == self.resumed_state.get("global_step"):
                 state.saved_at = self.global_step  # the checkpoint resumed from is this state
             log.info("job %s: %s", job_id, resume_point(name, resume, report.examples))
+        if self.group is not None:
+            cpu_rng, device_rng = self.group.rng_state()
+            self.group.send_order(
+                FileOrder(
+                    path=str(path),
+                    name=name,
+                    job_id=job_id,
+                    sha256=digest,
+                    start=start,
+                    epoch=state.epoch,
+                    rejected_offsets=tuple(report.rejected_offsets),
+                    cpu_rng=cpu_rng,
+                    device_rng=device_rng,
+                )
+            )
         try:
             for epoch in range(state.epoch, self.settings.epochs):
                 state.epoch = epoch
@@ -532,9 +630,41 @@ class Trainer:
             "final_loss": self.report.loss.history[-1] if self.report.loss.history else None,
         }
 
+    def follow_file(self, order: FileOrder) -> None:
+        """A rank other than the lead: train the file the lead ordered, step for step with it
+        (the same rows from the same cursor, this rank's share of each step), until its end
+        or a stop agreed by all ranks. Nothing is published or written here."""
+        assert self.group is not None
+        self._stop.clear()
+        self.rows_per_batch = self.settings.rows_per_micro_batch
+        self.group.set_rng_state(order)
+        start = order.start
+        for _epoch in range(order.epoch, self.settings.epochs):
+            rows = file_rows(
+                Path(order.path),
+                self.chat,
+                self.settings,
+                rejected_offsets=order.rejected_offsets,
+                start=start,
+                workers=self.loop.data_workers,
+            )
+            start = None
+            for step in optimizer_steps(rows, self.settings.tokens_per_step):
+                if self._optimizer_step(step)["stop"]:
+                    return
+
+    def _between_steps(self) -> contextlib.AbstractContextManager[Any]:
+        """Around the lead's sampling and evaluation under torchrun: they must not move its
+        random state away from the other ranks' (BF16AdamW's rounding draws from it)."""
+        if self.group is None:
+            return contextlib.nullcontext()
+        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+
     def _after_step(self, step: StepRows, state: FileProgress) -> None:
         self.report.throughput.start()
         result = self._optimizer_step(step)
+        if result["stop"]:
+            self._stop.set()  # agreed by every rank (another's SIGTERM): no evaluation now
         self.report.throughput.stop(step.tokens)
         state.file_step += 1
         state.examples_done += len(step.examples)
@@ -563,9 +693,13 @@ class Trainer:
         if self.global_step % self.settings.save_steps == 0:
             self._save(state)
         if self.global_step % self.settings.eval_steps == 0:
-            self.report.sample(self.global_step, self.sampler.sample(self.model, self._autocast()))
-            self._fixed_eval()
-        if self._stop.is_set():
+            with self._between_steps():
+                sample = self.sampler.sample(self.model, self._autocast())
+            self.report.sample(self.global_step, sample)
+            with self._between_steps():
+                self._fixed_eval()
+        # Under torchrun only the agreed stop counts: the others go on to the next step.
+        if self._stop.is_set() if result["stop"] is None else result["stop"]:
             if state.saved_at != self.global_step:
                 self._save(state)
             raise TrainingInterrupted(
@@ -622,7 +756,8 @@ class Trainer:
         fixed_em: float | None = None
         # Not on the way out: a stop must be quick (the supervisor's grace period).
         if self.loop.fixed_eval_at_checkpoint and not self._stop.is_set():
-            outcome = self._fixed_eval(checkpoint_id=info.id)
+            with self._between_steps():
+                outcome = self._fixed_eval(checkpoint_id=info.id)
             if outcome is not None and outcome.ce is not None:
                 # Recorded before checkpoint.ready: retention keeps the lowest val_loss.
                 self.store.record_validation(info.id, outcome.ce)

@@ -304,18 +304,26 @@ class StepRows:
         return tuple(e for r in self.rows for e in r.examples)
 
     def micro_batches(
-        self, rows_per_batch: int, pad_id: int, width: int | None = None
+        self,
+        rows_per_batch: int,
+        pad_id: int,
+        width: int | None = None,
+        *,
+        rank: int = 0,
+        world: int = 1,
     ) -> list[PackedBatch]:
         """Consecutive groups of `rows_per_batch` rows (after an out-of-memory, pass fewer:
         the step's rows and so its loss are unchanged, only accumulation grows). With `width`,
-        every micro-batch is `rows_per_batch` x `width`, the last one filled with empty rows."""
+        every micro-batch is `rows_per_batch` x `width`, the last one filled with empty rows.
+        With `world` ranks, rank r's share: micro-batches r, r + world, ..."""
         if rows_per_batch < 1:
             raise ValueError(f"rows_per_batch={rows_per_batch}: need at least 1")
         full = rows_per_batch if width is not None else None
-        return [
-            collate(self.rows[i : i + rows_per_batch], pad_id, width, full)
-            for i in range(0, len(self.rows), rows_per_batch)
-        ]
+        starts = range(0, len(self.rows), rows_per_batch)[rank::world]
+        return [collate(self.rows[i : i + rows_per_batch], pad_id, width, full) for i in starts]
+
+    def micro_batch_count(self, rows_per_batch: int) -> int:
+        return -(-len(self.rows) // rows_per_batch)
 
 
 def optimizer_steps(rows: Iterable[PackedRow], tokens_per_step: int) -> Iterator[StepRows]:

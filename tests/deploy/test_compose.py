@@ -115,7 +115,11 @@ def test_one_profile_per_host_running_the_supervisors_commands() -> None:
     for name, spec in {**trainer, **node}.items():
         if name == "redis":
             continue
-        assert spec["command"] == commands[name], name
+        command = spec["command"]
+        if name == "trainer":  # one torchrun rank a GPU, running the same module
+            assert command[:4] == ["torchrun", "--standalone", "--nproc-per-node", "1"], command
+            command = ["python", *command[4:]]
+        assert command == commands[name], name
         module = commands[name][2]
         assert (ROOT / module.replace(".", "/")).exists() or (
             ROOT / (module.replace(".", "/") + ".py")
@@ -133,7 +137,12 @@ def test_health_restart_and_dependencies() -> None:
     assert services["node-worker"]["depends_on"] == {"node": {"condition": "service_healthy"}}
     for name in ("trainer", "node"):
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        devices = [{**d, "count": int(d["count"])} for d in devices]  # Compose casts "1"
         assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    # R3_TRAINER_GPUS=N: N cards reserved and N torchrun ranks.
+    trainer = load({**ENV, "R3_TRAINER_GPUS": "2"})["services"]["trainer"]
+    assert trainer["command"][3] == "2"
+    assert trainer["deploy"]["resources"]["reservations"]["devices"][0]["count"] == "2"
 
 
 def test_state_lives_in_volumes() -> None:
