@@ -22,7 +22,10 @@ Checked at the end (exit status 1 when any fails): every job finished; following
 along the lineage of the final weights (a step number seen again after a restart replaces
 the steps from that number on), every line of every file was trained exactly once (one
 epoch); no checkpoint id was announced twice; every user file is intact and its stored copy
-present. The nodes' abandoned-request faults are not part of this soak (no node runs here).
+present. With `--node`, a node on the embedded model runs beside it (restarted like the
+trainer), and one more fault is drawn: 6 long completions (half streaming) whose clients hang
+up after 0.3 s; the node must hold none of them within 1.5 s and serve a short request at
+once, and stop within its drain bound at the end.
 """
 
 from __future__ import annotations
@@ -94,11 +97,12 @@ class Redis:
 
 
 class Supervisor:
-    """Keeps one trainer process running; counts the exits it did not ask for."""
+    """Keeps one service process running; counts the exits it did not ask for."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, module: str = "services.trainer") -> None:
         self.env = env
         self.log = log
+        self.module = module
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.unexpected_exits: list[int] = []
@@ -107,7 +111,7 @@ class Supervisor:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.trainer"],
+                [sys.executable, "-m", self.module],
                 cwd=ROOT,
                 env=self.env,
                 stdout=out,
@@ -128,7 +132,7 @@ class Supervisor:
                 self.unexpected_exits.append(-999)  # a stop that did not stop in 60 s
 
     def watch(self, redis_up: bool) -> None:
-        """Restart the trainer if it exited (after noting whether it was asked to)."""
+        """Restart the process if it exited (after noting whether it was asked to)."""
         if self.proc is None or self.proc.poll() is None:
             return
         if not redis_up:
@@ -137,6 +141,65 @@ class Supervisor:
             self.unexpected_exits.append(self.proc.returncode)
         if redis_up:
             self.start()
+
+
+def abandon_requests(node_url: str, count: int, rng: random.Random) -> dict[str, float | bool]:
+    """`count` long completions (half streaming) whose clients hang up after 0.3 s; then how
+    long until the node holds none of them, and whether a short request is served at once."""
+    import threading
+
+    import httpx
+
+    def one(stream: bool) -> None:
+        body = {
+            "messages": [{"role": "user", "content": f"tell a long story {rng.random()}"}],
+            "max_tokens": 3000,
+            "stream": stream,
+        }
+        try:
+            with httpx.Client(timeout=0.3) as client:
+                if stream:
+                    with client.stream("POST", node_url + "/v1/chat/completions", json=body) as r:
+                        for _ in r.iter_bytes():
+                            pass
+                else:
+                    client.post(node_url + "/v1/chat/completions", json=body)
+        except httpx.HTTPError:
+            pass  # the client gave up: that is the fault
+
+    threads = [threading.Thread(target=one, args=(i % 2 == 0,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    gone_at = time.monotonic()
+    drained = None
+    while time.monotonic() - gone_at < 10:
+        try:
+            models = httpx.get(node_url + "/models", timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            time.sleep(0.1)
+            continue
+        entries = models.get("models", models) if isinstance(models, dict) else models
+        if all(int(e.get("requests_in_flight", 0)) == 0 for e in entries):
+            drained = time.monotonic() - gone_at
+            break
+        time.sleep(0.05)
+    started = time.monotonic()
+    try:
+        r = httpx.post(
+            node_url + "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
+            timeout=30,
+        )
+        served = r.status_code == 200
+    except httpx.HTTPError:
+        served = False
+    return {
+        "drained_seconds": -1.0 if drained is None else drained,
+        "probe_seconds": time.monotonic() - started,
+        "probe_served": served,
+    }
 
 
 def write_files(folder: Path, files: int, examples: int, seed: int) -> list[Path]:
@@ -185,6 +248,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--node",
+        action="store_true",
+        help="also run a node on the embedded model, and let clients abandon long requests",
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="r3-chaos-"))
@@ -237,6 +305,25 @@ def main() -> int:
     )
     trainer = Supervisor(env, work / "trainer.log")
     trainer.start()
+    node: Supervisor | None = None
+    node_url = ""
+    abandoned: list[dict[str, float | bool]] = []
+    if args.node:
+        import httpx
+
+        port = free_port()
+        node_url = f"http://127.0.0.1:{port}"
+        node_env = dict(env, R3_NODE_PORT=str(port), R3_NODE_HOST="127.0.0.1")
+        node = Supervisor(node_env, work / "node.log", module="services.node")
+        node.start()
+        ready = time.monotonic() + 180
+        while time.monotonic() < ready:
+            try:
+                if httpx.get(node_url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
     faults: Counter[str] = Counter()
     corrupted_after: str | None = None  # a newer save must come before the next corruption
     started = time.monotonic()
@@ -246,8 +333,11 @@ def main() -> int:
         until = time.monotonic() + pause
         while time.monotonic() < until:
             trainer.watch(redis_up)
+            if node is not None:
+                node.watch(redis_up)
             time.sleep(0.2)
-        kind = rng.choice(["kill_trainer", "kill_redis", "corrupt_checkpoint", "stop_trainer"])
+        kinds = ["kill_trainer", "kill_redis", "corrupt_checkpoint", "stop_trainer"]
+        kind = rng.choice(kinds + (["abandon_requests"] if node is not None else []))
         if kind == "kill_trainer":
             trainer.signal(signal.SIGKILL)
             time.sleep(rng.uniform(0, 3))
@@ -256,12 +346,16 @@ def main() -> int:
             trainer.signal(signal.SIGTERM)
             time.sleep(rng.uniform(0, 3))
             trainer.start()
+        elif kind == "abandon_requests":
+            abandoned.append(abandon_requests(node_url, 6, rng))
         elif kind == "kill_redis":
             server.kill()
             redis_up = False
             down = time.monotonic() + rng.uniform(2, 5)
             while time.monotonic() < down:
                 trainer.watch(redis_up)
+                if node is not None:
+                    node.watch(redis_up)
                 time.sleep(0.2)
             server.start()
             redis_up = True
@@ -290,6 +384,11 @@ def main() -> int:
             break
         time.sleep(0.5)
     trainer.signal(signal.SIGTERM)
+    node_stop_seconds = None
+    if node is not None:
+        stop_began = time.monotonic()
+        node.signal(signal.SIGTERM)
+        node_stop_seconds = round(time.monotonic() - stop_began, 1)
     total_seconds = time.monotonic() - started
 
     # The ledger, along the lineage of the final weights.
@@ -342,6 +441,21 @@ def main() -> int:
         "checkpoint_ids_reused": len(announced) - len(set(announced)),
         "issued_ids_reused": len(issued) - len(set(issued)),
         "alerts": dict(alerts),
+        "node_starts": None if node is None else node.starts,
+        "unexpected_node_exits": None if node is None else node.unexpected_exits,
+        "abandon_rounds": len(abandoned),
+        "abandoned_requests": 6 * len(abandoned),
+        "abandoned_drained_max_seconds": max(
+            (float(a["drained_seconds"]) for a in abandoned), default=None
+        ),
+        "probe_after_abandon_max_seconds": max(
+            (float(a["probe_seconds"]) for a in abandoned), default=None
+        ),
+        "probes_failed": sum(not a["probe_served"] for a in abandoned),
+        "abandon_rounds_detail": [
+            {k: round(v, 2) if isinstance(v, float) else v for k, v in a.items()} for a in abandoned
+        ],
+        "node_sigterm_seconds": node_stop_seconds,
         "user_files_intact": files_intact,
         "stored_copies_present": stored_present,
         "work_dir": str(work),
@@ -356,6 +470,8 @@ def main() -> int:
         and files_intact
         and stored_present
         and not trainer.unexpected_exits
+        and (node is None or not node.unexpected_exits)
+        and all(0 <= float(a["drained_seconds"]) <= 1.5 and a["probe_served"] for a in abandoned)
     )
     summary["ok"] = ok
     print(json.dumps(summary, indent=2))
