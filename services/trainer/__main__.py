@@ -19,7 +19,7 @@ from bus.connections import connect_waiting
 from bus.events import Alert
 from bus.worker import LongJobWorker
 from services.trainer import jobs
-from services.trainer.distributed import Group
+from services.trainer.distributed import Group, peer_failure
 from services.trainer.loop import Trainer
 from services.trainer.resume import (
     forget_dead_workers,
@@ -99,7 +99,9 @@ def follow(trainer: Trainer, group: Group) -> None:
         previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             trainer.follow_file(order)
-        except Exception:
+        except Exception as exc:
+            if peer_failure(exc):
+                raise  # a rank died: this one ends too, and torchrun ends the group
             # The lead met the same error on the same rows (bad data fails every rank alike).
             log.exception("rank %d: training %s failed", group.rank, order.name)
         finally:

@@ -52,6 +52,19 @@ class FileOrder:
     device_rng: torch.Tensor | None  # the lead's CUDA generator; set on each rank's own card
 
 
+# What a collective raises when a peer is gone: torch's own DistError, or a RuntimeError from
+# the backend (DDP's gradient hooks re-raise gloo's "Connection closed by peer" as one).
+_PEER_FAILURES = ("gloo", "nccl", "connection closed by peer", "processgroup", "c10d")
+
+
+def peer_failure(exc: BaseException) -> bool:
+    """True when `exc` says the group broke (a rank died), not that this rank's code failed."""
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(word in text for word in _PEER_FAILURES)
+
+
 class Group:
     """This process's place among torchrun's ranks, and the few collectives the loop needs."""
 

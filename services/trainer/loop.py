@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import math
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from services.trainer.checkpoint import CheckpointStore, publish_ready
 from services.trainer.config import TrainerSettings, get_trainer_settings
 from services.trainer.dataset_reader import DataCursor
 from services.trainer.disk import DiskFull
-from services.trainer.distributed import FileOrder, Group
+from services.trainer.distributed import FileOrder, Group, peer_failure
 from services.trainer.errors import DataChangedError, TrainerError
 from services.trainer.fixed_eval import FixedEvalOutcome, FixedEvaluator
 from services.trainer.forward import StepForward, StepPlan
@@ -614,7 +615,9 @@ class Trainer:
         except TrainerError as exc:
             self.report.set_status("crashed")
             raise _named(exc, path, name) from None
-        except Exception:
+        except Exception as exc:
+            if self.group is not None and peer_failure(exc):
+                raise self._group_lost(name, exc) from exc
             self.report.set_status("crashed")
             raise
         self.report.set_status(
@@ -629,6 +632,23 @@ class Trainer:
             "rejected": report.rejected,
             "final_loss": self.report.loss.history[-1] if self.report.loss.history else None,
         }
+
+    def _group_lost(self, name: str, exc: BaseException) -> TrainingInterrupted:
+        """Another rank died mid-step: not this file's fault. The job goes back to the front
+        of its queue (an interruption, not a failure) and this process ends too, so torchrun
+        (or the restart policy) starts the group again from the last checkpoint's cursor."""
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = (
+            f"a rank of the training group died while training {name} ({reason}); the job "
+            "resumes from the last checkpoint when the group restarts"
+        )
+        log.error("%s", message)
+        self.publisher.publish(
+            Alert(level="error", source="trainer", code="rank_lost", message=message)
+        )
+        self.report.set_status("idle")
+        signal.raise_signal(signal.SIGTERM)  # the worker's warm stop: no next job on this group
+        return TrainingInterrupted(message)
 
     def follow_file(self, order: FileOrder) -> None:
         """A rank other than the lead: train the file the lead ordered, step for step with it
