@@ -146,11 +146,25 @@ class HistoryWriter:
             self.flush(final=write)
 
     def _rewind(self, step: int) -> None:
+        """Drop the buckets past `step`. The bucket that holds `step` keeps the points before
+        it (a coarse bucket spans up to 65,536 steps, all of which a resume would otherwise
+        wipe); its min/max may still count superseded points, since they cannot be unfolded."""
         self.flush()
         pipe = self.redis.pipeline(transaction=False)
         for level, width in enumerate(LEVELS):
-            pipe.zremrangebyscore(self.keys[level], step // width, "+inf")
-            self.open[level] = None
+            pipe.zrangebyscore(self.keys[level], step // width, step // width)
+            pipe.zremrangebyscore(self.keys[level], f"({step // width}", "+inf")
+        found = pipe.execute()[0::2]
+        pipe = self.redis.pipeline(transaction=False)
+        for level, width in enumerate(LEVELS):
+            members = found[level]
+            bucket = Bucket.from_member(members[-1]) if members else None
+            if bucket is None or bucket.first_step >= step:
+                pipe.zremrangebyscore(self.keys[level], step // width, step // width)
+                self.open[level] = None
+            else:
+                bucket.last_step = min(bucket.last_step, step - 1)
+                self.open[level] = bucket
         pipe.execute()
 
     def flush(self, *, final: bool = True) -> None:

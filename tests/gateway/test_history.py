@@ -66,6 +66,23 @@ def test_a_restarted_writer_continues_the_open_bucket_and_a_rewind_drops_the_res
     assert window.buckets[-1].values["loss"] == [9.0, 9.0, 9.0]
 
 
+def test_a_rewind_keeps_the_coarse_buckets_history_before_the_resumed_step(
+    r: redis.Redis,
+) -> None:
+    writer = HistoryWriter(r, "run-c")
+    for n in range(1, 301):
+        writer.add(n, 1000.0 + n, {"loss": float(n)}, write=False)
+    writer.flush()
+    # Resumed from a checkpoint at step 290: steps 1..289 stay in every coarse bucket.
+    writer.add(290, 2000.0, {"loss": 0.25})
+    for width in (16, 256, 4096, 65536):
+        members = r.zrangebyscore(keys.history_key("run-c", width), 0, "+inf")
+        buckets = [history.Bucket.from_member(m) for m in members]
+        assert buckets[0].first_step == 1, width
+        assert buckets[-1].last_step == 290 and buckets[-1].values["loss"][2] == 0.25, width
+    assert history.read(r, "run-c", first=1, last=290, points=1).buckets[0].first_step == 1
+
+
 @pytest.mark.slow
 def test_a_week_of_steps_is_served_downsampled_in_well_under_a_second(
     r: redis.Redis, gateway: Gateway
