@@ -30,7 +30,9 @@ def status_age_seconds(status: TrainingStatus, now: datetime | None = None) -> f
     except ValueError:
         return None
     if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
+        # The trainer writes local time without an offset (services.trainer.metrics): read
+        # as UTC, a host east of Greenwich showed a dead trainer as training for hours.
+        stamp = stamp.astimezone()
     return ((now or datetime.now(UTC)) - stamp).total_seconds()
 
 

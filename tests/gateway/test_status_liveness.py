@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 import redis
 
 from bus import queues
 from bus.keys import heartbeat_key
-from bus.liveness import STALE_AFTER_SECONDS
-from bus.status import StatusStore
+from bus.liveness import STALE_AFTER_SECONDS, status_age_seconds
+from bus.status import StatusStore, TrainingStatus
 from bus.worker import LongJobWorker
 from tests.gateway.rig import Gateway
 
@@ -49,3 +51,18 @@ def test_the_trainers_worker_beats_while_a_job_runs(r: redis.Redis) -> None:
     assert value is not None and value.endswith(job.id)
     [key] = list(r.scan_iter(match=heartbeat_key("trainer", "*")))
     assert 0 < r.ttl(key) <= 32  # it expires by itself a few beats after the trainer dies
+
+
+def test_the_trainers_naive_local_timestamp_is_read_as_local_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The trainer stamps its status with datetime.now() (local, no offset).
+    monkeypatch.setenv("TZ", "JST-9")  # POSIX form: no tzdata needed
+    time.tzset()
+    try:
+        stamp = (datetime.now() - timedelta(seconds=60)).isoformat(timespec="seconds")
+        age = status_age_seconds(TrainingStatus(status="training", timestamp=stamp))
+        assert age is not None and 59 <= age <= 62
+    finally:
+        monkeypatch.undo()
+        time.tzset()
