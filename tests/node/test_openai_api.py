@@ -66,6 +66,10 @@ def test_retrieve_a_model_by_id(node: RunningNode) -> None:
     r = httpx.get(f"{node.url}/v1/models/embedded-v1")
     assert r.status_code == 200
     assert r.json()["id"] == "embedded-v1" and r.json()["object"] == "model"
+    # The alias is the active model itself, not an inactive model named "active".
+    r = httpx.get(f"{node.url}/v1/models/active")
+    assert r.status_code == 200 and r.json()["id"] == "embedded-v1"
+    assert r.json().get("active") is not False
     r = httpx.get(f"{node.url}/v1/models/nonesuch")
     assert r.status_code == 404 and error_of(r)["code"] == "model_not_found"
 

@@ -200,10 +200,17 @@ async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
     """The official client's `models.retrieve`: the active model by its id; else 404."""
     state = _state(request)
     found = _model_object(state)
-    if model_id != found["id"]:
+    if model_id not in (found["id"], ACTIVE_ALIAS):
         if not await run_in_threadpool(_known, state, model_id):
             raise _model_not_found(model_id)
-        found = {**found, "id": model_id, "active": False}
+        # Another model this node knows: the active one's step, path and markers are not its.
+        found = {
+            "id": model_id,
+            "object": "model",
+            "created": found["created"],
+            "owned_by": found["owned_by"],
+            "active": False,
+        }
     return JSONResponse(found, headers={MODEL_HEADER: state.engine.active.version})
 
 
