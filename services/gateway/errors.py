@@ -52,6 +52,10 @@ class Unavailable(GatewayError):
     status = 503
 
 
+class InsufficientStorage(GatewayError):
+    status = 507
+
+
 def install(app: FastAPI) -> None:
     """Answer every GatewayError as JSON with its status and headers."""
 

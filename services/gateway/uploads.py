@@ -12,6 +12,7 @@ and runs before the first step, as for any queued file.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import tempfile
 from pathlib import Path
@@ -28,7 +29,13 @@ from bus import keys, queues
 from services.dataset_store import DatasetError, DatasetStore, StoredDataset
 from services.gateway.auth import require_token
 from services.gateway.config import GatewaySettings
-from services.gateway.errors import BadRequest, TooLarge, Unavailable, Unprocessable
+from services.gateway.errors import (
+    BadRequest,
+    InsufficientStorage,
+    TooLarge,
+    Unavailable,
+    Unprocessable,
+)
 
 router = APIRouter()
 
@@ -141,6 +148,18 @@ async def receive_file(request: Request, into: Path, limit: int) -> _FileField:
     return field
 
 
+def _disk_full(exc: OSError) -> Exception:
+    """A full disk (or quota) is the server's 507, not a 500: nothing was stored."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return exc
+    return InsufficientStorage(
+        "the gateway's disk is full: the upload was not stored or queued. Free space on the "
+        "trainer host (old checkpoints, rejects) and send it again",
+        headers={"Retry-After": "60"},
+        fields={"queued": False, "stored": False},
+    )
+
+
 def _queue(request: Request, stored: StoredDataset, priority: str) -> Any:
     return queues.enqueue(
         request.app.state.redis,
@@ -162,9 +181,12 @@ async def upload_dataset(
         raise BadRequest(f"priority={priority!r}: use one of {', '.join(keys.PRIORITIES)}")
     settings: GatewaySettings = request.app.state.settings
     store = DatasetStore(settings.datasets_path)
-    store.root.mkdir(parents=True, exist_ok=True)
-    # A private directory beside the store: same filesystem, so storing it is a rename.
-    work = Path(tempfile.mkdtemp(dir=store.root, prefix=".upload-"))
+    try:
+        store.root.mkdir(parents=True, exist_ok=True)
+        # A private directory beside the store: same filesystem, so storing it is a rename.
+        work = Path(tempfile.mkdtemp(dir=store.root, prefix=".upload-"))
+    except OSError as exc:
+        raise _disk_full(exc) from None
     tmp = work / "upload.part"
     try:
         field = await receive_file(request, tmp, settings.upload_max_bytes)
@@ -175,6 +197,8 @@ async def upload_dataset(
             )
         except DatasetError as exc:
             raise Unprocessable(f"{exc}; nothing was stored or queued") from None
+    except OSError as exc:
+        raise _disk_full(exc) from None
     finally:
         tmp.unlink(missing_ok=True)
         work.rmdir()

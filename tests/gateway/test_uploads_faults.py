@@ -3,6 +3,7 @@ happened (stored? queued?), never a 500, never a cut file queued as complete."""
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -98,3 +99,32 @@ def test_an_upload_while_redis_is_down_says_stored_not_queued(
         assert queues.depths(killable_redis.client())["train-normal"] == 1
     finally:
         gw.stop()
+
+
+@pytest.mark.parametrize("where", ["receiving", "storing"])
+def test_a_full_disk_is_a_507_that_says_nothing_was_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from services.dataset_store import DatasetStore
+    from services.gateway import uploads
+    from services.gateway.app import create_app
+    from services.gateway.config import GatewaySettings
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "receiving":
+        monkeypatch.setattr(uploads._FileField, "_data", full)
+    else:
+        monkeypatch.setattr(DatasetStore, "add", full)
+    settings = GatewaySettings(data_dir=tmp_path, node_token=AUTH["Authorization"].split()[1])
+    client = TestClient(create_app(settings), raise_server_exceptions=False)
+    resp = client.post(
+        "/datasets", files={"file": ("a.jsonl", jsonl(3), "application/x-ndjson")}, headers=AUTH
+    )
+    assert resp.status_code == 507, resp.text
+    assert resp.json()["stored"] is False and "disk is full" in resp.json()["error"]
+    assert str(tmp_path) not in resp.text
+    assert [p.name for p in (tmp_path / "datasets").iterdir()] == []
