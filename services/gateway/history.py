@@ -16,7 +16,7 @@ from typing import Any, cast
 import redis
 from fastapi import APIRouter, Query, Request
 
-from bus import history, keys
+from bus import history, keys, liveness
 from bus.status import StatusStore
 from services.gateway import cursor
 
@@ -134,7 +134,10 @@ def training_history(
     body: dict[str, Any] = {
         "run_id": run_id,
         "cursor": live,
-        "status": StatusStore(connection).read().model_dump(mode="json"),
+        # As /status/training_status.json answers it: a dead trainer's 'training' is crashed.
+        "status": liveness.shown(StatusStore(connection).read(), connection).model_dump(
+            mode="json"
+        ),
     }
     if run_id is None:
         return body | {"width": None, "buckets": columns(history.HistoryWindow("", 1, []))}

@@ -32,6 +32,8 @@ def test_a_trainer_whose_heartbeat_stopped_is_shown_crashed_within_the_bound(
     # What a kill -9 leaves: "training", and the last word older than the bound.
     StatusStore(r).update(status="training", current_step=7, timestamp=ago(STALE_AFTER_SECONDS + 5))
     assert shown(gateway) == "crashed"
+    history = httpx.get(gateway.url + "/api/history", timeout=5).json()
+    assert history["status"]["status"] == "crashed"  # the dashboard's status at load
     m = gateway.metrics()
     assert m['r3_training_status{status="crashed"}'] == 1
     assert m['r3_training_status{status="training"}'] == 0 and m["r3_training_stale"] == 1
