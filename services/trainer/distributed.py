@@ -14,6 +14,7 @@ state: `Group.start()` returns None when WORLD_SIZE is unset or 1.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -134,10 +135,20 @@ class Group:
         """DDP over `model`'s parameters, with the micro-batch's forward (StepForward, which
         runs the decoder and the loss head itself) as its forward. Rank 0's weights are
         broadcast to the others here."""
+        # No buffer broadcast before each forward (no batch statistics here; the rotary
+        # tables are equal everywhere): a forward must hold no collective, so a rank that
+        # skips one after an out-of-memory cannot cross the others' collectives.
+        params = inspect.signature(DistributedDataParallel.__init__).parameters
+        no_buffer_sync: dict[str, Any] = (
+            {"forward_sync_buffers": False}  # torch >= 2.13's name
+            if "forward_sync_buffers" in params
+            else {"broadcast_buffers": False}
+        )
         return DistributedDataParallel(
             _StepModule(model, forward),
             device_ids=None,  # inputs are already on the device; DDP must not walk the batch
             gradient_as_bucket_view=True,  # no second copy of the gradients
+            **no_buffer_sync,
         )
 
     def all_ok(self, ok: bool) -> bool:

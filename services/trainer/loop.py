@@ -327,26 +327,28 @@ class Trainer:
             work = [(share[0], 0.0)] * rounds
         else:
             work = [(b, 1.0) for b in share] + [(share[-1], 0.0)] * (rounds - len(share))
-        ok = True
         for number, (batch, weight) in enumerate(work):
             last = number == len(work) - 1
-            if last and not group.all_ok(ok):
-                raise torch.OutOfMemoryError(
-                    "out of memory on a rank of the group: every rank backs off together"
-                )
-            if not ok:
-                continue  # skip to the agreement: the step is retried smaller anyway
-            sync = contextlib.nullcontext() if last else ddp.no_sync()
+            # Out-of-memory is agreed before the last forward (DDP's first synchronised
+            # forward rebuilds its buckets, a collective) and before the backward that
+            # exchanges gradients, so all ranks back off together and none waits alone in a
+            # collective. (One inside that backward ends the group: torchrun and the
+            # checkpoint take over.)
+            if last and number and not group.all_ok(True):
+                raise torch.OutOfMemoryError("out of memory on a rank of the group")
             try:
-                with sync:
+                with contextlib.nullcontext() if last else ddp.no_sync():
                     with self._autocast():
                         out = ddp(batch.to(self.device))
-                    self.scaler.scale(out.loss_sum * (scale * weight)).backward()
+                    if not last:
+                        self.scaler.scale(out.loss_sum * (scale * weight)).backward()
             except torch.OutOfMemoryError:
-                if last:
-                    raise  # past the agreement: torchrun ends the group, resume follows
-                ok = False
-                continue
+                group.all_ok(False)  # the others learn it at the agreement they reach next
+                raise
+            if last:
+                if not group.all_ok(True):
+                    raise torch.OutOfMemoryError("out of memory on a rank of the group")
+                self.scaler.scale(out.loss_sum * (scale * weight)).backward()
             if weight:
                 loss_sum += out.loss_sum.detach()
                 entropy_sum += out.entropy_sum

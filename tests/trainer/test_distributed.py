@@ -102,6 +102,19 @@ def rank_main(
     trainer = build_trainer(
         group, lambda: build(conn, model_dir, tmp, job["settings"], group=group)
     )
+    if job.get("oom_rank") == rank:  # its first micro-batch runs out of memory, once
+        assert trainer.ddp is not None
+        step_module: Any = trainer.ddp.module
+        inner = step_module._forward
+        fired: list[bool] = []
+
+        def forward(batch: Any) -> Any:
+            if not fired:
+                fired.append(True)
+                raise torch.OutOfMemoryError("CUDA out of memory (a test's)")
+            return inner(batch)
+
+        step_module._forward = forward
     result = None
     if group.lead:
         result = train(trainer, Path(job["path"]), job["job"], job["stop"])
@@ -109,7 +122,12 @@ def rank_main(
     else:
         follow(trainer, group)
     torch.save(
-        {"result": result, "weights": trainer.model.state_dict(), "step": trainer.global_step},
+        {
+            "result": result,
+            "weights": trainer.model.state_dict(),
+            "step": trainer.global_step,
+            "rows_per_batch": trainer.rows_per_batch,
+        },
         tmp / f"rank{rank}.pt",
     )
     group.close()
@@ -207,3 +225,36 @@ def test_a_job_resumes_from_two_ranks_on_one_process_and_back_with_nothing_skipp
     seen = Counter(tuple(e) for s in steps for e in s["examples"])
     expected = {(raw.line, raw.offset, 0) for raw in read_lines(data) if not raw.blank}
     assert set(seen) == expected and set(seen.values()) == {1}  # each example exactly once
+
+
+@pytest.mark.parametrize("oom_rank", [1, 0])
+def test_an_out_of_memory_on_one_rank_halves_the_micro_batch_on_all(
+    oom_rank: int,
+    r: redis.Redis,
+    redis_url: str,
+    embedded_dir: Path,
+    tmp_path: Path,
+    codec_rows: list[dict[str, Any]],
+    write_jsonl: Callable[..., Path],
+    one_thread: None,
+) -> None:
+    data = write_jsonl(codec_rows[:16], "oom.jsonl")
+    settings = {
+        "micro_batch_tokens": 512,  # two rows a micro-batch until the out-of-memory
+        "tokens_per_step": 100_000,
+        "eval_steps": 1000,
+        "layer_monitor_steps": 0,
+    }
+    alone = build(r, embedded_dir, tmp_path / "alone", settings)
+    expected = alone.train_file(data, job_id="oom", name=data.name)
+    job = {"path": str(data), "job": "oom", "stop": None, "settings": settings}
+    lead, other = run_ranks(
+        redis_url, embedded_dir, tmp_path / "ranks", {**job, "oom_rank": oom_rank}
+    )
+    assert lead["rows_per_batch"] == other["rows_per_batch"] == 1  # both backed off
+    assert lead["result"]["final_loss"] == pytest.approx(expected["final_loss"], rel=1e-5)
+    for name, weight in alone.model.state_dict().items():
+        torch.testing.assert_close(lead["weights"][name], other["weights"][name], rtol=0, atol=0)
+        torch.testing.assert_close(lead["weights"][name], weight, rtol=1e-4, atol=1e-5)
+    alerts = [e for e in events(r, keys.STREAM_ALERTS) if e.code == "oom_recovered"]
+    assert len(alerts) == 1 and "halved from 2 to 1 rows" in alerts[0].message
