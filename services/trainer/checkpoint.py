@@ -234,7 +234,9 @@ class CheckpointStore:
         return checkpoint_id(step, revision), revision
 
     def _record_issued(self, checkpoint: str) -> None:
-        append_synced(self.root / ISSUED, checkpoint + "\n")
+        # A leading newline too: an append torn by a full disk must not glue the next id
+        # onto its partial line (parse_id would drop both, and the id could come back).
+        append_synced(self.root / ISSUED, "\n" + checkpoint + "\n")
 
     def save(
         self,
@@ -469,7 +471,10 @@ class CheckpointStore:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         target = self.root / f"{CORRUPT_PREFIX}{checkpoint}-{stamp}-{secrets.token_hex(2)}"
         os.rename(self.root / checkpoint, target)
-        (target / "why.txt").write_text("\n".join(problems) + "\n")
+        try:  # best effort: on a full disk the move aside above is what matters
+            (target / "why.txt").write_text("\n".join(problems) + "\n")
+        except OSError as exc:
+            log.warning("%s quarantined; its why.txt was not written (%s)", checkpoint, exc)
         fsync_dir(self.root)
         return target
 

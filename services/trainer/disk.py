@@ -56,8 +56,13 @@ class DiskFull:
         stop: threading.Event,
         *,
         poll_seconds: float = 5.0,
+        first_checkpoint_bytes: Callable[[], int] | None = None,
     ) -> None:
         self.store = store
+        # Before any checkpoint exists, the size of the first: weights and optimizer state in
+        # memory. Without it a torch.save that fails with a bare "file write failed" once the
+        # small weights fit would look like a fault of its own and fail the job.
+        self.first_checkpoint_bytes = first_checkpoint_bytes
         self.policy = policy
         self.publisher = publisher
         self.stop = stop
@@ -67,7 +72,11 @@ class DiskFull:
     def needed_bytes(self) -> int:
         """Room for one more checkpoint: the newest one's size and a tenth more."""
         listed = self.store.list()
-        return int(listed[-1].size_bytes * 1.1) if listed else MIN_NEEDED
+        if listed:
+            return int(listed[-1].size_bytes * 1.1)
+        if self.first_checkpoint_bytes is not None:
+            return max(MIN_NEEDED, int(self.first_checkpoint_bytes() * 1.1))
+        return MIN_NEEDED
 
     def free_bytes(self, where: Path) -> int:
         probe = where

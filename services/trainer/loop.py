@@ -160,6 +160,7 @@ class Trainer:
         self.report = Reporter(
             connection,
             log_steps=self.settings.log_steps,
+            epochs=self.settings.epochs,
             gpu=GpuMeter() if self.device.type == "cuda" else None,
             publisher=self.publisher,
         )
@@ -194,6 +195,7 @@ class Trainer:
             lambda: RetentionPolicy.from_settings(self.ckpt_settings),
             self.publisher,
             self._stop,
+            first_checkpoint_bytes=self._state_bytes,
         )
         if self.lead:
             self.report.set_status(
@@ -253,6 +255,15 @@ class Trainer:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _state_bytes(self) -> int:
+        """What a checkpoint holds in memory now: the weights and the optimizer's state."""
+        total = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        for state in self.optimizer.state.values():
+            total += sum(
+                t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t)
+            )
+        return total
 
     def request_stop(self) -> None:
         """Ask the loop to stop after the current optimizer step, with a checkpoint."""

@@ -216,8 +216,10 @@ class QueueProgress:
     at the measured tokens/s. Tokens of waiting files are estimated from the current file's
     tokens per example (a queued file is not tokenized until it is trained)."""
 
-    def __init__(self, connection: redis.Redis) -> None:
+    def __init__(self, connection: redis.Redis, epochs: int = 1) -> None:
         self.connection = connection
+        # Each waiting file is trained this many times, as the current one's total counts.
+        self.epochs = epochs
         self.counter = LineCounter()
         self.waiting: dict[str, Waiting] = {}
         self._read_at = -math.inf
@@ -244,8 +246,9 @@ class QueueProgress:
         backlog: dict[str, dict[str, float]] = {}
         tokens_left = 0.0
         for priority, w in self.waiting.items():
-            tokens = w.examples * per_example if per_example is not None else None
-            backlog[priority] = {"files": w.files, "examples": w.examples}
+            examples = w.examples * self.epochs
+            tokens = examples * per_example if per_example is not None else None
+            backlog[priority] = {"files": w.files, "examples": examples}
             if tokens is not None:
                 backlog[priority]["tokens"] = round(tokens)
                 tokens_left += tokens
@@ -275,6 +278,7 @@ class Reporter:
         connection: redis.Redis,
         *,
         log_steps: int = 1,
+        epochs: int = 1,
         gpu: GpuMeter | None = None,
         publisher: Publisher | None = None,
     ) -> None:
@@ -286,7 +290,7 @@ class Reporter:
         self.loss = LossStats()
         self.accuracy = Accuracy()
         self.throughput = Throughput()
-        self.queue = QueueProgress(connection)
+        self.queue = QueueProgress(connection, epochs)
         # Rollups for the dashboard's history of weeks-long runs (bus/history.py).
         self.history = HistoryWriter(connection, self.publisher.settings.run_id)
         self._status: str | None = None  # the last status published as train.status

@@ -377,3 +377,14 @@ def test_publish_ready_announces_the_checkpoint_on_its_stream(
     assert event.path is None  # the URL is the gateway's: a node builds it from the id
     assert event.size_bytes == info.size_bytes and event.files == info.files
     assert event.val_loss == 1.5
+
+
+def test_an_issued_id_torn_by_a_full_disk_does_not_swallow_the_next(
+    store: CheckpointStore, tiny: tuple[PreTrainedModel, PreTrainedTokenizerBase]
+) -> None:
+    model, tokenizer = tiny
+    first = store.save(model, tokenizer, step=1)
+    with (store.root / ".issued-ids").open("a") as f:
+        f.write("step-000")  # an append cut short by a full disk: no newline
+    second = store.save(model, tokenizer, step=2)
+    assert {first.id, second.id} <= store.issued()

@@ -199,3 +199,23 @@ def test_a_full_disk_while_validation_writes_its_rejects_pauses_and_goes_on(
     assert outcome["result"]["rejected"] == 1 and outcome["result"]["examples"] == 8
     kept = list((small_disk / "rejects").glob("*.rejects.jsonl"))
     assert len(kept) == 1 and "not json" in kept[0].read_text()
+
+
+def test_before_any_checkpoint_the_room_needed_is_the_state_in_memory(tmp_path: Path) -> None:
+    # Without it, a torch.save that fails with a bare "file write failed" after the small
+    # weights fit would count as a fault of its own and fail the job.
+    from services.trainer.checkpoint import CheckpointStore
+    from services.trainer.disk import MIN_NEEDED, DiskFull
+
+    store = CheckpointStore(tmp_path / "ckpt")
+    stop = threading.Event()
+    guessing = DiskFull(store, lambda: None, None, stop)  # type: ignore[arg-type]
+    assert guessing.needed_bytes() == MIN_NEEDED
+    sized = DiskFull(
+        store,
+        lambda: None,  # type: ignore[arg-type,return-value]
+        None,  # type: ignore[arg-type]
+        stop,
+        first_checkpoint_bytes=lambda: 3 << 30,
+    )
+    assert sized.needed_bytes() == int((3 << 30) * 1.1)
