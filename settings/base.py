@@ -22,6 +22,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from settings.layout import DataLayout
@@ -78,7 +79,15 @@ class _RenamedSource(PydanticBaseSettingsSource):
             message = _deprecated_message(old, new_var, renamed.scale)
             warnings.warn(message, DeprecationWarning, stacklevel=2)
             log.warning("%s", message)
-            found[renamed.new] = float(raw) * renamed.scale if renamed.scale else raw
+            if renamed.scale:
+                try:
+                    found[renamed.new] = float(raw) * renamed.scale
+                except ValueError:
+                    raise SettingsError(
+                        f"{old}={raw!r} is not a number; set {new_var} (in seconds) instead"
+                    ) from None
+            else:
+                found[renamed.new] = raw
         return found
 
 

@@ -115,3 +115,15 @@ def test_paths_come_from_the_one_layout(clean_env: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("R3_VALIDATION_DIR", str(clean_env / "v"))
     assert NodeSettings().validation_path == clean_env / "v"
     assert LoopSettings().validation_path == clean_env / "v"
+
+
+def test_an_old_millisecond_name_that_is_no_number_says_what_to_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic_settings import SettingsError
+
+    from services.node.config import NodeSettings
+
+    monkeypatch.setenv("R3_NODE_BATCH_WAIT_MS", "fast")
+    with pytest.raises(SettingsError, match="R3_NODE_BATCH_WAIT_SECONDS"):
+        NodeSettings()
