@@ -66,6 +66,8 @@ def test_retrieve_a_model_by_id(node: RunningNode) -> None:
     r = httpx.get(f"{node.url}/v1/models/embedded-v1")
     assert r.status_code == 200
     assert r.json()["id"] == "embedded-v1" and r.json()["object"] == "model"
+    # Open to every client: no server path in it (the reader-gated GET /models has them).
+    assert "path" not in r.json() and "path" not in httpx.get(f"{node.url}/v1/models").text
     # The alias is the active model itself, not an inactive model named "active".
     r = httpx.get(f"{node.url}/v1/models/active")
     assert r.status_code == 200 and r.json()["id"] == "embedded-v1"

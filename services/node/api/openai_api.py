@@ -158,7 +158,8 @@ def _model_object(state: NodeState) -> dict[str, Any]:
         "created": int(time.time()),
         "owned_by": state.node_name,
         "step": active.step,
-        "path": str(active.path) if active.path else None,
+        # No server path here: this route is open to every client (GET /models, behind the
+        # reader token, names where each registered model lives).
         "thinking_control": active.markers is not None,
     }
 
@@ -203,7 +204,7 @@ async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
     if model_id not in (found["id"], ACTIVE_ALIAS):
         if not await run_in_threadpool(_known, state, model_id):
             raise _model_not_found(model_id)
-        # Another model this node knows: the active one's step, path and markers are not its.
+        # Another model this node knows: the active one's step and markers are not its.
         found = {
             "id": model_id,
             "object": "model",
