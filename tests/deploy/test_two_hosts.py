@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -89,9 +90,21 @@ class Host:
                 proc.wait(5)
 
 
+_VARIABLE = re.compile(r"\$\{(\w+)(?::?[-?]([^}]*))?\}")
+
+
+def interpolate(arg: str) -> str:
+    """What compose makes of `${VAR}`, `${VAR:-default}` and `${VAR:?error}` in a command."""
+    return _VARIABLE.sub(lambda m: os.environ.get(m.group(1)) or m.group(2) or "", arg)
+
+
 def compose_commands() -> dict[str, list[str]]:
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
-    return {name: spec["command"] for name, spec in services.items() if name != "redis"}
+    return {
+        name: [interpolate(str(arg)) for arg in spec["command"]]
+        for name, spec in services.items()
+        if name != "redis"
+    }
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, hosts: list[Host]) -> Any:
