@@ -453,12 +453,13 @@ export function renderHeader(state) {
   const pill = $("trainer-status");
   pill.hidden = !st;
   if (st) {
-    // A trainer killed mid-run publishes no status change: a "training" trainer that has sent
-    // no step for a while is shown as silent, from the page's own clock.
-    const last = state.step ? Date.parse(state.step.time) : NaN;
+    // A trainer killed mid-run publishes no status change: a "training" trainer that has said
+    // nothing for a while (no step, no progress while validating, no sample or eval) is shown
+    // as silent, from the page's own clock.
+    const last = state.trainerSeen ? state.trainerSeen.getTime() : NaN;
     const silent = st.status === "training" && Date.now() - last > SILENT_MS;
     pill.dataset.status = silent ? "silent" : st.status;
-    const what = silent ? `silent: no step for ${seconds((Date.now() - last) / 1000)}` : st.status;
+    const what = silent ? `silent: no word for ${seconds((Date.now() - last) / 1000)}` : st.status;
     text("trainer-status", `trainer ${what}${st.model ? ` · ${st.model}` : ""}`);
   }
   text("run", state.runId ? `run ${state.runId}` : "");

@@ -20,6 +20,7 @@ export function newState() {
     jobs: new Map(), // job id → {queue, state}
     alerts: [], // newest first
     lastEventTime: null,
+    trainerSeen: null, // time of the trainer's latest word: a step, a status, a sample, progress
     status: null, // the trainer's status: GET /api/history at load, then train.status events
     replaying: false, // set by app.js while history streams in faster than live
     runId: "",
@@ -87,10 +88,19 @@ const PANELS = {
   alert: ["alerts"],
 };
 
+// What shows the trainer alive besides its steps: validating a large file or running a fixed
+// eval sends no train.step for minutes, but job progress, samples and its own eval results.
+function fromTrainer(type, event) {
+  if (type.startsWith("train.")) return true;
+  if (type === "eval.result") return (event.scorer ?? "trainer") === "trainer";
+  return type.startsWith("job.") && String(event.queue ?? "").startsWith("train-");
+}
+
 // Fold one event into the state; returns the panels to re-render.
 export function apply(state, type, event) {
   const t = when(event);
   state.lastEventTime = t;
+  if (fromTrainer(type, event) && !(state.trainerSeen > t)) state.trainerSeen = t;
   if (event.run_id) state.runId = event.run_id;
   const secs = t.getTime() / 1000;
   const s = state.series;

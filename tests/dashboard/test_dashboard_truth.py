@@ -412,8 +412,9 @@ def test_a_training_trainer_that_sends_no_step_is_shown_silent(
     from datetime import UTC, datetime, timedelta
 
     # The trainer said "training", then was killed: no status change will ever come.
-    publisher.publish(ev.TrainStatus(status="training", model_name="Qwen3-0.6B"))
-    publisher.publish(step(7, time=datetime.now(UTC) - timedelta(minutes=10)))
+    ago = datetime.now(UTC) - timedelta(minutes=10)
+    publisher.publish(ev.TrainStatus(status="training", model_name="Qwen3-0.6B", time=ago))
+    publisher.publish(step(7, time=ago))
     pages = _page(chromium, gateway.url, WIDE)
     page = next(pages)
     page.wait_for_function("() => window.__r3.state.step?.current_step === 7")
@@ -421,5 +422,13 @@ def test_a_training_trainer_that_sends_no_step_is_shown_silent(
     page.wait_for_function(
         "() => document.getElementById('trainer-status').dataset.status === 'silent'"
     )
-    assert pill.inner_text().startswith("trainer silent: no step for 10m")
+    assert pill.inner_text().startswith("trainer silent: no word for 10m")
+    # A live trainer validating a large file sends no step for minutes, but its job's
+    # progress: that is a word from it, so it is not silent.
+    publisher.publish(
+        ev.JobProgress(job_id="j1", queue="train-normal", func="f", done=5, unit="lines")
+    )
+    page.wait_for_function(
+        "() => document.getElementById('trainer-status').dataset.status === 'training'"
+    )
     next(pages, None)
