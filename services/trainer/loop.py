@@ -9,7 +9,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -260,9 +260,7 @@ class Trainer:
         """What a checkpoint holds in memory now: the weights and the optimizer's state."""
         total = sum(p.numel() * p.element_size() for p in self.model.parameters())
         for state in self.optimizer.state.values():
-            total += sum(
-                t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t)
-            )
+            total += sum(t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t))
         return total
 
     def request_stop(self) -> None:
@@ -599,19 +597,15 @@ class Trainer:
                 )
             )
         try:
-            for epoch in range(state.epoch, self.settings.epochs):
-                state.epoch = epoch
-                rows = file_rows(
-                    path,
-                    self.chat,
-                    self.settings,
-                    rejected_offsets=report.rejected_offsets,
-                    start=start,
-                    workers=self.loop.data_workers,
-                )
-                start = None
-                for step in optimizer_steps(rows, self.settings.tokens_per_step):
-                    self._after_step(step, state)
+            steps = self._file_steps(
+                path,
+                report.rejected_offsets,
+                start,
+                state.epoch,
+                on_epoch=lambda epoch: setattr(state, "epoch", epoch),
+            )
+            for step in steps:
+                self._after_step(step, state)
             if self.global_step != state.saved_at:
                 self._save(state, at_end=True)
         except TrainingInterrupted:
@@ -671,20 +665,36 @@ class Trainer:
         self._stop.clear()
         self.rows_per_batch = self.settings.rows_per_micro_batch
         self.group.set_rng_state(order)
-        start = order.start
-        for _epoch in range(order.epoch, self.settings.epochs):
+        steps = self._file_steps(Path(order.path), order.rejected_offsets, order.start, order.epoch)
+        for step in steps:
+            if self._optimizer_step(step)["stop"]:
+                return
+
+    def _file_steps(
+        self,
+        path: Path,
+        rejected_offsets: Sequence[int],
+        start: DataCursor | None,
+        first_epoch: int,
+        *,
+        on_epoch: Callable[[int], None] | None = None,
+    ) -> Iterator[StepRows]:
+        """The file's packed optimizer steps from `start` (then from the top for each later
+        epoch): one definition for the lead and the ranks that follow it, which must meet the
+        same steps."""
+        for epoch in range(first_epoch, self.settings.epochs):
+            if on_epoch is not None:
+                on_epoch(epoch)
             rows = file_rows(
-                Path(order.path),
+                path,
                 self.chat,
                 self.settings,
-                rejected_offsets=order.rejected_offsets,
+                rejected_offsets=rejected_offsets,
                 start=start,
                 workers=self.loop.data_workers,
             )
             start = None
-            for step in optimizer_steps(rows, self.settings.tokens_per_step):
-                if self._optimizer_step(step)["stop"]:
-                    return
+            yield from optimizer_steps(rows, self.settings.tokens_per_step)
 
     def _between_steps(self) -> contextlib.AbstractContextManager[Any]:
         """Around the lead's sampling and evaluation under torchrun: they must not move its
