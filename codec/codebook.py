@@ -21,6 +21,7 @@ decode(encode(x)) == x for every printed canonical x.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -37,6 +38,7 @@ TokenCounter = Callable[[str], int]
 SCHEMA = "regime3.codebook"
 SCHEMA_VERSION = 1
 MAX_CODES = 512
+CODEBOOK_FILE = "codebook.json"  # a checkpoint directory's codebook, in `Codebook.save` format
 _WORD = re.compile(r"<E\d{3}>|[+-]?\d+(?:/\d+)?|\w+|[^\w\s]")
 # code | paren | string | atom | anything else (an error); whitespace between matches is skipped
 _ENCODED = re.compile(r'<E(\d{3})>|([()])|("(?:[^"\\\n]|\\.)*")|([^\s()"<]+)|(\S)')
@@ -103,6 +105,7 @@ class Codebook:
             raise CodebookError(f"{len(fragments)} codes: a codebook holds at most {MAX_CODES}")
         self.fragments = tuple(tuple(f) for f in fragments)
         self.params = dict(params or {})
+        self._version: str | None = None
         self._trie: dict[str, Any] = {}
         self._decoded = [_Decoded.of(f) for f in self.fragments]
         self._names = [code_name(i) for i in range(len(self.fragments))]
@@ -120,6 +123,22 @@ class Codebook:
 
     def __len__(self) -> int:
         return len(self.fragments)
+
+    def codes(self) -> dict[str, str]:
+        """The mapping {"<E000>": "fragment text", ...}, codes in order."""
+        return {code_name(i): self.fragment_text(i) for i in range(len(self.fragments))}
+
+    @property
+    def version(self) -> str:
+        """ "cb-" + 12 hex of sha256 over the codes mapping as canonical JSON.
+
+        Only the codes count (not the build params): two codebooks with the same version
+        encode and decode every text the same way.
+        """
+        if self._version is None:
+            canonical = json.dumps(self.codes(), sort_keys=True, separators=(",", ":"))
+            self._version = "cb-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        return self._version
 
     def fragment_text(self, index: int) -> str:
         return join_tokens(self.fragments[index], toplevel_newlines=False)
@@ -339,7 +358,7 @@ class Codebook:
         return {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
-            "codes": {code_name(i): self.fragment_text(i) for i in range(len(self.fragments))},
+            "codes": self.codes(),
             "params": self.params,
         }
 
@@ -386,6 +405,17 @@ class Codebook:
         except (OSError, json.JSONDecodeError) as err:
             raise CodebookError(f"{path}: cannot read the codebook: {err}") from err
         return cls.from_json(data, source=str(path))
+
+
+def codebook_in(directory: str | Path) -> Codebook | None:
+    """The codebook saved in a checkpoint directory, or None when it holds none.
+
+    A file that is there but cannot be read raises CodebookError naming its path.
+    """
+    path = Path(directory) / CODEBOOK_FILE
+    if not path.is_file():
+        return None
+    return Codebook.load(path)
 
 
 def _print(expr: Expr) -> str:

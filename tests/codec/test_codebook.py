@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from codec.canonical import canonical, canonical_steps
-from codec.codebook import SCHEMA, SCHEMA_VERSION, Codebook, build_codebook, whitespace_count
+from codec.codebook import (
+    CODEBOOK_FILE,
+    SCHEMA,
+    SCHEMA_VERSION,
+    Codebook,
+    build_codebook,
+    codebook_in,
+    whitespace_count,
+)
 from codec.domains import build_default_codebook, canonical_corpus, default_codebook
 from codec.errors import CodebookError, DecodeError, ParseError
 from codec.sexpr import Expr, to_text, to_text_all
@@ -60,6 +68,33 @@ def test_saved_file_is_versioned_and_round_trips(small: Codebook, tmp_path: Path
     assert data["params"]["size"] == 40
     loaded = Codebook.load(path)
     assert loaded.fragments == small.fragments
+
+
+def test_version_hashes_the_codes_only(small: Codebook, tmp_path: Path) -> None:
+    import hashlib
+
+    codes = small.to_json()["codes"]
+    digest = hashlib.sha256(
+        json.dumps(codes, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    assert small.version == "cb-" + digest[:12]
+    path = tmp_path / "cb.json"
+    small.save(path)
+    assert Codebook.load(path).version == small.version
+    # the build params do not count; one fragment more or less does
+    assert Codebook(small.fragments, {"other": 1}).version == small.version
+    assert Codebook(small.fragments[:-1]).version != small.version
+    assert CODEBOOK.version != small.version
+
+
+def test_codebook_in_a_directory(small: Codebook, tmp_path: Path) -> None:
+    assert codebook_in(tmp_path) is None
+    small.save(tmp_path / CODEBOOK_FILE)
+    found = codebook_in(tmp_path)
+    assert found is not None and found.version == small.version
+    (tmp_path / CODEBOOK_FILE).write_text("{not json")
+    with pytest.raises(CodebookError, match=str(tmp_path / CODEBOOK_FILE)):
+        codebook_in(tmp_path)
 
 
 @pytest.mark.parametrize(
