@@ -292,6 +292,55 @@ class EvalResult(Event):
     # scorer), but a reader keeps the two apart: they score different model versions.
     scorer: str | None = None
     max_tokens: int | None = None  # the answer budget the set was scored under
+    # `fixed_eval_ce` is per token of the set's own reference, so it cannot compare modes
+    # (English references are ~5x longer than canonical ones). `answer_ce` can: the mean NLL
+    # per token of the golden ANSWER only (the text after the reference's last 🛑), the same
+    # text in every mode. None from publishers older than it.
+    answer_ce: float | None = None
+    # Mean tokens of the model's own reasoning per answer: the tokens before its first 🛑
+    # (all its tokens when it wrote no 🛑), as the model's tokenizer counts them.
+    thinking_tokens: float | None = None
+    codebook: str | None = None  # the codebook version codes were decoded with; None = default
+
+
+# --- studies (`regime3 study modes`) ---------------------------------------------------------
+
+StudyState = Literal["running", "done", "failed"]
+
+
+class StudyProgress(Event):
+    """One evaluation point of one run of a study (a mode and a seed), or its end."""
+
+    TYPE: ClassVar[str] = "study.progress"
+    STREAM: ClassVar[str] = keys.STREAM_STUDY
+
+    study_id: str
+    mode: str
+    seed: int
+    step: int
+    total_steps: int
+    em: float | None = None
+    answer_ce: float | None = None
+    thinking_tokens: float | None = None
+    parse_failures: int | None = None
+    loss_tokens: int | None = None  # loss tokens trained up to `step`
+    state: StudyState = "running"
+
+
+class StudyReport(Event):
+    """A study's result table (the full report JSON is at `keys.study_key(study_id)`)."""
+
+    TYPE: ClassVar[str] = "study.report"
+    STREAM: ClassVar[str] = keys.STREAM_STUDY
+
+    study_id: str
+    domain: str
+    difficulty: int
+    modes: list[str]
+    seeds: list[int]
+    steps: int
+    table: list[dict[str, Any]]  # one row per mode (means over seeds) and per mode and seed
+    report_path: str  # report.json on the host that ran the study
 
 
 # --- telemetry (every host) ------------------------------------------------------------------
@@ -381,6 +430,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ModelSwapFailed,
         ModelActivated,
         EvalResult,
+        StudyProgress,
+        StudyReport,
         Telemetry,
         Alert,
         DeadLetter,

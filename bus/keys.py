@@ -27,6 +27,7 @@ STREAM_EVAL: Final = PREFIX + "stream:eval"  # eval.result
 STREAM_TELEMETRY: Final = PREFIX + "stream:telemetry"  # telemetry, every few seconds a host
 STREAM_ALERTS: Final = PREFIX + "stream:alerts"  # alert
 STREAM_DEADLETTER: Final = PREFIX + "stream:deadletter"  # malformed or repeatedly failed
+STREAM_STUDY: Final = PREFIX + "stream:study"  # study.progress, study.report (regime3 study)
 
 # Short names for the CLI and the gateway (`--stream training`, `/events?streams=jobs`).
 STREAMS: Final[dict[str, str]] = {
@@ -38,6 +39,7 @@ STREAMS: Final[dict[str, str]] = {
     "telemetry": STREAM_TELEMETRY,
     "alerts": STREAM_ALERTS,
     "deadletter": STREAM_DEADLETTER,
+    "study": STREAM_STUDY,
 }
 
 # --- consumer groups (XREADGROUP / XACK / XAUTOCLAIM) ----------------------------------------
@@ -143,3 +145,15 @@ HISTORY_TTL_S: Final = 90 * 86_400
 
 def history_key(run_id: str, width: int) -> str:
     return HISTORY.format(run_id=run_id, width=width)
+
+
+# --- studies (`regime3 study modes`, services/study) ------------------------------------------
+# A study's full report JSON (a string, tens of KB with its curves), and the sorted set of
+# study ids scored by their start (unix seconds). No TTL: a study is run by hand, a handful a
+# week, and its report is what the dashboard's study page shows; delete both keys to forget one.
+STUDY: Final = PREFIX + "study:{study_id}"
+STUDIES: Final = PREFIX + "studies"
+
+
+def study_key(study_id: str) -> str:
+    return STUDY.format(study_id=study_id)
