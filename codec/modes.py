@@ -16,14 +16,22 @@ class Mode(StrEnum):
     ENCODED = "encoded"
     MIXED = "mixed"
     TRANSITIONAL = "transitional"
+    # Token Assorted (Su et al. 2025): the first m steps of the canonical reasoning in codes,
+    # the rest in canonical text, m drawn per example from 0..n (n = the number of steps).
+    ASSORTED = "assorted"
 
 
+# The three pure renderings that mixed and transitional schedules draw from.
 RENDER_MODES = (Mode.ENGLISH, Mode.CANONICAL, Mode.ENCODED)
+# Every mode `Problem.render` takes: the pure ones and assorted (itself a per-example mix).
+CONCRETE_MODES = (*RENDER_MODES, Mode.ASSORTED)
+# Modes whose reasoning may hold <E###> codes: they need a codebook.
+CODED_MODES = (Mode.ENCODED, Mode.MIXED, Mode.TRANSITIONAL, Mode.ASSORTED)
 
 
 class Schedule(Protocol):
     def mode_for(self, index: int, rng: random.Random) -> Mode:
-        """The concrete mode (english, canonical or encoded) of example number `index`."""
+        """The concrete mode (one of CONCRETE_MODES) of example number `index`."""
         ...
 
 

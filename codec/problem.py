@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,6 +19,7 @@ Split = Literal["train", "heldout"]
 THINK = "🤔"
 STOP = "🛑"
 HELDOUT_FRACTION = 0.1
+CODE = re.compile(r"<E\d{3}>")  # a codebook code, as it appears in encoded reasoning
 
 
 @dataclass(frozen=True)
@@ -71,20 +73,45 @@ class Problem:
     def canonical_reasoning(self) -> str:
         return to_text_all(self.steps)
 
-    def reasoning(self, mode: Mode, codebook: Codebook | None = None) -> str:
-        """The reasoning text in one concrete mode."""
+    def reasoning(
+        self, mode: Mode, codebook: Codebook | None = None, rng: random.Random | None = None
+    ) -> str:
+        """The reasoning text in one concrete mode.
+
+        Assorted draws m from 0..len(steps) with `rng` (a fresh Random(0) when None) and writes
+        the first m steps in codes, the rest in canonical text; it decodes to the canonical
+        reasoning like encoded does.
+        """
         if mode is Mode.ENGLISH:
             return self.english
         if mode is Mode.CANONICAL:
             return self.canonical_reasoning
-        if mode is Mode.ENCODED:
+        if mode is Mode.ENCODED or mode is Mode.ASSORTED:
             if codebook is None:
-                raise CodebookError("encoded mode needs a codebook; pass one (or build one)")
-            return codebook.encode(self.canonical_reasoning)
+                raise CodebookError(f"{mode.value} mode needs a codebook; pass one (or build one)")
+            if mode is Mode.ENCODED:
+                return codebook.encode(self.canonical_reasoning)
+            coded = (rng or random.Random(0)).randint(0, len(self.steps))
+            return self.assorted_reasoning(codebook, coded)
         raise DomainError(
-            f"render takes english, canonical or encoded, not {mode.value!r}; "
+            f"render takes english, canonical, encoded or assorted, not {mode.value!r}; "
             "pick the mode of a mixed or transitional run with codec.modes.schedule_for"
         )
+
+    def assorted_reasoning(self, codebook: Codebook, coded: int) -> str:
+        """The first `coded` steps in codes, the rest in canonical text (0 <= coded <= steps)."""
+        if not 0 <= coded <= len(self.steps):
+            raise DomainError(
+                f"coded steps {coded} out of range: this problem has {len(self.steps)} steps"
+            )
+        # The coded part is whole expressions, so decoding ends it at depth 0 and puts the
+        # newline between steps back itself; the whitespace here only separates the parts.
+        parts = []
+        if coded:
+            parts.append(codebook.encode(to_text_all(self.steps[:coded])))
+        if coded < len(self.steps):
+            parts.append(to_text_all(self.steps[coded:]))
+        return "\n".join(parts)
 
     def assistant_content(
         self,
@@ -93,16 +120,25 @@ class Problem:
         rng: random.Random | None = None,
         settings: RenderSettings = RenderSettings(),
     ) -> str:
-        stops = (rng or random.Random(0)).randint(settings.stop_min, settings.stop_max)
-        return (
+        return self._content(mode, codebook, rng or random.Random(0), settings)[0]
+
+    def _content(
+        self, mode: Mode, codebook: Codebook | None, rng: random.Random, settings: RenderSettings
+    ) -> tuple[str, str]:
+        """The assistant content and the reasoning inside it."""
+        stops = rng.randint(settings.stop_min, settings.stop_max)
+        # Assorted draws its m after the stop count: the other modes' streams stay as they were.
+        reasoning = self.reasoning(mode, codebook, rng)
+        content = (
             THINK * settings.think_repeat
             + "\n"
-            + self.reasoning(mode, codebook)
+            + reasoning
             + "\n"
             + STOP * stops
             + "\n"
             + self.golden_text
         )
+        return content, reasoning
 
     def render(
         self,
@@ -111,22 +147,27 @@ class Problem:
         rng: random.Random | None = None,
         settings: RenderSettings = RenderSettings(),
     ) -> dict[str, Any]:
-        """One chat JSONL line (as a dict) in the questionnaire's format."""
+        """One chat JSONL line (as a dict) in the questionnaire's format.
+
+        When the reasoning holds codes, meta.codebook names the codebook's version: the
+        trainer adds that codebook's codes as tokens and refuses a file of another codebook.
+        """
+        content, reasoning = self._content(mode, codebook, rng or random.Random(0), settings)
         line: dict[str, Any] = {
             "messages": [
                 {"role": "user", "content": self.question},
-                {
-                    "role": "assistant",
-                    "content": self.assistant_content(mode, codebook, rng, settings),
-                },
+                {"role": "assistant", "content": content},
             ]
         }
         if settings.include_meta:
-            line["meta"] = {
+            meta: dict[str, Any] = {
                 "id": self.id,
                 "domain": self.domain,
                 "difficulty": self.difficulty,
                 "golden": self.golden_text,
                 "mode": mode.value,
             }
+            if codebook is not None and CODE.search(reasoning):
+                meta["codebook"] = codebook.version
+            line["meta"] = meta
         return line

@@ -48,6 +48,23 @@ def test_generate_mixed_and_transitional(tmp_path: Path) -> None:
             assert modes[0] == "english" and modes[-1] == "encoded"
 
 
+def test_generate_assorted_stamps_the_codebook(tmp_path: Path) -> None:
+    codebook_path = tmp_path / "cb.json"
+    small = Codebook(default_codebook().fragments[:40])
+    small.save(codebook_path)
+    out = tmp_path / "assorted.jsonl"
+    result = CliRunner().invoke(
+        data_group,
+        ["generate", "--domain", "syllogism", "--count", "30", "--mode", "assorted",
+         "--codebook", str(codebook_path), "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = lines(out)
+    assert {r["meta"]["mode"] for r in rows} == {"assorted"}  # type: ignore[index]
+    stamps = {r["meta"].get("codebook") for r in rows}  # type: ignore[union-attr,index]
+    assert stamps == {None, small.version}  # m = 0 writes no code, so no stamp
+
+
 def test_generate_reports_progress_for_large_counts(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         data_group,
