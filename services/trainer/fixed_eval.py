@@ -2,8 +2,12 @@
 
 Every R3_EVAL_STEPS steps and at every checkpoint, by the one scorer's rules
 (services.validation.scorer, the node's eval job uses them too): exact match, teacher-forced CE
-of the reference answers, ECE of the answers' probabilities, the pattern heatmap; here also
-the val−train gap and the EM trend. The figures go to the status hash (TrainingStatus's
+of the reference turns (per token of the set's own reference: it cannot compare modes),
+answer CE (the golden answers' tokens only: it can), the model's thinking tokens per answer,
+ECE of the answers' probabilities, the pattern heatmap; here also the val−train gap and the
+EM trend. Codes are decoded with the run's codebook (`Trainer.codebook`, read at each
+evaluation: a run gains its codes with its first encoded file), else the default codebook.
+The figures go to the status hash (TrainingStatus's
 `fixed_eval_*`, `validation_loss`, `val_train_gap`, `pattern_heatmap`), one `eval.result`
 event per set, and the probes' answers to the evolution stream.
 """
@@ -11,7 +15,7 @@ event per set, and the probes' answers to the evolution stream.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +44,6 @@ TRAINER_SCORER = "trainer"  # eval.result's `scorer` (the node's say node:<name>
 class _LoadedSet:
     spec: SetSpec
     items: list[ValidationItem]
-    codebook: Codebook | None
     history: list[float]
 
 
@@ -72,9 +75,15 @@ class FixedEvaluator:
         max_new_tokens: int,
         probe_count: int,
         publisher: Publisher | None = None,
+        codebook: Callable[[], Codebook | None] | None = None,
+        current_tokenizer: Callable[[], PreTrainedTokenizerBase] | None = None,
     ) -> None:
         self.connection = connection
         self.tokenizer = tokenizer
+        # The run's codebook and tokenizer as they are at each evaluation (a run extends its
+        # tokenizer with codes when it meets its first encoded file); None: the default.
+        self._codebook = codebook or (lambda: None)
+        self._tokenizer = current_tokenizer or (lambda: self.tokenizer)
         self.publisher = publisher or Publisher(connection)
         self.status = StatusStore(connection)
         self.max_new_tokens = max_new_tokens
@@ -86,7 +95,7 @@ class FixedEvaluator:
                 # The scorer scores what the trainer trains on: a reference that training
                 # would reject (special-token text, a template that rewrites it) fails here.
                 chat.encode(list(item.messages))
-            self.sets.append(_LoadedSet(spec, items, default_codebook(), []))
+            self.sets.append(_LoadedSet(spec, items, []))
         self.last: FixedEvalOutcome | None = None
 
     @classmethod
@@ -103,7 +112,18 @@ class FixedEvaluator:
             max_new_tokens=loop.eval_max_tokens,
             probe_count=loop.probe_count,
             publisher=trainer.publisher,
+            codebook=lambda: getattr(trainer, "codebook", None),
+            current_tokenizer=lambda: trainer.tokenizer,
         )
+
+    def codebook(self) -> Codebook:
+        """The codebook answers are decoded with now: the run's, else the default."""
+        return self._codebook() or default_codebook()
+
+    def codebook_version(self) -> str | None:
+        """eval.result's `codebook`: the run's codebook version, None for the default."""
+        run = self._codebook()
+        return None if run is None else getattr(run, "version", None)
 
     def prompts(self) -> list[tuple[str, str]]:
         """(question, golden answer) of every item, for the in-loop sample."""
@@ -126,13 +146,15 @@ class FixedEvaluator:
                 self._publish(self.last, checkpoint_id=checkpoint_id, train_loss=train_loss)
             return self.last
         per_set: dict[str, FixedEvalScore] = {}
+        codebook = self.codebook()
+        tokenizer = self._tokenizer()
         for loaded in self.sets:
             per_set[loaded.spec.name] = score(
                 model,
-                self.tokenizer,
+                tokenizer,
                 loaded.items,
                 max_new_tokens=self.max_new_tokens,
-                codebook=loaded.codebook,
+                codebook=codebook,
                 model_id=checkpoint_id or f"step-{step}",
             )
         outcome = self._combine(step, per_set, train_loss)
@@ -201,6 +223,9 @@ class FixedEvaluator:
                     fixed_eval_trend=em_trend(loaded.history[:-1], result.em),
                     pattern_heatmap=result.pattern_heatmap(),
                     pattern_counts=result.pattern_counts(),
+                    answer_ce=result.answer_ce,
+                    thinking_tokens=result.thinking_tokens,
+                    codebook=self.codebook_version(),
                 )
             )
             if self.probe_count:

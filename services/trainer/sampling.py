@@ -1,4 +1,5 @@
-"""The in-loop sample: a greedy answer to a held-out codec problem, judged canonically."""
+"""The in-loop sample: a greedy answer to a held-out codec problem, judged canonically (codes
+decoded with the run's codebook, `Trainer.codebook`, else the default codebook)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any, cast
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from codec.domains import mixed_problems
+from codec.codebook import Codebook
+from codec.domains import default_codebook, mixed_problems
 from codec.evaluate import evaluate_output
 from codec.problem import Problem
 
@@ -71,8 +73,11 @@ class Sampler:
         return problem
 
     @torch.no_grad()
-    def sample(self, model: PreTrainedModel, autocast: Any = None) -> SampleResult:
-        """Generate for the next prompt; the model is left in the mode it was found in."""
+    def sample(
+        self, model: PreTrainedModel, autocast: Any = None, codebook: Codebook | None = None
+    ) -> SampleResult:
+        """Generate for the next prompt; the model is left in the mode it was found in.
+        `codebook`: the run's (`Trainer.codebook`); None decodes with the default codebook."""
         if self.prompts:
             question, golden = self.prompts[self.next_index % len(self.prompts)]
             self.next_index += 1
@@ -106,7 +111,7 @@ class Sampler:
         finally:
             module.train(was_training)
         answer = self.tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True)
-        verdict = evaluate_output(answer, golden)
+        verdict = evaluate_output(answer, golden, codebook=codebook or default_codebook())
         return SampleResult(
             prompt=question,
             golden=golden,

@@ -25,7 +25,10 @@ class ValidationSettings(R3Settings):
         ge=1,
         description="Ceiling of a fixed-eval answer's budget (greedy), in the trainer and in "
         "a node's eval job alike; the budget follows the set: its longest golden turn plus a "
-        "margin (services.validation.scorer). An eval job's own max_tokens sets it exactly.",
+        "margin (services.validation.scorer). The ceiling never cuts below the longest golden "
+        "turn plus 16 tokens (a warning says when it would have): a shorter budget would score "
+        "every answer of a verbose mode as unfinished. An eval job's own max_tokens sets it "
+        "exactly.",
     )
 
     @property

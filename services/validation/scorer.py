@@ -6,13 +6,26 @@ one set scored on one model gives the same figures wherever it is scored:
 
 - **Budget**: each answer may take `answer_budget(...)` tokens: the longest golden turn of
   the set (its tokens as `/v1/score` counts them, end-of-turn included) plus a margin, at
-  most the caller's ceiling (R3_EVAL_MAX_TOKENS, the trainer's and the node's) or exactly
-  an explicit `max_tokens`.
+  most the caller's ceiling (R3_EVAL_MAX_TOKENS, the trainer's and the node's), or exactly
+  an explicit `max_tokens`. The ceiling never cuts below the longest golden turn plus
+  BUDGET_MARGIN_TOKENS: a budget shorter than the references scores every answer of a
+  verbose mode as "no 🛑 marker" (English syllogism needs ~130 tokens; a ceiling of 96
+  zeroed every English checkpoint, issue 16). When it would, the budget is raised to that
+  floor and a warning says so; `max_tokens` in the result says what was used.
 - **EM**: the greedy answer (no thinking-marker processors: the model's own output), judged
   by the codec (canonical forms, numeric equivalence, codes decoded with the default
   codebook); a parse failure counts as not correct and is counted.
 - **CE**: token-weighted mean negative log-likelihood of the golden turns (teacher-forced,
-  end-of-turn token included, as the training loss counts it).
+  end-of-turn token included, as the training loss counts it). Per token of the set's own
+  reference, so it cannot compare modes: an English reference is ~5x the tokens of a
+  canonical one, mostly easy words.
+- **Answer CE**: the same, over the golden ANSWER's tokens only (the text after the last 🛑
+  of the golden turn, stripped; a token counts when its characters overlap it, as for
+  confidence). The answer is the same text in every mode, so this compares modes.
+- **Thinking tokens**: mean tokens of the model's own reasoning per answer, from the
+  teacher-forced score of its output: the tokens before its first 🛑, after the opening 🤔
+  markers (the same in every mode). An output with no 🛑 counts all its tokens (after the
+  opening markers): it spent the whole budget thinking.
 - **Confidence / ECE**: `services.validation.calibration` over a teacher-forced score of the
   answer's own text; items with no answer after a 🛑 are left out of ECE.
 - **Heatmap**: per domain × difficulty EM and count (`pattern_heatmap`, `pattern_counts`).
@@ -22,6 +35,7 @@ Torch-free: the node-worker imports it without loading a model.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,11 +44,14 @@ from codec.codebook import Codebook
 from codec.domains import default_codebook
 from codec.evaluate import EvalResult as Verdict
 from codec.evaluate import Scoreboard, evaluate_output
+from codec.problem import STOP, THINK
 from services.validation.calibration import (
     answer_confidence,
     answer_span,
     expected_calibration_error,
 )
+
+log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
 
@@ -107,6 +124,10 @@ class ItemAnswer:
     # Probability the model gave its answer's own tokens; None when there is no answer after
     # a 🛑 (left out of ECE).
     confidence: float | None
+    # The golden answer's token logprobs (answer CE; empty when the golden turn has no answer
+    # after a 🛑) and the model's reasoning tokens (before its first 🛑).
+    answer_logprobs: list[float] = field(default_factory=list)
+    thinking_tokens: int = 0
 
     @property
     def match(self) -> bool:
@@ -132,10 +153,12 @@ class SetScore:
     correct: int
     parse_failures: int
     em: float
-    ce: float | None
+    ce: float | None  # per token of this set's own references: not comparable across modes
     ece: float | None
     board: Scoreboard
     answers: list[ItemAnswer] = field(default_factory=list)
+    answer_ce: float | None = None  # per token of the golden answers: comparable across modes
+    thinking_tokens: float | None = None  # mean reasoning tokens of the model's own outputs
 
     @property
     def heatmap(self) -> dict[str, Any]:
@@ -157,11 +180,35 @@ class SetScore:
         return grid
 
 
+def budget_floor(golden_tokens: Sequence[int]) -> int:
+    """The fewest tokens an answer may take: the longest golden turn plus BUDGET_MARGIN_TOKENS."""
+    return max(golden_tokens, default=0) + BUDGET_MARGIN_TOKENS
+
+
 def answer_budget(golden_tokens: Sequence[int], *, ceiling: int) -> int:
-    """Tokens an answer may take: the longest golden turn plus a margin, at most `ceiling`."""
+    """Tokens an answer may take: the longest golden turn plus a margin, at most `ceiling`,
+    but never below `budget_floor` (a ceiling under the references would zero the set)."""
     longest = max(golden_tokens, default=0)
     wanted = longest + max(BUDGET_MARGIN_TOKENS, round(longest * BUDGET_MARGIN_SHARE))
-    return max(1, min(ceiling, wanted))
+    return max(1, budget_floor(golden_tokens), min(ceiling, wanted))
+
+
+def thinking_span(raw: str) -> tuple[int, int]:
+    """Character range of an output's reasoning: after the opening 🤔 markers (and the
+    whitespace after them), up to its first 🛑, or to its end when it has no 🛑."""
+    stripped = raw.lstrip()
+    while stripped.startswith(THINK):
+        stripped = stripped[len(THINK) :].lstrip()
+    start = len(raw) - len(stripped)
+    stop = raw.find(STOP, start)
+    return start, len(raw) if stop < 0 else stop
+
+
+def tokens_in(offsets: Sequence[tuple[int, int]], span: tuple[int, int]) -> list[int]:
+    """Indices of the tokens whose characters overlap `span` (a token glued across its edge
+    counts, as for confidence)."""
+    lo, hi = span
+    return [k for k, (start, end) in enumerate(offsets) if start < hi and end > lo]
 
 
 def mean_cross_entropy(logprobs: Sequence[Sequence[float]]) -> float | None:
@@ -189,24 +236,37 @@ def score_set(
     """
     codebook = codebook if codebook is not None else default_codebook()
     golden = backend.score([ScoreRequest(i.prompt, i.completion, True) for i in items])
-    budget = (
-        max_tokens
-        if max_tokens is not None
-        else answer_budget([len(g.logprobs) for g in golden], ceiling=ceiling)
-    )
+    lengths = [len(g.logprobs) for g in golden]
+    budget = max_tokens if max_tokens is not None else answer_budget(lengths, ceiling=ceiling)
+    if max_tokens is None and ceiling < budget_floor(lengths):
+        log.warning(
+            "answer budget raised from the ceiling of %d to %d tokens: the set's longest "
+            "reference takes %d (a lower budget would cut every such answer before its 🛑); "
+            "raise R3_EVAL_MAX_TOKENS to at least %d to silence this",
+            ceiling,
+            budget,
+            max(lengths, default=0),
+            budget,
+        )
     outputs = backend.generate([i.prompt for i in items], budget)
     verdicts = [
         evaluate_output(o.text, i.golden, codebook=codebook)
         for i, o in zip(items, outputs, strict=True)
     ]
     spans = [answer_span(o.text) for o in outputs]
-    asked = [k for k, span in enumerate(spans) if span is not None]
+    # Every non-empty output is scored: its answer's confidence and its reasoning's tokens.
+    asked = [k for k, o in enumerate(outputs) if o.text]
     own = backend.score([ScoreRequest(items[k].prompt, outputs[k].text, False) for k in asked])
     confidences: list[float | None] = [None] * len(items)
+    thinking = [0] * len(items)
     for k, scored in zip(asked, own, strict=True):
         span = spans[k]
-        assert span is not None
-        confidences[k] = answer_confidence(scored.offsets, scored.logprobs, span)
+        if span is not None:
+            confidences[k] = answer_confidence(scored.offsets, scored.logprobs, span)
+        thinking[k] = len(tokens_in(scored.offsets, thinking_span(outputs[k].text)))
+    answer_lps = [
+        _answer_logprobs(item.completion, gold) for item, gold in zip(items, golden, strict=True)
+    ]
     models = {g.model for g in golden} | {o.model for o in outputs} | {s.model for s in own}
     if len(models) > 1:
         raise ModelChanged(f"answers came from several model versions: {', '.join(sorted(models))}")
@@ -219,9 +279,11 @@ def score_set(
             verdict=verdict,
             golden_logprobs=list(gold.logprobs),
             confidence=conf,
+            answer_logprobs=answer,
+            thinking_tokens=spent,
         )
-        for item, out, verdict, gold, conf in zip(
-            items, outputs, verdicts, golden, confidences, strict=True
+        for item, out, verdict, gold, conf, answer, spent in zip(
+            items, outputs, verdicts, golden, confidences, answer_lps, thinking, strict=True
         )
     ]
     if on_progress is not None:
@@ -229,11 +291,19 @@ def score_set(
     return summarize(answers, scorer=backend.name, model=next(iter(models), ""), max_tokens=budget)
 
 
+def _answer_logprobs(completion: str, gold: TokenScores) -> list[float]:
+    span = answer_span(completion)
+    if span is None:
+        return []
+    return [gold.logprobs[k] for k in tokens_in(gold.offsets, span)]
+
+
 def summarize(
     answers: Sequence[ItemAnswer], *, scorer: str, model: str, max_tokens: int
 ) -> SetScore:
     """The figures of a run: EM over every item (a parse failure counts as not correct), CE
-    over the golden turns' tokens, ECE over the items whose output had an answer."""
+    over the golden turns' tokens, answer CE over the golden answers' tokens, thinking tokens
+    per item, ECE over the items whose output had an answer."""
     board = Scoreboard()
     for a in answers:
         board.add(a.domain, a.difficulty, a.verdict)
@@ -254,4 +324,8 @@ def summarize(
         ),
         board=board,
         answers=list(answers),
+        answer_ce=mean_cross_entropy([a.answer_logprobs for a in answers]),
+        thinking_tokens=(
+            sum(a.thinking_tokens for a in answers) / len(answers) if answers else None
+        ),
     )

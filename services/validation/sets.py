@@ -21,6 +21,13 @@ from codec.errors import DomainError
 from codec.modes import Mode
 from codec.problem import RenderSettings
 
+# The modes a set may be rendered in: the pure ones and, where the codec has it, assorted
+# (Token Assorted: codes for the first m steps, m drawn per item from the set's seeded rng).
+SET_MODES: tuple[Mode, ...] = tuple(
+    m for m in (Mode.ENGLISH, Mode.CANONICAL, Mode.ENCODED, getattr(Mode, "ASSORTED", None)) if m
+)
+CODED_SET_MODES: tuple[Mode, ...] = tuple(m for m in SET_MODES[2:])
+
 # Changing it changes every stored set's content; stored files are trusted by name.
 VALIDATION_SEED = 90_210
 DEFAULT_SIZE = 64
@@ -65,7 +72,7 @@ def set_path(root: Path, domain: str, difficulty: int, mode: Mode | str) -> Path
 def _draw(domain: str, difficulty: int, mode: Mode, size: int) -> list[dict[str, Any]]:
     lines: list[dict[str, Any]] = []
     rng = random.Random(f"validation:{domain}:{difficulty}:{VALIDATION_SEED}")
-    codebook = default_codebook() if mode is Mode.ENCODED else None
+    codebook = default_codebook() if mode in CODED_SET_MODES else None
     problems = generate(
         domain, count=size, difficulty=difficulty, seed=VALIDATION_SEED, split="heldout"
     )
@@ -88,9 +95,9 @@ def ensure_set(
 ) -> Path:
     """The stored set's path, written now (temp file + rename) if it does not exist yet."""
     mode = Mode(mode)
-    if mode not in (Mode.ENGLISH, Mode.CANONICAL, Mode.ENCODED):
+    if mode not in SET_MODES:
         raise DomainError(
-            f"a validation set is rendered in one mode (english, canonical or encoded), not "
+            f"a validation set is rendered in one mode ({', '.join(SET_MODES)}), not "
             f"{mode.value!r}; score a mixed run against each mode's set"
         )
     path = set_path(root, domain, difficulty, mode)
@@ -152,7 +159,7 @@ def parse_sets(text: str) -> list[SetSpec]:
             mode = Mode(pieces[2])
         except ValueError:
             raise DomainError(
-                f"R3_FIXED_EVAL_SETS: {part!r}: mode must be english, canonical or encoded"
+                f"R3_FIXED_EVAL_SETS: {part!r}: mode must be one of {', '.join(SET_MODES)}"
             ) from None
         specs.append(SetSpec(pieces[0], int(pieces[1]), mode))
     return specs

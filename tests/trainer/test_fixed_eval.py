@@ -77,6 +77,9 @@ def test_fixed_eval_fills_status_events_checkpoints_and_evolution(
     assert {e.eval_set for e in results} == {"syllogism-d1-canonical"}
     assert all(e.total == 6 and 0.0 <= e.fixed_eval_em <= 1.0 for e in results)
     assert all(e.fixed_eval_ce is not None and e.fixed_eval_ce > 0 for e in results)
+    # The measures that compare modes: the golden answers' CE, the model's reasoning length.
+    assert all(e.answer_ce is not None and e.answer_ce > 0 for e in results)
+    assert all(e.thinking_tokens is not None and e.thinking_tokens >= 0 for e in results)
     assert results[-1].step == steps  # the end-of-file checkpoint was scored too
 
     status = StatusStore(r).read()
@@ -108,3 +111,44 @@ def test_fixed_eval_fills_status_events_checkpoints_and_evolution(
     assert {e["checkpoint_id"] for e in checkpointed} == {e.checkpoint_id for e in ready}
     for probe in history["probes"]:
         assert len(probe["history"]) == len(history["evaluations"])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_an_english_set_gets_the_budget_of_its_references_whatever_the_ceiling(
+    r: redis.Redis, embedded_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 16: R3_EVAL_MAX_TOKENS=96 (the demo's) under English syllogism references of
+    # ~130 tokens scored every English checkpoint EM 0.00. The budget covers the references.
+    from services.model.loading import load_model_and_tokenizer
+    from services.trainer.fixed_eval import FixedEvaluator
+    from services.trainer.tokenize import ChatTokenizer
+    from services.validation.scorer import BUDGET_MARGIN_TOKENS
+
+    model, tokenizer = load_model_and_tokenizer(embedded_dir, device="cpu")
+    evaluator = FixedEvaluator(
+        r,
+        tokenizer,
+        ChatTokenizer(tokenizer),
+        sets="syllogism:1:english",
+        root=tmp_path / "validation",
+        size=3,
+        max_new_tokens=96,
+        probe_count=0,
+    )
+    items = evaluator.sets[0].items
+    longest = max(
+        len(tokenizer(item.messages[-1]["content"], add_special_tokens=False)["input_ids"])
+        for item in items
+    )
+    assert longest > 96  # the references are longer than the ceiling
+    with caplog.at_level("WARNING"):
+        outcome = evaluator.evaluate(model, step=0, train_loss=None)
+    assert outcome is not None
+    [result] = [e for e in _events(r, keys.STREAM_EVAL) if isinstance(e, EvalResult)]
+    assert result.eval_set == "syllogism-d1-english"
+    assert result.max_tokens is not None and result.max_tokens >= longest + BUDGET_MARGIN_TOKENS
+    assert "raised from the ceiling of 96" in caplog.text
+    # The comparable measures ride along; the untrained model decodes with the default codebook.
+    assert result.answer_ce is not None and result.answer_ce > 0
+    assert result.thinking_tokens is not None and result.thinking_tokens > 0
+    assert result.codebook is None
