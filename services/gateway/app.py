@@ -22,6 +22,7 @@ from services.gateway import (
     metrics,
     sse,
     status_routes,
+    studies,
     uploads,
 )
 from services.gateway.config import GatewaySettings, get_gateway_settings
@@ -44,7 +45,16 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.redis = connect(check=False)
     app.state.checkpoints_root = get_checkpoint_settings().checkpoints_path
     errors.install(app)
-    for module in (sse, status_routes, evolution_routes, history, artifacts, uploads, metrics):
+    for module in (
+        sse,
+        status_routes,
+        evolution_routes,
+        history,
+        studies,
+        artifacts,
+        uploads,
+        metrics,
+    ):
         app.include_router(module.router)
 
     @app.get("/healthz", response_model=None)

@@ -18,14 +18,14 @@ from fastapi import APIRouter, Query, Request
 
 from bus import history, keys, liveness
 from bus.status import StatusStore
-from services.gateway import cursor
+from services.gateway import cursor, sse
 
 router = APIRouter()
 
 REPLAY_TAIL = 2000  # newest training entries the page replays raw after the rollups
-# The streams the page follows (sse.DEFAULT_STREAMS): every one must be in the cursor, or it
-# would start live and miss what it retains (checkpoints, evaluations, alerts).
-PAGE_STREAMS = ("training", "jobs", "checkpoints", "models", "eval", "telemetry", "alerts")
+# The streams the page follows: every one must be in the cursor, or it would start live and
+# miss what it retains (checkpoints, evaluations, alerts, a study's points).
+PAGE_STREAMS = sse.DEFAULT_STREAMS
 EM_SCAN = 20_000  # eval.result entries read for a compared run's EM (the stream's cap)
 
 

@@ -32,7 +32,19 @@ from services.gateway.fanout import Frame, Hub, Subscriber, encode_frames
 
 router = APIRouter()
 
-DEFAULT_STREAMS = ("training", "jobs", "checkpoints", "models", "eval", "telemetry", "alerts")
+# What a client that names no streams follows: every stream but the dead letters. `study`
+# (regime3 study modes) came last; a cursor from before it simply has no study pair, and
+# cursor.parse starts that stream live for it.
+DEFAULT_STREAMS = (
+    "training",
+    "jobs",
+    "checkpoints",
+    "models",
+    "eval",
+    "telemetry",
+    "alerts",
+    "study",
+)
 MAX_FRAMES_PER_WRITE = 256  # frames joined into one socket write under load
 CATCHUP_COUNT = 500
 
