@@ -7,16 +7,28 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Literal
 
+import redis
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from codec.codebook import Codebook
+from codec.errors import CodebookError
 from services.node.api.auth import require_reader
+from services.node.api.decoding import Regime3Options, decode_reply
+from services.node.codebooks import model_codebook
 from services.node.config import NodeSettings
-from services.node.errors import ApiError, EngineBusy, EngineClosed, PromptError
+from services.node.errors import (
+    ApiError,
+    EngineBusy,
+    EngineClosed,
+    PromptError,
+    RegistryError,
+)
 from services.node.serving.engine import Finished, GenerationRequest, RequestHandle, TextDelta
 from services.node.serving.thinking import ThinkingOptions, ThinkingRules
 from services.node.state import NodeState
@@ -75,6 +87,11 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(1, ge=1, le=1)
     thinking: ThinkingOptions | None = Field(
         None, description="Thinking-marker rules for this request (extra body field)."
+    )
+    regime3: Regime3Options | None = Field(
+        None,
+        description='regime3\'s options (extra body field), e.g. {"decode": true}: the reply '
+        "decoded to canonical form beside the raw text.",
     )
 
     @field_validator("stop")
@@ -161,6 +178,9 @@ def _model_object(state: NodeState) -> dict[str, Any]:
         # No server path here: this route is open to every client (GET /models, behind the
         # reader token, names where each registered model lives).
         "thinking_control": active.markers is not None,
+        # The version of the codebook its code tokens mean (None: it carries none, and the
+        # codec's default one decodes its output).
+        "codebook": active.codebook.version if active.codebook is not None else None,
     }
 
 
@@ -196,6 +216,50 @@ async def list_models(request: Request) -> JSONResponse:
     return JSONResponse({"object": "list", "data": data}, headers={MODEL_HEADER: data[0]["id"]})
 
 
+def _registered_codebook(state: NodeState, model_id: str) -> Codebook | None:
+    """The codebook in a model's directory: the version serving, else its registry entry's."""
+    active = state.engine.active
+    if model_id == active.version:
+        return active.codebook
+    try:
+        entry = state.registry.get(model_id)
+    except (RegistryError, redis.RedisError):  # unknown here, or Redis away: nothing to read
+        return None
+    path = Path(entry.path).expanduser() if entry.path else state.settings.models_dir / entry.id
+    try:
+        return model_codebook(path)
+    except CodebookError as exc:
+        raise ApiError(
+            409, f"model {model_id!r}: {exc}", param="model", code="codebook_invalid"
+        ) from exc
+
+
+# Declared before the catch-all `/v1/models/{model_id:path}` below, which would match it too.
+@router.get("/v1/models/{model_id}/codebook")
+async def model_codebook_route(model_id: str, request: Request) -> JSONResponse:
+    """The codebook a model's code tokens mean, for clients that decode on their own (the
+    node-worker renders and judges encoded data with it). `codebook` is null when the model
+    carries none: the codec's default codebook (`codec.domains.default_codebook`) applies."""
+    state = _state(request)
+    active = state.engine.active
+    if model_id in (ACTIVE_ALIAS, active.version):
+        name, codebook = active.version, active.codebook
+    else:
+        if not await run_in_threadpool(_known, state, model_id):
+            raise _model_not_found(model_id)
+        name = model_id
+        codebook = await run_in_threadpool(_registered_codebook, state, model_id)
+    return JSONResponse(
+        {
+            "object": "codebook",
+            "model": name,
+            "version": codebook.version if codebook is not None else None,
+            "codebook": codebook.to_json() if codebook is not None else None,
+        },
+        headers={MODEL_HEADER: active.version},
+    )
+
+
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
     """The official client's `models.retrieve`: the active model by its id; else 404."""
@@ -205,12 +269,14 @@ async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
         if not await run_in_threadpool(_known, state, model_id):
             raise _model_not_found(model_id)
         # Another model this node knows: the active one's step and markers are not its.
+        codebook = await run_in_threadpool(_registered_codebook, state, model_id)
         found = {
             "id": model_id,
             "object": "model",
             "created": found["created"],
             "owned_by": found["owned_by"],
             "active": False,
+            "codebook": codebook.version if codebook is not None else None,
         }
     return JSONResponse(found, headers={MODEL_HEADER: state.engine.active.version})
 
@@ -251,10 +317,11 @@ async def chat_completions(
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     headers = {MODEL_HEADER: handle.version}
+    decode = body.regime3 is not None and body.regime3.decode
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _sse(handle, request, completion_id, created, include_usage),
+            _sse(handle, request, completion_id, created, include_usage, decode),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -286,7 +353,11 @@ async def chat_completions(
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": finished.text},
+                    "message": {
+                        "role": "assistant",
+                        "content": finished.text,
+                        **(_decoded(handle, finished) if decode else {}),
+                    },
                     "logprobs": None,
                     "finish_reason": _finish_reason(finished),
                 }
@@ -320,8 +391,18 @@ def _chunk(
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
+def _decoded(handle: RequestHandle, finished: Finished) -> dict[str, Any]:
+    """The `regime3.decode` fields of a finished reply, decoded with its model's codebook."""
+    return decode_reply(finished.text, handle.codebook)
+
+
 async def _sse(
-    handle: RequestHandle, request: Request, completion_id: str, created: int, usage: bool
+    handle: RequestHandle,
+    request: Request,
+    completion_id: str,
+    created: int,
+    usage: bool,
+    decode: bool = False,
 ) -> AsyncIterator[str]:
     version = handle.version
     try:
@@ -354,7 +435,15 @@ async def _sse(
                 completion_id,
                 created,
                 version,
-                [{"index": 0, "delta": {}, "finish_reason": _finish_reason(event)}],
+                [
+                    {
+                        "index": 0,
+                        # The whole reply is known only now: its decoded form rides on the
+                        # chunk that ends it.
+                        "delta": _decoded(handle, event) if decode else {},
+                        "finish_reason": _finish_reason(event),
+                    }
+                ],
             )
             if usage:
                 yield _chunk(completion_id, created, version, [], usage=_usage(event))

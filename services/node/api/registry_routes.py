@@ -10,9 +10,11 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bus.events import ModelSwapFailed
+from codec.errors import CodebookError
 from services.model.errors import ModelNotFoundError
 from services.model.loading import check_model_dir
 from services.node.api.auth import require_admin, require_reader
+from services.node.codebooks import model_codebook
 from services.node.errors import (
     ActiveModelDeleteError,
     ApiError,
@@ -21,6 +23,7 @@ from services.node.errors import (
     UnknownModelError,
 )
 from services.node.pulling.activation import activate
+from services.node.pulling.registry import ModelEntry
 from services.node.state import NodeState
 
 router = APIRouter()
@@ -130,9 +133,18 @@ async def set_active(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/models", dependencies=[Depends(require_reader)])
-async def list_models(request: Request) -> dict[str, Any]:
-    state = _state(request)
+def _codebook_fields(state: NodeState, entry: ModelEntry) -> dict[str, str | None]:
+    """`codebook`: the version of the codebook in the model's directory (None: it has none,
+    or it is not on this node yet); `codebook_error` when the file there cannot be read."""
+    path = Path(entry.path).expanduser() if entry.path else state.settings.models_dir / entry.id
+    try:
+        codebook = model_codebook(path)
+    except CodebookError as exc:
+        return {"codebook": None, "codebook_error": str(exc)}
+    return {"codebook": codebook.version if codebook is not None else None}
+
+
+def _listing(state: NodeState) -> dict[str, Any]:
     active = state.registry.active_id()
     in_use = state.engine.in_use()
     return {
@@ -143,10 +155,17 @@ async def list_models(request: Request) -> dict[str, Any]:
                 **entry.model_dump(mode="json"),
                 "active": entry.id == active,
                 "requests_in_flight": in_use.get(entry.id, 0),
+                **_codebook_fields(state, entry),
             }
             for entry in state.registry.list()
         ],
     }
+
+
+@router.get("/models", dependencies=[Depends(require_reader)])
+async def list_models(request: Request) -> dict[str, Any]:
+    # Off the event loop: each entry's codebook file is read (once per version on disk).
+    return await run_in_threadpool(_listing, _state(request))
 
 
 @router.delete("/models/{model_id}", dependencies=[Depends(require_admin)])

@@ -214,7 +214,7 @@ class Engine:
         loaded = self._hold()
         try:
             prompt = self._prompt_ids(loaded, request)
-            handle = RequestHandle(loaded.version, len(prompt), loop)
+            handle = RequestHandle(loaded.version, len(prompt), loop, codebook=loaded.codebook)
             slot = Slot(
                 handle=handle, loaded=loaded, request=request, prompt=prompt, release=self._release
             )

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import torch
 
+from codec.codebook import Codebook
 from services.node.errors import GenerationError
 from services.node.serving.thinking import ThinkingMarkers, ThinkingRules, ThinkingState
 
@@ -39,6 +40,9 @@ class LoadedModel:
     markers: ThinkingMarkers | None = None
     max_positions: int | None = None
     vocab_size: int | None = None  # tokenizer entries; embedding rows past it are never sampled
+    # The codebook saved beside the weights (codebook.json): what its <E###> code tokens
+    # mean. None: the model carries none, and the codec's default one decodes its output.
+    codebook: Codebook | None = None
     # The engine's serving state of this model (slot cache, captured steps): it lives and
     # dies with the model, so a swapped-out model's cache goes with its weights.
     runtime: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
@@ -97,9 +101,13 @@ class RequestHandle:
         version: str,
         prompt_tokens: int,
         loop: asyncio.AbstractEventLoop | None,
+        codebook: Codebook | None = None,
     ) -> None:
         self.id = next(self._ids)
         self.version = version
+        # The answering model's codebook, kept here because the slot lets go of the model
+        # when it finishes, and a swap may have made another model active by then.
+        self.codebook = codebook
         self.prompt_tokens = prompt_tokens
         self.batch_size = 0  # set when its batch starts
         self.submitted_at = time.monotonic()

@@ -7,8 +7,11 @@ from typing import Any
 
 import torch
 
+from codec.codebook import Codebook
+from codec.errors import CodebookError
 from services.model.errors import ModelNotFoundError
 from services.model.loading import load_model_and_tokenizer
+from services.node.codebooks import model_codebook
 from services.node.config import NodeSettings
 from services.node.errors import ModelLoadError
 from services.node.serving.engine import LoadedModel, free_device_memory
@@ -54,6 +57,7 @@ def serving_model(
     *,
     path: Path | None = None,
     step: int | None = None,
+    codebook: Codebook | None = None,
 ) -> LoadedModel:
     """Wrap a model already on its device (eval mode) and its tokenizer for the engine."""
     device = next(model.parameters()).device
@@ -69,7 +73,27 @@ def serving_model(
         markers=ThinkingMarkers.from_tokenizer(tokenizer),
         max_positions=int(max_positions) if max_positions else None,
         vocab_size=len(tokenizer),
+        codebook=codebook,
     )
+
+
+def check_code_tokens(tokenizer: Any, codebook: Codebook, version: str) -> None:
+    """Refuse a tokenizer whose code tokens are special: the engine decodes generated ids
+    with skip_special_tokens=True, which would drop every code from the output.
+
+    Codes the tokenizer lacks are no error: the model then writes each one as several
+    ordinary tokens (`<`, `E`, digits, `>`) and its text decodes all the same.
+    """
+    special = set(tokenizer.all_special_tokens)
+    clash = [code for code in codebook.codes() if code in special]
+    if clash:
+        raise ModelLoadError(
+            version,
+            f"its tokenizer holds the code tokens {', '.join(clash[:5])} as special tokens, "
+            "which decoding drops from the output; add them as ordinary tokens "
+            "(codec.hf_extension.add_codes does) and save the tokenizer again.",
+            kind="invalid",
+        )
 
 
 def load_for_serving(
@@ -78,6 +102,16 @@ def load_for_serving(
     """Load `path` onto the node's device; ModelLoadError (with a kind) on any failure."""
     device = resolve_device(settings.node_device)
     dtype = DTYPES.get(settings.node_dtype)
+    try:
+        # Read before the weights: a corrupt codebook refuses the model without loading them.
+        codebook = model_codebook(path)
+    except CodebookError as exc:
+        raise ModelLoadError(
+            version,
+            f"{exc}; the model's code tokens cannot be decoded without it: copy the "
+            "checkpoint's codebook.json again (or pull the checkpoint again)",
+            kind="invalid",
+        ) from exc
     try:
         model, tokenizer = load_model_and_tokenizer(path, device=device, dtype=dtype)
     except ModelNotFoundError as exc:
@@ -95,9 +129,16 @@ def load_for_serving(
         raise ModelLoadError(
             version, f"{path}: {type(exc).__name__}: {exc}", kind="invalid"
         ) from exc
+    if codebook is not None:
+        try:
+            check_code_tokens(tokenizer, codebook, version)
+        except ModelLoadError:
+            del model
+            free_device_memory(device)
+            raise
     if settings.node_fused_kernels:
         use_fused_kernels(model)
-    return serving_model(model, tokenizer, version, path=Path(path), step=step)
+    return serving_model(model, tokenizer, version, path=Path(path), step=step, codebook=codebook)
 
 
 @torch.inference_mode()

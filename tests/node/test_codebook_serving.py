@@ -1,0 +1,337 @@
+"""Codes as real tokens on the node: a model directory with codebook.json is served and decoded
+with that codebook, the model card names it, and chat completions can return the decoded form.
+
+The model under test is the embedded one extended with code tokens (codec.hf_extension) for a
+codebook of its own: the default codebook's fragments under other codes, so anything decoded
+with the default codebook instead reads differently, and a test can tell which one was used.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from bus import keys, queues
+from bus.encoding import from_fields
+from bus.events import EvalResult
+from codec.codebook import CODEBOOK_FILE, Codebook
+from codec.domains import default_codebook, generate
+from codec.modes import Mode
+from codec.problem import Problem
+from services.model.loading import load_model_and_tokenizer
+from services.node.api.decoding import decode_reply
+from services.node.config import NodeSettings, get_node_settings
+from services.node.errors import ModelLoadError
+from services.node.pulling.registry import Registry
+from services.node.serving.handles import GenerationRequest, RequestHandle, Slot, TextDelta
+from services.node.serving.loading import load_for_serving, serving_model
+from services.node.worker import evaluation
+from services.node.worker.node_client import NodeClient, NodeUnavailable
+from services.node.worker.runner import build_worker
+from tests.node.jobs_fixtures import MAX_TOKENS
+from tests.rig.node import ADMIN_TOKEN, RunningNode
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+CODED = "coded-3"
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="session")
+def own_codebook() -> Codebook:
+    """The default codebook's fragments in reverse order: same fragments, other codes."""
+    return Codebook(list(reversed(default_codebook().fragments)), {"made_by": "test"})
+
+
+def _add_codes(codebook: Codebook) -> Callable[[Any, Any], None]:
+    from codec.hf_extension import add_codes
+
+    def edit(model: Any, tokenizer: Any) -> None:
+        add_codes(tokenizer, model, codebook.codes())
+
+    return edit
+
+
+@pytest.fixture(scope="session")
+def coded_model_dir(
+    tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path, own_codebook: Codebook
+) -> Path:
+    """The embedded model and tokenizer extended with `own_codebook`'s codes, saved with it."""
+    from tests.rig.node import save_model_variant
+
+    dest = tmp_path_factory.mktemp("coded") / CODED
+    save_model_variant(embedded_dir, dest, _add_codes(own_codebook))
+    own_codebook.save(dest / CODEBOOK_FILE)
+    return dest
+
+
+def a_problem() -> Problem:
+    return next(iter(generate("syllogism", count=1, difficulty=1, seed=3, split="train")))
+
+
+def chat(node: RunningNode, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{node.url}/v1/chat/completions", json=body, timeout=60)
+
+
+def data_lines(r: httpx.Response) -> list[dict[str, Any]]:
+    lines = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+# --- the tokenizer and the engine's detokenizer -----------------------------------------------
+
+
+def test_a_code_token_decodes_to_exactly_its_code_in_full_and_streaming(
+    coded_model_dir: Path,
+) -> None:
+    model, tokenizer = load_model_and_tokenizer(coded_model_dir)
+    code = tokenizer.convert_tokens_to_ids("<E005>")
+    assert tokenizer.encode("<E005>", add_special_tokens=False) == [code]  # one token
+    assert tokenizer.decode([code], skip_special_tokens=True) == "<E005>"
+
+    # The engine's incremental detokenizer (Slot.accept), fed the ids one by one.
+    loaded = serving_model(model, tokenizer, CODED)
+    handle = RequestHandle(CODED, 0, None)
+    slot = Slot(handle, loaded, GenerationRequest(max_tokens=1000), [], lambda _m: None)
+    text = "🤔🤔\n<E005>(let v1 3)<E012>\n🛑🛑\nvalid"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert code in ids
+    for token in ids:
+        assert not slot.accept(token)
+    slot.finish("stop")
+    deltas = [e.text for e in handle.stream(timeout=10) if isinstance(e, TextDelta)]
+    assert "".join(deltas) == text
+    assert "<E005>" in deltas and "<E012>" in deltas  # each code streamed whole, on its own
+
+
+def test_loading_reads_the_codebook_and_refuses_a_corrupt_one(
+    coded_model_dir: Path,
+    own_codebook: Codebook,
+    embedded_dir: Path,
+    node_settings_factory: Callable[..., NodeSettings],
+    tmp_path: Path,
+) -> None:
+    settings = node_settings_factory()
+    loaded = load_for_serving(coded_model_dir, CODED, settings)
+    assert loaded.codebook is not None and loaded.codebook.version == own_codebook.version
+    assert load_for_serving(embedded_dir, "plain", settings).codebook is None
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in coded_model_dir.iterdir():
+        (broken / f.name).symlink_to(f)
+    (broken / CODEBOOK_FILE).unlink()
+    (broken / CODEBOOK_FILE).write_text('{"schema": "regime3.codebook", "schema_version": 1')
+    with pytest.raises(ModelLoadError, match=CODEBOOK_FILE) as caught:
+        load_for_serving(broken, "broken", settings)
+    assert caught.value.kind == "invalid"
+
+
+# --- the decoded form of a reply -------------------------------------------------------------
+
+
+def test_a_reply_decodes_with_the_models_codebook_not_the_default(own_codebook: Codebook) -> None:
+    problem = a_problem()
+    reply = problem.assistant_content(Mode.ENCODED, own_codebook, random.Random(1))
+    assert "<E" in reply
+    fields = decode_reply(reply, own_codebook)
+    assert fields == {
+        "canonical": problem.canonical_reasoning,
+        "answer": problem.golden_text,
+        "codebook": own_codebook.version,
+        "decode_error": None,
+    }
+    # The same codes read with the default codebook mean other fragments.
+    assert decode_reply(reply, None)["canonical"] != problem.canonical_reasoning
+
+
+@pytest.mark.parametrize("mode", [Mode.CANONICAL, Mode.ASSORTED])
+def test_canonical_and_assorted_replies_decode_to_the_canonical_form(
+    own_codebook: Codebook, mode: Mode
+) -> None:
+    problem = a_problem()
+    for seed in range(4):  # assorted: several m, codes then canonical text
+        reply = problem.assistant_content(mode, own_codebook, random.Random(seed))
+        fields = decode_reply(reply, own_codebook)
+        assert fields["canonical"] == problem.canonical_reasoning, reply
+        assert fields["answer"] == problem.golden_text and fields["decode_error"] is None
+
+
+@pytest.mark.parametrize(
+    ("reply", "canonical", "answer", "error"),
+    [
+        ("🤔 just some words 🛑🛑 valid", None, "valid", "English"),
+        ("🤔🤔\n(mid cats)", None, None, "no 🛑 marker"),
+        ("🤔\n(mid cats)\n<E999>\n🛑🛑\nvalid", None, "valid", "unknown code <E999>"),
+        ("🤔\n(mid cats\n🛑🛑\nvalid", None, "valid", "reasoning:"),
+        ("🤔\n(mid cats)\n🛑🛑\n(((", "(mid cats)", None, "answer:"),
+        ("🤔\n(mid cats)\n🛑🛑", "(mid cats)", None, "nothing after the 🛑"),
+    ],
+)
+def test_what_cannot_be_decoded_is_named(
+    own_codebook: Codebook, reply: str, canonical: str | None, answer: str | None, error: str
+) -> None:
+    fields = decode_reply(reply, own_codebook)
+    assert (fields["canonical"], fields["answer"]) == (canonical, answer)
+    assert error in fields["decode_error"]
+
+
+# --- over HTTP -----------------------------------------------------------------------------
+
+
+def test_the_node_serves_a_coded_model_names_its_codebook_and_decodes_replies(
+    node: RunningNode, coded_model_dir: Path, own_codebook: Codebook
+) -> None:
+    version = own_codebook.version
+    r = httpx.post(
+        f"{node.url}/models/register",
+        json={"id": CODED, "path": str(coded_model_dir)},
+        headers=ADMIN,
+    )
+    assert r.status_code == 200, r.text
+    # Registered, not active yet: its card and the listing name its codebook already.
+    card = httpx.get(f"{node.url}/v1/models/{CODED}").json()
+    assert (card["active"], card["codebook"]) == (False, version)
+    listing = {m["id"]: m for m in httpx.get(f"{node.url}/models", headers=ADMIN).json()["models"]}
+    assert listing[CODED]["codebook"] == version and listing["embedded-v1"]["codebook"] is None
+    assert httpx.get(f"{node.url}/v1/models/embedded-v1").json()["codebook"] is None
+
+    r = httpx.post(f"{node.url}/models/set_active", json={"id": CODED}, headers=ADMIN, timeout=120)
+    assert r.status_code == 200, r.text
+    assert httpx.get(f"{node.url}/v1/models").json()["data"][0]["codebook"] == version
+    assert httpx.get(f"{node.url}/v1/models/{CODED}").json()["codebook"] == version
+    for name in (CODED, "active"):
+        served = httpx.get(f"{node.url}/v1/models/{name}/codebook").json()
+        assert (served["model"], served["version"]) == (CODED, version)
+        assert served["codebook"] == own_codebook.to_json()
+    plain = httpx.get(f"{node.url}/v1/models/embedded-v1/codebook").json()
+    assert (plain["version"], plain["codebook"]) == (None, None)
+    r = httpx.get(f"{node.url}/v1/models/nonesuch/codebook")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+    # The decoded fields ride on the message, decoded with the answering model's codebook.
+    base = {"messages": HI, "max_tokens": 6, "temperature": 0}
+    message = chat(node, {**base, "regime3": {"decode": True}}).json()["choices"][0]["message"]
+    assert message["codebook"] == version
+    assert message["canonical"] is not None or message["decode_error"]
+    assert message == {**message, **decode_reply(message["content"], own_codebook)}
+    assert "canonical" not in chat(node, base).json()["choices"][0]["message"]
+
+    # Streaming: only the last chunk, the one with finish_reason, carries them.
+    with httpx.stream(
+        "POST",
+        f"{node.url}/v1/chat/completions",
+        json={**base, "stream": True, "regime3": {"decode": True}},
+        timeout=60,
+    ) as r:
+        chunks = data_lines(r)
+    *body, last = chunks
+    assert all("codebook" not in c["choices"][0]["delta"] for c in body)
+    (choice,) = last["choices"]
+    assert choice["finish_reason"] in ("stop", "length")
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert choice["delta"] == decode_reply(text, own_codebook)
+    assert choice["delta"]["codebook"] == version
+
+
+@pytest.mark.parametrize(
+    ("option", "param"),
+    [
+        ({"decode": "yes"}, "regime3.decode"),
+        ({"decode": 1}, "regime3.decode"),
+        ({"decoded": True}, "regime3.decoded"),
+        ("decode", "regime3"),
+    ],
+)
+def test_a_bad_regime3_option_is_a_400_in_the_apis_shape(
+    node: RunningNode, option: Any, param: str
+) -> None:
+    r = chat(node, {"messages": HI, "max_tokens": 2, "regime3": option})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    assert param in error["message"]
+
+
+# --- the worker ------------------------------------------------------------------------------
+
+
+def test_built_in_eval_sets_are_rendered_with_the_given_codebook(
+    own_codebook: Codebook, tmp_path: Path
+) -> None:
+    items = evaluation.resolve_eval_set(
+        "syllogism:1", validation_dir=tmp_path, mode=Mode.ENCODED, limit=3, codebook=own_codebook
+    )
+    problems = {p.id: p for p in evaluation.builtin_problems("syllogism:1")}
+    for item in items:
+        fields = decode_reply(item.completion, own_codebook)
+        assert fields["canonical"] == problems[item.id].canonical_reasoning
+
+
+def test_the_worker_evaluates_and_generates_with_the_serving_models_codebook(
+    coded_model_dir: Path,
+    own_codebook: Codebook,
+    node_factory: Callable[..., RunningNode],
+    r: redis.Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    Registry(r, "test-node").register(CODED, path=str(coded_model_dir))
+    Registry(r, "test-node").set_active(CODED)
+    node = node_factory()  # starts on the registry's active model: the coded one
+    with NodeClient(node.url) as client:
+        got = client.model_codebook(CODED)
+        assert got is not None and got.version == own_codebook.version
+        with pytest.raises(NodeUnavailable, match="HTTP 404: The model `nonesuch` does not exist"):
+            client.model_codebook("nonesuch")
+    monkeypatch.setenv("R3_NODE_URL", node.url)
+    monkeypatch.setenv("R3_DATA_DIR", str(tmp_path / "node-data"))
+    monkeypatch.setenv("R3_EVAL_MAX_TOKENS", str(MAX_TOKENS))
+    monkeypatch.setenv("R3_GEN_MAX_TOKENS", str(MAX_TOKENS))
+    monkeypatch.setenv("R3_NODE_NAME", node.state.node_name)
+    get_node_settings.cache_clear()
+    try:
+        evaluate = queues.enqueue(
+            r,
+            queues.NODE_EVALUATE,
+            kind="node",
+            kwargs={"eval_set": "syllogism:1", "mode": "encoded", "limit": 2},
+        )
+        gen = queues.enqueue(
+            r,
+            queues.NODE_GENERATE,
+            kind="node",
+            kwargs={
+                "domain": "syllogism",
+                "count": 2,
+                "mode": "encoded",
+                "seed": 5,
+                "upload": False,
+                "name": "coded-shard",
+            },
+        )
+        build_worker(r).work(burst=True)
+        evaluate.refresh()
+        gen.refresh()
+        assert evaluate.get_status() == "finished", evaluate.exc_info
+        assert gen.get_status() == "finished", gen.exc_info
+        [event] = [from_fields(raw) for _id, raw in r.xrange(keys.STREAM_EVAL)]
+        assert isinstance(event, EvalResult)
+        assert (event.model_id, event.codebook) == (CODED, own_codebook.version)
+        shard = Path(gen.return_value()["path"])
+        lines = [json.loads(line) for line in shard.read_text().splitlines()]
+        assert lines
+        for line in lines:
+            meta = line["meta"]
+            assert meta["codebook"] == own_codebook.version
+            content = line["messages"][-1]["content"]
+            assert decode_reply(content, own_codebook)["decode_error"] is None
+    finally:
+        get_node_settings.cache_clear()
