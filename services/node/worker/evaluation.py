@@ -22,6 +22,7 @@ from bus.errors import MalformedEntry
 from bus.events import EvalResult
 from bus.publish import Publisher
 from bus.status import StatusStore
+from codec.codebook import Codebook
 from codec.domains import DOMAINS, default_codebook, generate, mixed_problems
 from codec.evaluate import split_output
 from codec.modes import Mode
@@ -44,6 +45,7 @@ from services.validation.scorer import (
 from services.validation.scorer import ModelChanged as ModelChanged
 from services.validation.trend import em_trend
 
+CODED_MODES = (Mode.ENCODED, Mode.ASSORTED)  # the render modes that write codes
 BUILTIN_SEED = 20_240  # fixed: a built-in set is the same problems every time it is named
 BUILTIN_PER_LEVEL = 10
 
@@ -108,9 +110,15 @@ def items_from_jsonl(path: Path, limit: int | None = None) -> list[EvalItem]:
     return items
 
 
-def items_from_problems(problems: Sequence[Problem], mode: Mode) -> list[EvalItem]:
-    """Problems rendered exactly as the data generator renders them (Problem.render)."""
-    codebook = default_codebook() if mode is Mode.ENCODED else None
+def items_from_problems(
+    problems: Sequence[Problem], mode: Mode, codebook: Codebook | None = None
+) -> list[EvalItem]:
+    """Problems rendered exactly as the data generator renders them (Problem.render); codes
+    are the model's `codebook` (None: the codec's default one)."""
+    if mode in CODED_MODES:
+        codebook = codebook if codebook is not None else default_codebook()
+    else:
+        codebook = None
     rng = random.Random(f"eval-render:{BUILTIN_SEED}")
     items = []
     for p in problems:
@@ -157,11 +165,16 @@ def _stored_set(name: str, validation_dir: Path) -> Path | None:
 
 
 def resolve_eval_set(
-    name: str, *, validation_dir: Path, mode: Mode = Mode.ENGLISH, limit: int | None = None
+    name: str,
+    *,
+    validation_dir: Path,
+    mode: Mode = Mode.ENGLISH,
+    limit: int | None = None,
+    codebook: Codebook | None = None,
 ) -> list[EvalItem]:
     """The items of `name`: a stored validation set (`arithmetic-d2-canonical`), a JSONL file
     in the training format, or a built-in held-out set (`all`, `<domain>`, `<domain>:<level>`)
-    generated from a fixed seed and rendered in `mode`."""
+    generated from a fixed seed and rendered in `mode` (codes: `codebook`, None = default)."""
     stored = _stored_set(name, validation_dir)
     if stored is not None:
         return items_from_jsonl(stored, limit)
@@ -170,7 +183,7 @@ def resolve_eval_set(
         if not path.is_file():
             raise EvalSetError(f"eval set file {path} does not exist")
         return items_from_jsonl(path, limit)
-    items = items_from_problems(builtin_problems(name), mode)
+    items = items_from_problems(builtin_problems(name), mode, codebook)
     return items[:limit] if limit else items
 
 
@@ -280,11 +293,15 @@ def evaluate_items(
     train_ce: float | None = None,
     previous: Sequence[float] = (),
     on_progress: Callable[[int, int], None] | None = None,
+    codebook: Codebook | None = None,
+    expected_model: str | None = None,
 ) -> EvalReport:
     """Score every item on the node by the one scorer's rules and sum up.
 
     `max_tokens`: the budget's ceiling, or every answer's budget when `explicit_max_tokens`.
-    Raises ModelChanged when answers came from more than one model version.
+    `codebook`: the serving model's (None: it carries none; the default one decodes).
+    Raises ModelChanged when answers came from more than one model version, or from another
+    than `expected_model` (the one `codebook` belongs to).
     """
     started = time.monotonic()
     backend = HttpBackend(
@@ -295,10 +312,17 @@ def evaluate_items(
         items,
         ceiling=max_tokens,
         max_tokens=max_tokens if explicit_max_tokens else None,
-        codebook=default_codebook(),
+        codebook=codebook if codebook is not None else default_codebook(),
     )
+    if expected_model is not None and result.model != expected_model:
+        # Judged with `expected_model`'s codebook, answers of another model mean nothing.
+        raise ModelChanged(
+            f"the answers came from {result.model}, not {expected_model} whose codebook "
+            "decoded them (a swap)"
+        )
     return report_of(
         result,
+        codebook=codebook.version if codebook is not None else None,
         eval_set=eval_set,
         step=step,
         train_ce=train_ce,
@@ -315,8 +339,10 @@ def report_of(
     train_ce: float | None = None,
     previous: Sequence[float] = (),
     seconds: float = 0.0,
+    codebook: str | None = None,
 ) -> EvalReport:
-    """The `eval.result` event of a scored set, with the heatmap and a few samples."""
+    """The `eval.result` event of a scored set, with the heatmap and a few samples;
+    `codebook` the version that decoded it (None: the default codebook)."""
     ce = result.ce
     event = EvalResult(
         model_id=result.model,
@@ -334,6 +360,9 @@ def report_of(
         fixed_eval_trend=em_trend(previous, result.em),  # the trainer's rule, one definition
         pattern_heatmap=result.pattern_heatmap(),
         pattern_counts=result.pattern_counts(),
+        answer_ce=result.answer_ce,
+        thinking_tokens=result.thinking_tokens,
+        codebook=codebook,
     )
     samples = [
         {"id": a.id, "output": a.answer, **a.verdict.to_dict(), "confidence": a.confidence}

@@ -203,7 +203,12 @@ def build_line(
         check = evaluate_output(line["messages"][-1]["content"], problem.golden, codebook=codebook)
         if not check.match:
             raise CodecError(f"{problem.id}: a {source} line does not verify ({check.reason})")
-        line.setdefault("meta", {}).update(source=source, attempt=kind, model=attempt.reply.model)
+        meta = line.setdefault("meta", {})
+        meta.update(source=source, attempt=kind, model=attempt.reply.model)
+        parts = split_output(line["messages"][-1]["content"])
+        if codebook is not None and parts is not None and _CODE.search(parts[0]):
+            # What its codes mean (contract C4): the trainer refuses to mix codebooks in a run.
+            meta["codebook"] = codebook.version
     return line, source, kind
 
 

@@ -74,9 +74,6 @@ def evaluate(
     """
     settings = get_node_settings()
     connection = _connection()
-    items = evaluation.resolve_eval_set(
-        eval_set, validation_dir=settings.validation_path, mode=Mode(mode), limit=limit
-    )
     node_name = settings.node_name or get_bus_settings().host_name
     with _client(settings) as client:
         for attempt in range(1, MODEL_CHANGE_RETRIES + 1):
@@ -86,10 +83,22 @@ def evaluate(
                     f"model {model!r} was asked for but the node serves {serving!r}; "
                     "set it active first (POST /models/set_active) or pass model=active"
                 )
+            # The serving model's codes: a built-in set is rendered with them, and its answers
+            # decoded with them (None: it carries no codebook; the default one applies).
+            codebook = client.model_codebook(serving)
+            items = evaluation.resolve_eval_set(
+                eval_set,
+                validation_dir=settings.validation_path,
+                mode=Mode(mode),
+                limit=limit,
+                codebook=codebook,
+            )
             try:
                 report = evaluation.evaluate_items(
                     client,
                     items,
+                    codebook=codebook,
+                    expected_model=serving,
                     eval_set=eval_set,
                     # The set's budget (services.validation.scorer) under R3_EVAL_MAX_TOKENS,
                     # or exactly the job's max_tokens.
@@ -137,6 +146,8 @@ def generate(
     stem = name.removesuffix(".jsonl") if name else f"gen-{domain}-d{difficulty}-{mode}-{seed}"
     path = settings.generated_dir / f"{stem}.jsonl"
     with _client(settings) as client:
+        # Encoded lines are rendered and judged with the serving model's own codes.
+        serving = client.active_model()
         report = generation.generate_shard(
             client,
             domain=domain,
@@ -148,7 +159,7 @@ def generate(
             max_tokens=max_tokens or settings.gen_max_tokens,
             temperature=settings.gen_temperature if temperature is None else temperature,
             concurrency=settings.jobs_concurrency,
-            codebook=default_codebook(),
+            codebook=client.model_codebook(serving) or default_codebook(),
             fallback="golden" if fallback == "golden" else "skip",
             on_progress=_progress("problems"),
         )

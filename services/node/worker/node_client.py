@@ -8,6 +8,9 @@ from typing import Any
 
 import httpx
 
+from codec.codebook import Codebook
+from codec.errors import CodebookError
+
 
 class NodeUnavailable(RuntimeError):
     """The node did not answer or answered with an error."""
@@ -99,6 +102,34 @@ class NodeClient:
         if not models:
             raise NodeUnavailable(f"the node at {self.base_url} serves no model")
         return str(models[0]["id"])
+
+    def model_codebook(self, model: str) -> Codebook | None:
+        """The codebook `model`'s code tokens mean (GET /v1/models/{model}/codebook); None
+        when it carries none, so the codec's default codebook applies."""
+        path = f"/v1/models/{model}/codebook"
+        try:
+            response = self._http.get(path)
+            data = response.json()
+        except (httpx.HTTPError, ValueError) as err:
+            raise NodeUnavailable(f"GET {self.base_url}{path} failed: {err}") from None
+        if response.status_code >= 400:
+            message = (data.get("error") or {}).get("message") if isinstance(data, dict) else None
+            raise NodeUnavailable(
+                f"the node at {self.base_url} refused GET {path}: "
+                f"HTTP {response.status_code}: {message or response.text[:300]}"
+            )
+        if data.get("codebook") is None:
+            return None
+        try:
+            codebook = Codebook.from_json(data["codebook"], source=f"{self.base_url}{path}")
+        except CodebookError as err:
+            raise NodeUnavailable(f"the node's codebook of {model!r} is unusable: {err}") from None
+        if codebook.version != data.get("version"):
+            raise NodeUnavailable(
+                f"the node's codebook of {model!r} reads as {codebook.version}, not the "
+                f"{data.get('version')} it names: the node and this worker run different codecs"
+            )
+        return codebook
 
     def chat(
         self,
