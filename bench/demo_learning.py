@@ -2,7 +2,8 @@
 
 It does what `regime3 up` does for the trainer host, without the node and gateway: draws the
 fixed validation set, seeds train-normal with the demo's data (validation problems excluded),
-starts the trainer worker with the demo recipe (services.feeder.demo.DEMO_TRAINER_ENV), and
+starts the trainer worker with the demo recipe (services.feeder.demo.DEMO_TRAINER_ENV; every
+R3_* variable you set, in the environment or in the checkout's .env, wins), and
 follows the `eval.result` events: step, wall seconds, the trainer's CPU seconds, held-out EM.
 It stops at --target EM or --minutes. Exit status 0 when the target was reached in time.
 
@@ -32,7 +33,12 @@ from bus import keys  # noqa: E402
 from bus.broadcast import EARLIEST, BroadcastReader  # noqa: E402
 from bus.events import EvalResult  # noqa: E402
 from services.feeder.config import FeederSettings  # noqa: E402
-from services.feeder.demo import DEMO_TRAINER_ENV, seed_queue  # noqa: E402
+from services.feeder.demo import (  # noqa: E402
+    DEMO_TRAINER_ENV,
+    apply_demo_recipe,
+    seed_queue,
+    user_value,
+)
 
 
 def _free_port() -> int:
@@ -65,16 +71,25 @@ def main() -> int:
         except redis.ConnectionError:
             time.sleep(0.05)
     feeder = FeederSettings(data_dir=data, demo_seed_examples=args.examples)
-    env = dict(os.environ, **DEMO_TRAINER_ENV)
+    # The recipe fills in only what the user left unset (as `regime3 up` does): the trainer
+    # runs in ROOT, so ROOT/.env is the file its settings read.
+    env = dict(os.environ)
+    env_file = ROOT / ".env"
+    apply_demo_recipe(env, feeder, env_file=env_file)
     env.update(
         R3_REDIS_URL=url,
         R3_DATA_DIR=str(data),
         R3_MIN_FREE_DISK_BYTES="0",
-        R3_FIXED_EVAL_SETS=f"{feeder.demo_domain}:{feeder.demo_difficulty}:{feeder.demo_mode}",
         PYTHONUNBUFFERED="1",
     )
+    eval_sets = user_value("R3_FIXED_EVAL_SETS", env, env_file)
+    recipe = {
+        name: user_value(name, env, env_file)
+        for name in [*DEMO_TRAINER_ENV, "R3_FIXED_EVAL_SETS", "R3_EVAL_MAX_TOKENS"]
+    }
     started = time.monotonic()
-    seed_queue(conn, feeder, validation_sets=env["R3_FIXED_EVAL_SETS"], validation_size=64)
+    eval_size = int(user_value("R3_EVAL_EXAMPLES", env, env_file) or "64")
+    seed_queue(conn, feeder, validation_sets=eval_sets, validation_size=eval_size)
     seeded_s = time.monotonic() - started
     trainer = subprocess.Popen(
         [sys.executable, "-m", "services.trainer"],
@@ -100,6 +115,7 @@ def main() -> int:
                     "trainer_cpu_s": round(cpu.user + cpu.system, 1),
                     "em": round(event.fixed_eval_em, 4),
                     "ce": None if event.fixed_eval_ce is None else round(event.fixed_eval_ce, 4),
+                    "answer_ce": None if event.answer_ce is None else round(event.answer_ce, 4),
                     "load_1m": round(os.getloadavg()[0], 2),
                 }
                 curve.append(point)
@@ -119,7 +135,8 @@ def main() -> int:
         "minutes": args.minutes,
         "seed_queue_s": round(seeded_s, 1),
         "cpus": os.cpu_count(),
-        "recipe": {**DEMO_TRAINER_ENV, "R3_FIXED_EVAL_SETS": env["R3_FIXED_EVAL_SETS"]},
+        "demo_mode": feeder.demo_mode,
+        "recipe": {k: v for k, v in recipe.items() if v},  # what the trainer ran with
         "curve": curve,
     }
     if args.json_out:

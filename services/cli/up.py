@@ -18,17 +18,14 @@ from settings.layout import DataLayout
 
 def _demo_env(env: dict[str, str]) -> bool:
     """With no model configured, the embedded model trains on the demo with the recipe that
-    makes it learn on a CPU; every variable already set is left alone. True when applied."""
-    if env.get("R3_MODEL"):
-        return False
+    makes it learn on a CPU; every variable the user set (in the environment or in `.env`)
+    is left alone. True when applied."""
     from services.feeder.config import get_feeder_settings
-    from services.feeder.demo import DEMO_TRAINER_ENV
+    from services.feeder.demo import apply_demo_recipe, user_value
 
-    for name, value in DEMO_TRAINER_ENV.items():
-        env.setdefault(name, value)
-    feeder = get_feeder_settings()
-    mode = "canonical" if feeder.demo_mode == "transitional" else feeder.demo_mode
-    env.setdefault("R3_FIXED_EVAL_SETS", f"{feeder.demo_domain}:{feeder.demo_difficulty}:{mode}")
+    if user_value("R3_MODEL", env):
+        return False
+    apply_demo_recipe(env, get_feeder_settings())
     return True
 
 
@@ -36,7 +33,7 @@ def _seed(env: dict[str, str]) -> None:
     """Queue the demo's data (in the background: services start meanwhile), then give the
     feeder its go-ahead (R3_FEEDER_AWAIT_SEED), whether seeding worked or not."""
     from services.feeder.config import get_feeder_settings
-    from services.feeder.demo import seed_queue
+    from services.feeder.demo import demo_eval_sets, seed_queue, user_value
     from services.feeder.feeder import SEEDED_FIELD
 
     settings = get_feeder_settings()
@@ -45,8 +42,9 @@ def _seed(env: dict[str, str]) -> None:
         jobs = seed_queue(
             connection,
             settings,
-            validation_sets=env["R3_FIXED_EVAL_SETS"],
-            validation_size=int(env.get("R3_EVAL_EXAMPLES", "64")),
+            # The sets the trainer will score: the user's (environment or .env), else the demo's.
+            validation_sets=user_value("R3_FIXED_EVAL_SETS", env) or demo_eval_sets(settings),
+            validation_size=int(user_value("R3_EVAL_EXAMPLES", env) or "64"),
         )
     except Exception as exc:  # the services run on; say why the queue stayed empty
         click.echo(f"regime3 up: seeding the demo data failed: {exc}", err=True)

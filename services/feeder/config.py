@@ -57,12 +57,21 @@ class FeederSettings(ValidationSettings):
         "generation until the feeder hash's `seeded` field holds this value, so it never "
         "mistakes a queue about to be seeded for an empty one.",
     )
-    curriculum_examples: int = Field(
-        200_000,
+    curriculum_examples: int | None = Field(
+        None,
         ge=1,
-        description="Length of the transitional curriculum in generated examples: English "
-        "first, canonical in between, encoded last (codec.modes.TransitionalSchedule).",
+        description="Length of the transitional curriculum in examples: English first, "
+        "canonical in between, encoded last (codec.modes.TransitionalSchedule). Unset: the "
+        "seeded examples (R3_DEMO_SEED_EXAMPLES), so the data the run sees ends encoded and "
+        "the feeder's generated data goes on from there; with no seed, R3_FEEDER_MAX_QUEUE.",
+        json_schema_extra={"shown_default": "R3_DEMO_SEED_EXAMPLES"},
     )
+
+    @property
+    def curriculum_total(self) -> int:
+        """The curriculum's length: sized to the data the run will see (a curriculum of
+        200,000 examples over 20,000 seeded ones never left English)."""
+        return self.curriculum_examples or self.demo_seed_examples or self.feeder_max_queue
 
     @model_validator(mode="after")
     def _marks(self) -> FeederSettings:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import redis
+from dotenv import dotenv_values
 
 from bus import keys, queues
 from codec.codebook import Codebook
@@ -24,11 +25,18 @@ from codec.modes import Mode, TransitionalSchedule
 from codec.problem import RenderSettings
 from services.dataset_store import DatasetStore
 from services.feeder.config import FeederSettings
+from services.feeder.feeder import SEEDED_EXAMPLES_FIELD
 from services.validation.sets import ensure_set, parse_sets, stored_ids
+from settings.base import PREFIX, RENAMED
 
 # The trainer settings that make the embedded tiny model learn the demo on a CPU (the recipe
 # measured for the 10-minute acceptance: docs/operations.md, bench/README.md). `regime3 up`
-# sets each one that the environment does not, and only while no other model is configured.
+# and bench/demo_learning.py set each one the user did not (apply_demo_recipe), and only while
+# no other model is configured.
+#
+# No answer ceiling (R3_EVAL_MAX_TOKENS) here: the fixed eval's budget follows its set (the
+# longest golden turn plus a margin, services.validation.scorer), and a ceiling of 96 cut
+# every English syllogism answer (~130 tokens), which scored EM 0.00 for the whole run.
 DEMO_TRAINER_ENV: dict[str, str] = {
     "R3_MAX_LENGTH": "256",
     "R3_MICRO_BATCH_TOKENS": "1024",
@@ -41,12 +49,56 @@ DEMO_TRAINER_ENV: dict[str, str] = {
     "R3_EVAL_STEPS": "40",
     "R3_SAVE_STEPS": "100",
     "R3_LAYER_MONITOR_STEPS": "50",
-    "R3_SAMPLE_MAX_NEW_TOKENS": "96",
-    "R3_EVAL_MAX_TOKENS": "96",
+    # The longest reasoning of any demo mode (English syllogism, ~130 tokens) and a margin:
+    # a sample cut before its 🛑 would show "no answer" for a model that had one.
+    "R3_SAMPLE_MAX_NEW_TOKENS": "192",
     # One thread: the node and its generate jobs use the other core, and on a busy CPU
     # two spinning OpenMP threads made each step ~8x slower than one.
     "R3_TORCH_THREADS": "1",
 }
+
+
+def demo_eval_sets(settings: FeederSettings) -> str:
+    """R3_FIXED_EVAL_SETS for the demo: its domain and level in the mode it trains.
+
+    A transitional run has no one mode (a set is rendered in one): it is scored on the English
+    set, the mode it starts in, whose budget covers English reasoning, so the early English
+    answers are not cut; EM compares answers, and answer CE compares across modes.
+    """
+    mode = "english" if settings.demo_mode == "transitional" else settings.demo_mode
+    return f"{settings.demo_domain}:{settings.demo_difficulty}:{mode}"
+
+
+def user_variables(env: Mapping[str, str], env_file: Path | None = Path(".env")) -> set[str]:
+    """The R3_* variables the user set: in `env`, or in the `.env` file every settings class
+    also reads (a recipe value put in the environment would beat the file's). An old, renamed
+    variable counts as its new name (the recipe must not beat it either)."""
+    names = {k for k in env if k.startswith(PREFIX)}
+    if env_file is not None and env_file.is_file():
+        names |= {k for k in dotenv_values(env_file) if k.startswith(PREFIX)}
+    names |= {PREFIX + r.new.upper() for old, r in RENAMED.items() if old in names}
+    return names
+
+
+def user_value(name: str, env: Mapping[str, str], env_file: Path | None = Path(".env")) -> str:
+    """`name`'s value as the services will read it: the environment, else `.env`, else ""."""
+    if env.get(name):
+        return env[name]
+    if env_file is not None and env_file.is_file():
+        return dotenv_values(env_file).get(name) or ""
+    return ""
+
+
+def apply_demo_recipe(
+    env: dict[str, str], settings: FeederSettings, *, env_file: Path | None = Path(".env")
+) -> dict[str, str]:
+    """Put the demo recipe and its eval sets into `env` wherever the user set nothing (in
+    `env` or `env_file`): the user's variables win. Returns what was set."""
+    mine = user_variables(env, env_file)
+    wanted = DEMO_TRAINER_ENV | {"R3_FIXED_EVAL_SETS": demo_eval_sets(settings)}
+    applied = {name: value for name, value in wanted.items() if name not in mine}
+    env.update(applied)
+    return applied
 
 
 def problem_lines(
@@ -143,7 +195,7 @@ def seed_queue(
                 exclude=exclude,
                 mode=mode,
                 start_index=made,
-                curriculum_examples=settings.curriculum_examples,
+                curriculum_examples=settings.curriculum_total,
             ),
         )
         stored = store.add(path, move=True)
@@ -162,4 +214,6 @@ def seed_queue(
         job_ids.append(job.id)
         made += written
         shard += 1
+    # The feeder's generated data continues the curriculum after the seeded examples.
+    connection.hset(keys.FEEDER_STATUS, SEEDED_EXAMPLES_FIELD, str(made))
     return job_ids

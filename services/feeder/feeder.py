@@ -5,7 +5,7 @@ those promised by generate jobs not finished yet (queued or running on a node). 
 below the low mark it queues one generate job on node-normal per look until one more would
 pass the maximum queue size; then generation pauses until the count falls below the low mark.
 The job's mode follows the curriculum: a transitional run moves English → canonical → encoded
-over R3_CURRICULUM_EXAMPLES generated examples (codec.modes.TransitionalSchedule).
+(codec.modes.TransitionalSchedule) over the seeded and then the generated examples.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 # The field of keys.FEEDER_STATUS that `regime3 up` sets to its seed id once the demo data is
 # queued (or seeding failed): the feeder's go-ahead when R3_FEEDER_AWAIT_SEED is set.
 SEEDED_FIELD = "seeded"
+# The field where the demo's seeding writes how many examples it queued: the feeder's
+# curriculum position starts after them (generated examples follow the seeded ones).
+SEEDED_EXAMPLES_FIELD = "seeded_examples"
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,9 @@ class Feeder:
         mode = Mode(self.settings.demo_mode)
         if mode is not Mode.TRANSITIONAL:
             return mode
-        schedule = TransitionalSchedule(total=self.settings.curriculum_examples)
-        return schedule.mode_for(self.generated_total, self.rng)
+        schedule = TransitionalSchedule(total=self.settings.curriculum_total)
+        seeded = self.connection.hget(keys.FEEDER_STATUS, SEEDED_EXAMPLES_FIELD)
+        return schedule.mode_for(int(seeded or 0) + self.generated_total, self.rng)
 
     def seeding(self) -> bool:
         """True while `regime3 up` has not finished seeding the demo data it announced."""

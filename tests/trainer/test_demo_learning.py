@@ -8,6 +8,10 @@ invalid about half each, so chance is 0.5 once the format is learned (0 before).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +91,39 @@ def test_demo_recipe_lifts_held_out_em_clearly_above_chance(
     assert curve, "the trainer published no eval.result"
     assert curve[0][1] <= 0.6, curve  # it starts at or near chance
     assert max(em for _, em in curve) >= TARGET, curve
+
+
+@pytest.mark.slow
+def test_the_bench_runs_a_transitional_demo_and_keeps_the_user_s_variables(
+    tmp_path: Path,
+) -> None:
+    """bench/demo_learning.py crashed on R3_DEMO_MODE=transitional (it asked for a validation
+    set of mode 'transitional') and put its recipe over the user's variables."""
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("R3_")}
+    env |= {"R3_DEMO_MODE": "transitional", "R3_SAMPLE_MAX_NEW_TOKENS": "77"}
+    out = tmp_path / "curve.json"
+    bench = subprocess.run(
+        [
+            sys.executable,
+            str(root / "bench" / "demo_learning.py"),
+            *("--examples", "200", "--minutes", "0.25"),
+            *("--data-dir", str(tmp_path / "data"), "--json-out", str(out)),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert "Traceback" not in bench.stderr + bench.stdout, bench.stderr[-3000:]
+    assert bench.returncode in (0, 1), bench.stderr[-3000:]  # 1: the target not reached
+    result = json.loads(out.read_text())
+    assert result["demo_mode"] == "transitional"
+    assert result["recipe"]["R3_SAMPLE_MAX_NEW_TOKENS"] == "77"  # the user's, not the recipe's
+    assert result["recipe"]["R3_FIXED_EVAL_SETS"] == "syllogism:1:english"
+    assert result["recipe"]["R3_LEARNING_RATE"] == DEMO_TRAINER_ENV["R3_LEARNING_RATE"]
+    assert (tmp_path / "data" / "validation" / "syllogism-d1-english.jsonl").is_file()
+    # The trainer started with those settings and was stopped by the bench, not by a crash.
+    log = (tmp_path / "data" / "trainer.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
