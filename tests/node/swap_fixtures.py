@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import uvicorn
 
+from codec.codebook import Codebook
+from codec.hf_extension import add_codes
 from services.model.loading import load_model_and_tokenizer
 from services.trainer.checkpoint import CheckpointInfo, CheckpointStore
 from tests.rig.ports import free_port
@@ -59,9 +61,16 @@ def save_checkpoint(
     val_loss: float | None = None,
     with_optimizer: bool = True,
     nudge: float = 0.0,
+    codebook: Codebook | None = None,
 ) -> CheckpointInfo:
-    """A real checkpoint of the embedded model; `nudge` shifts the weights so versions differ."""
+    """A real checkpoint of the embedded model; `nudge` shifts the weights so versions differ.
+
+    With `codebook`, its codes are added to the tokenizer and model as a run with code
+    tokens does (codec.hf_extension), and the checkpoint holds it as codebook.json.
+    """
     model, tokenizer = load_model_and_tokenizer(model_dir)
+    if codebook is not None:
+        add_codes(tokenizer, model, codebook.codes())
     if nudge:
         with torch.no_grad():
             for p in model.parameters():
@@ -74,7 +83,13 @@ def save_checkpoint(
         optimizer.step()
         optimizer.zero_grad()
     return store.save(
-        model, tokenizer, step=step, optimizer=optimizer, val_loss=val_loss, model_name="tiny"
+        model,
+        tokenizer,
+        step=step,
+        optimizer=optimizer,
+        val_loss=val_loss,
+        model_name="tiny",
+        **({"codebook": codebook} if codebook is not None else {}),
     )
 
 

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from checkpoints.manifest import MANIFEST, MANIFEST_DIGEST, Manifest
+from codec.codebook import CODEBOOK_FILE, Codebook
+from codec.domains import default_codebook
+from services.node.codebooks import model_codebook
 from services.node.pulling import puller as puller_module
 from services.node.pulling.puller import PULLED, Puller, PullError, staging_dir, verify_pulled
 from services.trainer.checkpoint import CheckpointInfo, CheckpointStore
@@ -130,6 +133,43 @@ def test_a_corrupt_byte_fails_the_pull_and_nothing_is_published(
     assert not (models / info.id).exists()
     # The corrupt copy is not kept for a resume: the next attempt fetches it fresh.
     assert not (staging_dir(models, info.id) / WEIGHTS).exists()
+
+
+def test_a_codebook_is_pulled_verified_and_a_tampered_one_is_refused_like_weights(
+    tmp_path: Path, embedded_dir: Path, redis_url: str
+) -> None:
+    codebook = default_codebook()
+    store = CheckpointStore(tmp_path / "trainer")
+    info = save_checkpoint(store, embedded_dir, step=8, with_optimizer=False, codebook=codebook)
+    with gateway(store.root) as url:
+        with puller(url, tmp_path / "models") as p:
+            result = p.pull(info.id, manifest_sha256=info.manifest_sha256)
+        # Listed in the manifest like every other file, fetched and hashed like them.
+        assert result.manifest.codebook == codebook.version
+        entry = next(e for e in result.manifest.files if e.path == CODEBOOK_FILE)
+        assert sha256(result.path / CODEBOOK_FILE) == entry.sha256
+        pulled = model_codebook(result.path)
+        assert pulled is not None and pulled.version == codebook.version
+
+        # Tampered at the source: two codes swap meanings, still a well-formed codebook.
+        source = store.root / info.id / CODEBOOK_FILE
+        data = json.loads(source.read_text())
+        codes = data["codes"]
+        codes["<E000>"], codes["<E001>"] = codes["<E001>"], codes["<E000>"]
+        source.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+        assert Codebook.load(source).version != codebook.version
+        models = tmp_path / "other-models"
+        with (
+            puller(url, models) as p,
+            pytest.raises(PullError, match=f"sha256 mismatch: {CODEBOOK_FILE}"),
+        ):
+            p.pull(info.id, manifest_sha256=info.manifest_sha256)
+        assert not (models / info.id).exists()
+
+    # Tampered on the node's disk after the pull: the check before serving names it.
+    verify_pulled(result.path)  # forget the copy this process just verified
+    (result.path / CODEBOOK_FILE).write_text(source.read_text())
+    assert verify_pulled(result.path) == [f"{CODEBOOK_FILE}: sha256 differs from the manifest"]
 
 
 def test_a_truncated_file_fails_the_pull(
