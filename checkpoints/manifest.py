@@ -61,6 +61,9 @@ class Manifest(BaseModel):
     trainer_config: dict[str, Any] = Field(default_factory=dict)
     val_loss: float | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
+    # Codebook.version of the codes the tokenizer holds as tokens (codebook.json beside it);
+    # None: the run has no code tokens.
+    codebook: str | None = None
     files: list[FileEntry]
     total_bytes: int
 

@@ -5,6 +5,7 @@ same step, so an id once published never changes content and a node's Range resu
 
     config.json, generation_config.json, model.safetensors   model.save_pretrained
     tokenizer.json, tokenizer_config.json, ...               tokenizer.save_pretrained
+    codebook.json                                            the run's codebook, if it has codes
     optimizer.pt, scheduler.pt, rng_state.pt                 torch.save of state dicts
     trainer_state.json                                       the loop's own counters
     manifest.json                                            every file above: size, sha256
@@ -55,6 +56,7 @@ from checkpoints.manifest import (
     checkpoint_id,
     parse_id,
 )
+from codec.codebook import CODEBOOK_FILE, Codebook
 
 log = logging.getLogger(__name__)
 
@@ -252,11 +254,14 @@ class CheckpointStore:
         val_loss: float | None = None,
         model_name: str | None = None,
         extra_meta: Mapping[str, Any] | None = None,
+        codebook: Codebook | None = None,
     ) -> CheckpointInfo:
         """Write a complete checkpoint and return it; on any error nothing becomes visible.
 
         `trainer_state`, `trainer_config` and `extra_meta` must be plain JSON. `model_name`
-        defaults to the last part of the model's `name_or_path`.
+        defaults to the last part of the model's `name_or_path`. `codebook`: the one whose
+        codes the tokenizer holds as tokens, saved as codebook.json (its version in the
+        manifest's `codebook`).
         """
         if step < 0:
             raise CheckpointError(f"step must be >= 0, got {step}")
@@ -273,6 +278,8 @@ class CheckpointStore:
         try:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            if codebook is not None:
+                codebook.save(tmp / CODEBOOK_FILE)
             if optimizer is not None:
                 torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
             if scheduler is not None:
@@ -299,6 +306,7 @@ class CheckpointStore:
                 trainer_config=config,
                 val_loss=val_loss,
                 meta=meta,
+                codebook=None if codebook is None else codebook.version,
                 files=files,
                 total_bytes=sum(f.size for f in files),
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -153,6 +154,14 @@ class TrainerSettings(R3Settings):
         ge=1,
         description="Loss tokens whose logits are computed at once; the largest loss tensor "
         "is about this x vocabulary x 4 bytes (1024 x 151,936 x 4 = 622 MB), never all logits.",
+    )
+    # -- code tokens -----------------------------------------------------------------------
+    codebook: Path | None = Field(
+        None,
+        description="Codebook JSON (`regime3 codec build`) whose <E###> codes a run adds as "
+        "tokens when its first file with codes arrives; unset: the built-in codebook. A run "
+        "keeps the codebook it started with (saved in its checkpoints); files encoded with "
+        "another codebook fail.",
     )
     # -- monitoring ------------------------------------------------------------------------
     log_steps: int = Field(

@@ -51,6 +51,9 @@ class FileOrder:
     rejected_offsets: tuple[int, ...]  # from the lead's validation: lines no rank trains
     cpu_rng: torch.Tensor
     device_rng: torch.Tensor | None  # the lead's CUDA generator; set on each rank's own card
+    # The run's codebook (Codebook.to_json) when it has code tokens: a rank that has none yet
+    # adds the same codes before the file's first step, as the lead did before sending this.
+    codebook: dict[str, Any] | None = None
 
 
 # What a collective raises when a peer is gone: torch's own DistError, or a RuntimeError from

@@ -59,3 +59,7 @@ class TemplateError(TrainerError):
 
 class DataChangedError(TrainerError):
     """A line accepted by validation was rejected when read again for training."""
+
+
+class CodebookMismatch(TrainerError):
+    """A file encoded with another codebook than the run's: the job fails before any step."""

@@ -120,8 +120,20 @@ class StepForward:
             _apply_liger_kernel_to_instance(
                 model=model, fused_linear_cross_entropy=False, cross_entropy=False
             )
-        decoder = model.get_decoder()
-        self.decoder: Any = torch.compile(decoder, dynamic=False) if plan.compile else decoder
+        self.decoder: Any = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Take the model's current head and decoder (compiled again): after code tokens
+        resized the embedding, the old compiled graph and head would hold the old matrix."""
+        head = self.model.get_output_embeddings()  # type: ignore[operator]
+        if not isinstance(head, nn.Linear) or head.bias is not None:
+            raise TypeError(
+                f"{type(self.model).__name__}: need a causal LM with a bias-free linear head"
+            )
+        self.head = head
+        decoder = self.model.get_decoder()
+        self.decoder = torch.compile(decoder, dynamic=False) if self.plan.compile else decoder
 
     def __call__(self, batch: PackedBatch, *, with_entropy: bool = True) -> MicroBatchLoss:
         if batch.loss_index is None or batch.loss_targets is None:

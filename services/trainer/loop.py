@@ -22,13 +22,15 @@ from bus.worker import Interrupted, report_progress
 from checkpoints.durable import sha256_file
 from checkpoints.manifest import JobCursor
 from checkpoints.settings import CheckpointSettings, get_checkpoint_settings
+from codec.codebook import Codebook, codebook_in
 from services.model.loading import load_model_and_tokenizer
 from services.trainer.checkpoint import CheckpointStore, publish_ready
+from services.trainer.codes import add_code_tokens, codebook_for_file
 from services.trainer.config import TrainerSettings, get_trainer_settings
 from services.trainer.dataset_reader import DataCursor
 from services.trainer.disk import DiskFull
 from services.trainer.distributed import FileOrder, Group, peer_failure
-from services.trainer.errors import DataChangedError, TrainerError
+from services.trainer.errors import CodebookMismatch, DataChangedError, TrainerError
 from services.trainer.fixed_eval import FixedEvalOutcome, FixedEvaluator
 from services.trainer.forward import StepForward, StepPlan
 from services.trainer.gpu import GpuMeter
@@ -42,7 +44,7 @@ from services.trainer.resume import FileProgress, append_ledger, resume_point
 from services.trainer.retention import RetentionPolicy, apply_retention
 from services.trainer.sampling import Sampler
 from services.trainer.tokenize import ChatTokenizer
-from services.trainer.validate import validate_file
+from services.trainer.validate import ValidationReport, validate_file
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +117,28 @@ class Trainer:
         torch.manual_seed(self.settings.seed)
         latest = self.store.load_latest()
         self.weights_dtype = self._weights_dtype()
+        # The run's codebook: its code tokens are in the tokenizer and model. None until the
+        # first file with codes (or taken from the checkpoint or model directory loaded).
+        self.codebook: Codebook | None = None
+        self.codebook_source = "the run's checkpoints"
         if latest is not None:
             self.model, self.tokenizer = latest.load_model(
                 device=self.device, dtype=self.weights_dtype
             )
             self.model_name = latest.info.model_name
+            self.codebook = codebook_in(latest.path)
+            self.codebook_source = f"checkpoint {latest.info.id}"
         else:
             self.model, self.tokenizer = load_model_and_tokenizer(
                 model_path, device=self.device, dtype=self.weights_dtype
             )
             self.model_name = Path(str(self.model.name_or_path or "model")).name
+            # A checkpoint copied as the starting model keeps its codebook.
+            start = Path(str(self.model.name_or_path or "/nonexistent"))
+            if self.model.name_or_path and start.is_dir():
+                self.codebook = codebook_in(start)
+                self.codebook_source = f"the starting model {start}"
+        self._rewrap = False  # under torchrun: DDP must wrap the resized model again
         self.model.train()
         if self.device.type == "cuda" and self.settings.gpu_memory_gib is not None:
             # Past the budget an allocation raises an out-of-memory like a full card would,
@@ -211,6 +225,53 @@ class Trainer:
         sampling and evaluation use it, so the checkpoint format does not change."""
         if self.group is not None and self.ddp is None:
             self.ddp = self.group.wrap(self.model, self.forward)
+
+    # -- code tokens -----------------------------------------------------------------------
+
+    def _take_codes(self, report: ValidationReport, name: str) -> bool:
+        """Before a file's first step: the codebook its codes use (CodebookMismatch when it is
+        not the run's), added as tokens if the run has none yet. True when tokens were added
+        (the file must be validated again: its lines are shorter now)."""
+        codebook = codebook_for_file(
+            report, self.codebook, self.settings, name, run_source=self.codebook_source
+        )
+        if codebook is None or self.codebook is not None:
+            return False
+        self._add_codes(codebook)
+        return True
+
+    def _add_codes(self, codebook: Codebook) -> None:
+        added = add_code_tokens(self.tokenizer, self.model, self.optimizer, codebook)
+        self.codebook = codebook
+        self.codebook_source = "the run's checkpoints"
+        self.chat = ChatTokenizer(self.tokenizer)  # probe-checked again with the codes
+        if added.changed:
+            # A resized matrix: the compiled step, the layer monitor and DDP hold the old one.
+            self.forward.refresh()
+            self.layers = LayerMonitor(self.model, self.settings.layer_monitor_steps)
+            self._rewrap = self.ddp is not None
+        if self.lead:
+            where = (
+                f"the embedding grew from {added.rows_before} to {added.rows_after} rows"
+                if added.resized
+                else f"in spare rows of the {added.rows_after}-row embedding (no resize)"
+            )
+            self.publisher.publish(
+                Alert(
+                    level="info",
+                    source="trainer",
+                    code="code_tokens",
+                    message=f"{len(added.ids)} codes of codebook {codebook.version} added as "
+                    f"tokens ({len(added.fresh)} new rows from their fragments' mean; {where})",
+                )
+            )
+
+    def _wrap_again(self) -> None:
+        """Under torchrun, every rank at the same point: DDP over the resized model."""
+        if self._rewrap and self.group is not None:
+            self.ddp = None  # the old wrapper's hooks go with it
+            self.ddp = self.group.wrap(self.model, self.forward)
+        self._rewrap = False
 
     # -- construction ----------------------------------------------------------------------
 
@@ -538,9 +599,10 @@ class Trainer:
             batch_step=0,
             batch_total_steps=None,
         )
-        try:
-            rejects = self._rejects_path(name, digest)
-            report = self.disk.run(  # the rejects file may meet a full disk: pause, not fail
+        rejects = self._rejects_path(name, digest)
+
+        def validate() -> ValidationReport:
+            return self.disk.run(  # the rejects file may meet a full disk: pause, not fail
                 functools.partial(
                     validate_file,
                     path,
@@ -559,6 +621,22 @@ class Trainer:
                 ),
                 strict=True,
             )
+
+        try:
+            report = validate()
+            if self._take_codes(report, name):
+                # With the codes as tokens the lines are shorter: the lengths and rejects
+                # training will meet are the ones of a second pass.
+                report = validate()
+        except CodebookMismatch as exc:
+            self.report.set_status("idle")  # a file of another codebook is bad data
+            if self.lead:
+                self.publisher.publish(
+                    Alert(
+                        level="error", source="trainer", code="codebook_mismatch", message=str(exc)
+                    )
+                )
+            raise _named(exc, path, name) from None
         except TrainerError as exc:
             self.report.set_status("idle")  # a bad file is not a crash of the trainer
             raise _named(exc, path, name) from None
@@ -594,8 +672,10 @@ class Trainer:
                     rejected_offsets=tuple(report.rejected_offsets),
                     cpu_rng=cpu_rng,
                     device_rng=device_rng,
+                    codebook=None if self.codebook is None else self.codebook.to_json(),
                 )
             )
+            self._wrap_again()
         try:
             steps = self._file_steps(
                 path,
@@ -664,6 +744,18 @@ class Trainer:
         assert self.group is not None
         self._stop.clear()
         self.rows_per_batch = self.settings.rows_per_micro_batch
+        if order.codebook is not None:
+            codebook = Codebook.from_json(
+                order.codebook, source=f"the lead's order for {order.name}"
+            )
+            if self.codebook is None:
+                self._add_codes(codebook)  # the same codes the lead added before this order
+            elif self.codebook.version != codebook.version:
+                raise CodebookMismatch(
+                    f"{order.name}: the lead trains codebook {codebook.version}, this rank holds "
+                    f"{self.codebook.version}; restart the group from one checkpoint directory"
+                )
+        self._wrap_again()
         self.group.set_rng_state(order)
         steps = self._file_steps(Path(order.path), order.rejected_offsets, order.start, order.epoch)
         for step in steps:
@@ -784,6 +876,7 @@ class Trainer:
             cursor=job_cursor,
             trainer_config=self._recipe(),
             model_name=self.model_name,
+            codebook=self.codebook,
         )
         info = self.disk.run(
             save,

@@ -39,6 +39,11 @@ IN_FLIGHT_PER_WORKER = 3
 
 _THINK_RUN = re.compile(f"{THINK}+")
 _STOP_RUN = re.compile(f"{STOP}+")
+# A codebook code (codec.codebook): assistant text holding one makes the run add code tokens.
+CODE = re.compile(r"<E\d{3}>")
+# A line's codes: None (its assistant text holds no code), UNSTAMPED (codes, no
+# meta.codebook: taken to use the run's codebook) or the meta.codebook version it names.
+UNSTAMPED = ""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -112,6 +117,13 @@ def _check_meta(obj: dict[str, Any]) -> str | None:
         return None
     if not isinstance(meta, dict):
         raise _Reject("schema", f"'meta' is {type(meta).__name__}, must be an object")
+    stamp = meta.get("codebook")
+    if stamp is not None and (not isinstance(stamp, str) or not stamp.strip()):
+        raise _Reject(
+            "schema",
+            f"meta.codebook {stamp!r} must be a codebook version string (like cb-0123456789ab, "
+            "Codebook.version); leave it out when the reasoning holds no codes",
+        )
     ident = meta.get("id")
     if ident is None:
         return None
@@ -181,11 +193,21 @@ def id_hash(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
 
 
-LineResult = tuple[list[TokenizedExample] | Rejection, int | None]
+LineResult = tuple[list[TokenizedExample] | Rejection, int | None, str | None]
+
+
+def line_codes(obj: dict[str, Any], messages: Sequence[Message]) -> str | None:
+    """None when no assistant turn holds a code; else the line's meta.codebook or UNSTAMPED."""
+    if not any(m["role"] == "assistant" and CODE.search(m["content"]) for m in messages):
+        return None
+    meta = obj.get("meta")
+    stamp = meta.get("codebook") if isinstance(meta, dict) else None
+    return stamp if isinstance(stamp, str) else UNSTAMPED
 
 
 def process_line(raw: RawLine, chat: ChatTokenizer, settings: TrainerSettings) -> LineResult:
-    """Accepted examples (several when split) or a rejection, and the meta.id hash if any."""
+    """Accepted examples (several when split) or a rejection, the meta.id hash if any, and
+    the line's codes (`line_codes`)."""
     try:
         if raw.data is None:
             raise _Reject(
@@ -203,6 +225,7 @@ def process_line(raw: RawLine, chat: ChatTokenizer, settings: TrainerSettings) -
             # over-long integers are bad lines too, never a crash of the whole job.
             raise _Reject("json", f"not valid JSON: {json_line_problem(err)}") from None
         messages, key = check_conversation(obj, settings)
+        codes = line_codes(obj, messages)
         try:
             pieces = chat.encode_within(
                 messages, settings.max_length, split=settings.overlong == "split"
@@ -216,14 +239,14 @@ def process_line(raw: RawLine, chat: ChatTokenizer, settings: TrainerSettings) -
                 "template", f"the chat template failed: {type(err).__name__}: {err}"
             ) from None
     except _Reject as rej:
-        return Rejection(raw.line, raw.offset, rej.kind, rej.reason), None
+        return Rejection(raw.line, raw.offset, rej.kind, rej.reason), None, None
     examples = [
         TokenizedExample(
             ExampleId(raw.line, raw.offset, part), p.input_ids, p.assistant_mask, raw.next_offset
         )
         for part, p in enumerate(pieces)
     ]
-    return examples, (id_hash(key) if key is not None else None)
+    return examples, (id_hash(key) if key is not None else None), codes
 
 
 # -- worker processes: same function, a bounded number of batches in flight ------------------
@@ -309,6 +332,15 @@ class ValidationReport:
     first_rejects: list[Rejection] = field(default_factory=list)
     rejected_offsets: array[int] = field(default_factory=lambda: array("q"))
     rejects_path: Path | None = None
+    coded_lines: int = 0  # accepted lines whose assistant text holds <E###> codes
+    # meta.codebook versions of the accepted coded lines, and how many lines name each;
+    # coded lines without one are coded_lines - sum(codebooks.values())
+    codebooks: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def unstamped_lines(self) -> int:
+        """Accepted lines with codes but no meta.codebook."""
+        return self.coded_lines - sum(self.codebooks.values())
 
     @property
     def reject_rate(self) -> float:
@@ -343,6 +375,8 @@ class ValidationReport:
                 for r in self.first_rejects
             ],
             "rejects_path": str(self.rejects_path) if self.rejects_path else None,
+            "coded_lines": self.coded_lines,
+            "codebooks": dict(self.codebooks),
             "tokens": self.tokens,
             "loss_tokens": self.loss_tokens,
             "longest_example_tokens": self.longest,
@@ -397,7 +431,7 @@ def validate_file(
         out = rejects_path.open("w", encoding="utf-8")
     try:
         lines = read_lines(path, max_line_bytes=settings.max_line_bytes)
-        for done, (raw, (result, key)) in enumerate(
+        for done, (raw, (result, key, codes)) in enumerate(
             _processed(_counted(lines, report), chat, settings, workers), start=1
         ):
             if on_progress is not None and done % progress_every == 0:
@@ -422,6 +456,10 @@ def validate_file(
                     _write_reject(out, raw, result)
                 continue
             report.accepted_lines += 1
+            if codes is not None:
+                report.coded_lines += 1
+                if codes != UNSTAMPED:
+                    report.codebooks[codes] += 1
             report.examples += len(result)
             report.split_lines += len(result) > 1
             for example in result:
@@ -474,7 +512,7 @@ def training_examples(
         for raw in read_lines(path, start or DataCursor(), max_line_bytes=settings.max_line_bytes)
         if not raw.blank and raw.offset not in skip
     )
-    for raw, (result, _key) in _processed(lines, chat, settings, workers):
+    for raw, (result, _key, _codes) in _processed(lines, chat, settings, workers):
         if isinstance(result, Rejection):
             raise DataChangedError(
                 f"{path}:{raw.line}: validation accepted this line but it is now rejected "
