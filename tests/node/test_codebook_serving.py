@@ -43,10 +43,16 @@ CODED = "coded-3"
 HI = [{"role": "user", "content": "hi"}]
 
 
+# <E000> of the test's codebook: a whole step, so a model that writes only this code writes
+# decodable reasoning (the default codebook's <E000> is `) (`).
+WHOLE_STEP = ("(", "ans", "valid", ")")
+
+
 @pytest.fixture(scope="session")
 def own_codebook() -> Codebook:
-    """The default codebook's fragments in reverse order: same fragments, other codes."""
-    return Codebook(list(reversed(default_codebook().fragments)), {"made_by": "test"})
+    """WHOLE_STEP, then the default codebook's fragments in reverse order: other codes."""
+    fragments = [WHOLE_STEP, *reversed(default_codebook().fragments)]
+    return Codebook(fragments, {"made_by": "test"})
 
 
 def _add_codes(codebook: Codebook) -> Callable[[Any, Any], None]:
@@ -68,6 +74,30 @@ def coded_model_dir(
     dest = tmp_path_factory.mktemp("coded") / CODED
     save_model_variant(embedded_dir, dest, _add_codes(own_codebook))
     own_codebook.save(dest / CODEBOOK_FILE)
+    return dest
+
+
+def love_the_first_code(model: Any, tokenizer: Any) -> None:
+    # tests/rig/node.py's love_markers, with <E000> in the place of " one": greedy, the
+    # model wants 🤔, then <E000>, then 🛑, whatever the context.
+    weight = model.get_input_embeddings().weight
+    base = 50.0
+    weight[:, 0] = base
+    code = tokenizer.convert_tokens_to_ids("<E000>")
+    (think,) = tokenizer.encode("🤔", add_special_tokens=False)
+    (stop,) = tokenizer.encode("🛑", add_special_tokens=False)
+    for token, factor in ((think, 1.3), (code, 1.2), (stop, 1.1)):
+        weight[token, 0] = base * factor
+
+
+@pytest.fixture(scope="session")
+def code_loving_dir(tmp_path_factory: pytest.TempPathFactory, coded_model_dir: Path) -> Path:
+    """The coded model made to write 🤔, then <E000> until the marker rules force 🛑."""
+    from tests.rig.node import save_model_variant
+
+    dest = tmp_path_factory.mktemp("code-lover") / "code-lover"
+    save_model_variant(coded_model_dir, dest, love_the_first_code)
+    (dest / CODEBOOK_FILE).write_bytes((coded_model_dir / CODEBOOK_FILE).read_bytes())
     return dest
 
 
@@ -239,6 +269,41 @@ def test_the_node_serves_a_coded_model_names_its_codebook_and_decodes_replies(
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
     assert choice["delta"] == decode_reply(text, own_codebook)
     assert choice["delta"]["codebook"] == version
+
+
+def test_a_model_writing_code_tokens_is_decoded_with_its_own_codebook(
+    code_loving_dir: Path,
+    own_codebook: Codebook,
+    node_factory: Callable[..., RunningNode],
+    r: redis.Redis,
+) -> None:
+    Registry(r, "test-node").register("code-lover", path=str(code_loving_dir))
+    Registry(r, "test-node").set_active("code-lover")
+    node = node_factory()
+    # One 🤔, two reasoning tokens, then the forced 🛑🛑, then one answer token.
+    rules = {"enabled": True, "open_max": 1, "close_min": 2, "close_max": 2, "max_tokens": 2}
+    body = {"messages": HI, "max_tokens": 6, "temperature": 0, "thinking": rules}
+    decode = {"regime3": {"decode": True}}
+    message = chat(node, {**body, **decode}).json()["choices"][0]["message"]
+    assert message["content"] == "🤔<E000><E000>🛑🛑<E000>"
+    assert message["canonical"] == "(ans valid)\n(ans valid)"
+    assert message["answer"] == "(ans valid)"
+    assert (message["codebook"], message["decode_error"]) == (own_codebook.version, None)
+    # The default codebook reads those codes as something else entirely.
+    assert decode_reply(message["content"], None)["canonical"] != message["canonical"]
+
+    with httpx.stream(
+        "POST",
+        f"{node.url}/v1/chat/completions",
+        json={**body, **decode, "stream": True},
+        timeout=60,
+    ) as response:
+        *chunks, last = data_lines(response)
+    deltas = [c["choices"][0]["delta"].get("content") for c in chunks[1:]]
+    assert deltas == ["🤔", "<E000>", "<E000>", "🛑", "🛑", "<E000>"]  # each code whole
+    assert last["choices"][0]["finish_reason"] == "length"
+    fields = {k: message[k] for k in ("canonical", "answer", "codebook", "decode_error")}
+    assert last["choices"][0]["delta"] == fields
 
 
 @pytest.mark.parametrize(
