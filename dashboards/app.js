@@ -4,7 +4,16 @@ import { Chart } from "./charts.js";
 import * as panels from "./panels.js";
 import { Series } from "./series.js";
 import { LiveStream } from "./sse.js";
-import { apply, applyHistory, newState, pushBuckets } from "./state.js";
+import {
+  apply,
+  applyHistory,
+  applyStudyList,
+  applyStudyReport,
+  newState,
+  pushBuckets,
+  shownStudy,
+  studyCurves,
+} from "./state.js";
 
 // Charts cost more than text: redraw them at most this often while events pour in.
 const CHART_INTERVAL_MS = 250;
@@ -25,6 +34,10 @@ const RENDER = {
   evolution: panels.renderEvolution,
   layers: panels.renderLayers,
   alerts: panels.renderAlerts,
+  study: (st) => {
+    panels.renderStudy(st);
+    studyLines();
+  },
 };
 
 const s = state.series;
@@ -53,7 +66,14 @@ const charts = [
     onZoom: (view) => zoomHistory(view),
     lines: [{ label: "tokens/s", color: "#4ec9b0", series: s.tps }],
   }),
+  // The mode study's EM against steps: its lines are rebuilt from the study's points.
+  new Chart(document.getElementById("chart-study"), {
+    yLabel: "EM %",
+    onChange: () => redrawCharts(),
+    lines: [],
+  }),
 ];
+const STUDY_CHART = 3;
 
 // A user's own action (zoom, resize, a control) redraws at once, not at the next interval.
 function redrawCharts() {
@@ -110,6 +130,72 @@ function addEvalLines() {
     chart.addLine({ label: `EM ${name}`, color, series });
   }
 }
+
+// --- mode study: one line per mode (the mean over seeds, thick) and each seed (thin)
+const MODE_COLORS = {
+  english: "#5ab0ff",
+  canonical: "#7bd88f",
+  encoded: "#ffb454",
+  assorted: "#c792ea",
+  mixed: "#c792ea",
+  transitional: "#ff6b6b",
+};
+const OTHER_COLORS = ["#4ec9b0", "#f72585", "#ffd166"];
+
+function emSeries(points) {
+  const series = new Series({ onRewind: "drop" });
+  for (const p of points) if (p.em != null) series.push(p.step, p.time ?? 0, p.em * 100);
+  return series;
+}
+
+function studyLines() {
+  const chart = charts[STUDY_CHART];
+  chart.removeLines(() => true);
+  const entry = shownStudy(state);
+  if (!entry) return;
+  studyCurves(entry).forEach(({ mode, seeds, mean }, i) => {
+    const color = MODE_COLORS[mode] ?? OTHER_COLORS[i % OTHER_COLORS.length];
+    chart.addLine({ label: `${mode} · mean of ${seeds.length}`, color, series: emSeries(mean), width: 2.5 });
+    for (const run of seeds) {
+      chart.addLine({ label: `${mode} · seed ${run.seed}`, color: `${color}80`, series: emSeries(run.points), width: 1 });
+    }
+  });
+  chart.dirty = true;
+}
+
+// Studies: the list once at load (the newest one's report with it), then study.* events live;
+// another study's report is read when the user picks it. Nothing here polls.
+async function loadStudy(entry) {
+  if (!entry || entry.loaded || !entry.hasReport) return;
+  try {
+    const response = await fetch(`api/studies/${encodeURIComponent(entry.id)}`, { cache: "no-store" });
+    if (!response.ok) return;
+    applyStudyReport(state, entry.id, await response.json());
+  } catch {
+    // the gateway is restarting: picking the study again asks again
+  }
+  dirty.add("study");
+  schedule();
+}
+
+async function loadStudies() {
+  try {
+    const response = await fetch("api/studies", { cache: "no-store" });
+    if (response.ok) applyStudyList(state, await response.json());
+  } catch {
+    // an old gateway without studies: live study events still show
+  }
+  await loadStudy(shownStudy(state));
+  dirty.add("study");
+  schedule();
+}
+
+document.getElementById("study-pick").addEventListener("change", (e) => {
+  state.studyShown = e.target.value || null;
+  dirty.add("study");
+  schedule();
+  loadStudy(shownStudy(state));
+});
 
 // Probe answers live in their own Redis stream, read over HTTP: after each evaluation (at
 // most once a second, so a replay of many eval.result events costs one request).
@@ -370,6 +456,7 @@ const stream = new LiveStream("events", {
 
 // For the browser test and for a curious human in the console: nothing reads it in the app.
 window.__r3 = { state, stream, charts, loadCompare, refreshCompareOptions };
+window.__r3.studiesLoaded = loadStudies();
 
 window.addEventListener("resize", schedule);
 schedule();

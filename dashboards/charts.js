@@ -37,7 +37,7 @@ function axisSize(u, values) {
 }
 
 export class Chart {
-  // lines: [{label, color, series: Series, scale?: number}]
+  // lines: [{label, color, series: Series, scale?: number, width?: number, dash?: number[]}]
   // onChange: called when the chart needs a redraw of its own (resize, zoom), to schedule one.
   // onZoom(view): after a drag-zoom, to load finer points for the range.
   constructor(el, { lines, yLabel, onChange = () => {}, onZoom = () => {} }) {
@@ -131,7 +131,7 @@ export class Chart {
         ...this.lines.map((line) => ({
           label: line.label,
           stroke: line.color,
-          width: line.dash ? 1.25 : 1.5,
+          width: line.width ?? (line.dash ? 1.25 : 1.5),
           dash: line.dash,
           spanGaps: true,
           // Dots only while a line has few points (an evaluation every few hundred steps).
@@ -173,6 +173,7 @@ export class Chart {
       // A log axis cannot show zero or negatives: leave a gap rather than break the scale.
       return [xs, log ? out.map((v) => (v > 0 ? v : null)) : out];
     });
+    if (tables.length === 0) return [[]]; // a chart whose lines are still to come
     if (tables.length === 1) return tables[0];
     return uPlot.join(tables);
   }

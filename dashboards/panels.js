@@ -1,7 +1,19 @@
 // Rendering the state into the page's panels; each function owns one panel's DOM.
 
 import { DASH, ago, bytes, clock, frac, int, num, pct, seconds } from "./format.js";
-import { PROVISIONAL_N, emLine, queueDepths, rateCounts, trainerGpu, trainerStatus, valTrainGap } from "./state.js";
+import {
+  PROVISIONAL_N,
+  STUDY_TARGET,
+  emLine,
+  queueDepths,
+  rateCounts,
+  shownStudy,
+  studyModes,
+  studyTable,
+  trainerGpu,
+  trainerStatus,
+  valTrainGap,
+} from "./state.js";
 
 function $(id) {
   return document.getElementById(id);
@@ -97,7 +109,11 @@ export function renderSecondary(state) {
     rate("v-em", frac(ev.fixed_eval_em), n.em,
       `${ev.correct} of ${ev.total} · ${emLine(ev)}${ev.fixed_eval_trend ? ` · ${ev.fixed_eval_trend}` : ""}`);
     text("v-ece-ce", num(ev.fixed_eval_ce));
-    text("v-ece-ce-n", `n = ${int(ev.total)} golden answers`);
+    text("v-ece-ce-n", `per token of the set's own reference · n = ${int(ev.total)}`);
+    // Per token of the golden answer only (after the last 🛑): the same text in every mode,
+    // so it compares modes where the CE above cannot.
+    text("v-answer-ce", num(ev.answer_ce));
+    text("v-answer-ce-n", ev.answer_ce == null ? "not reported by this scorer" : "per answer token · compares modes");
     rate("v-ece", num(ev.fixed_eval_ece, 3), n.em, `n = ${int(ev.total)} answers`);
   }
   const st = state.step;
@@ -465,4 +481,91 @@ export function renderHeader(state) {
   text("run", state.runId ? `run ${state.runId}` : "");
   const at = state.lastEventTime ? clock(state.lastEventTime) : "";
   text("last-event", !at ? "" : state.replaying ? `replaying history… at ${at}` : `last event ${at}`);
+}
+
+// --- mode study (regime3 study modes) -----------------------------------------------------------
+
+const STUDY_DAY = new Intl.DateTimeFormat("en-GB", { dateStyle: "medium", timeStyle: "short" });
+
+function studyLabel(entry) {
+  const i = entry.info;
+  const what = i.domain ? ` · ${i.domain} d${i.difficulty ?? "?"}` : "";
+  const when = entry.started ? ` · ${STUDY_DAY.format(new Date(entry.started * 1000))}` : "";
+  return `${entry.id}${what}${when}`;
+}
+
+// The picker: every study the page knows, newest first; "" follows the newest.
+function studyPicker(state, ordered) {
+  const select = $("study-pick");
+  const options = [["", `newest (${ordered[0]?.id ?? DASH})`], ...ordered.map((e) => [e.id, studyLabel(e)])];
+  const key = JSON.stringify(options);
+  if (select.dataset.key !== key) {
+    select.dataset.key = key;
+    select.replaceChildren(...options.map(([value, label]) => h("option", { value }, label)));
+  }
+  const want = state.studyShown ?? "";
+  if (select.value !== want) select.value = want;
+}
+
+const STUDY_COLUMNS = [
+  ["mode", "mode"],
+  ["em", "EM at last step"],
+  ["first_at_target", "first step at target EM"],
+  ["thinking_tokens", "thinking tokens per answer"],
+  ["answer_ce", "answer-token CE"],
+  ["parse_failures", "parse failures"],
+];
+
+export function renderStudy(state) {
+  const panel = $("study-panel");
+  panel.hidden = state.studies.size === 0;
+  if (panel.hidden) return;
+  const ordered = [...state.studies.values()].sort((a, b) => (b.started ?? 0) - (a.started ?? 0));
+  studyPicker(state, ordered);
+  const entry = shownStudy(state);
+  const i = entry.info;
+  const target = i.target ?? STUDY_TARGET;
+  const bits = [
+    entry.id,
+    i.domain ? `${i.domain} d${i.difficulty ?? "?"}` : null,
+    `modes ${studyModes(entry).join(", ") || DASH}`,
+    i.seeds?.length ? `seeds ${i.seeds.join(", ")}` : null,
+    i.steps ? `${int(i.steps)} steps` : null,
+    `target EM ${frac(target, 0)}`,
+  ];
+  text("study-meta", bits.filter(Boolean).join(" · "));
+  const rows = studyTable(entry);
+  if (!rows.length && entry.table?.length) {
+    // A report whose points the page cannot read: its own table, as it is.
+    const cols = [...new Set(entry.table.flatMap((r) => Object.keys(r)))];
+    fill("study-table", h("div", { class: "scroll" }, h("table", { class: "study" },
+      h("thead", {}, h("tr", {}, cols.map((c) => h("th", {}, c)))),
+      h("tbody", {}, entry.table.map((r) => h("tr", {}, cols.map((c) => h("td", {}, r[c] == null ? DASH : String(r[c])))))))));
+    return;
+  }
+  if (!rows.length) {
+    fill("study-table", h("div", { class: "empty" }, "No points yet: the first evaluation of each run comes after its first eval interval."));
+    return;
+  }
+  const cell = (row, key) => {
+    const v = row[key];
+    if (key === "mode") return h("th", {}, v, row.state !== "done" ? h("span", { class: "muted" }, ` (${row.state})`) : null);
+    if (key === "em") return h("td", {}, frac(v), row.step != null ? h("small", { class: "muted" }, ` @${int(row.step)}`) : null);
+    if (key === "first_at_target") return h("td", {}, typeof v === "number" ? int(v) : v);
+    if (key === "thinking_tokens") return h("td", {}, v == null ? DASH : num(v, 3));
+    if (key === "parse_failures") return h("td", {}, v == null ? DASH : num(v, 3));
+    return h("td", {}, num(v, 3));
+  };
+  fill(
+    "study-table",
+    h("div", { class: "scroll" },
+      h("table", { class: "study", id: "study-rows" },
+        h("thead", {}, h("tr", {}, STUDY_COLUMNS.map(([, label]) => h("th", {}, label)))),
+        h("tbody", {}, rows.map((row) => h("tr", { "data-mode": row.mode }, STUDY_COLUMNS.map(([key]) => cell(row, key))))),
+      ),
+    ),
+    h("p", { class: "hint muted" },
+      `Means over ${rows[0].seeds} seed(s). EM and the first step at ${frac(target, 0)} from the seeds' mean curve; ` +
+      "answer-token CE is per token of the golden answer, the same text in every mode (the fixed-eval CE is per token of each mode's own reference)."),
+  );
 }

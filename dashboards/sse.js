@@ -27,6 +27,8 @@ export const EVENT_TYPES = [
   "model.swap_failed",
   "model.activated",
   "eval.result",
+  "study.progress",
+  "study.report",
   "telemetry",
   "alert",
   "deadletter",

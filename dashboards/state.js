@@ -26,6 +26,10 @@ export function newState() {
     runId: "",
     history: null, // GET /api/history: {run_id, width, run} of the rollups loaded at start
     compare: null, // {label, kind} of the overlay shown, or null
+    // Mode studies (regime3 study modes): study id → newStudy(); GET /api/studies at load,
+    // then study.progress / study.report events. studyShown: the id picked, null = newest.
+    studies: new Map(),
+    studyShown: null,
     series: {
       loss: new Series(),
       ce: new Series(),
@@ -86,6 +90,8 @@ const PANELS = {
   "model.activated": ["models"],
   telemetry: ["hosts", "primary"],
   alert: ["alerts"],
+  "study.progress": ["study"],
+  "study.report": ["study"],
 };
 
 // What shows the trainer alive besides its steps: validating a large file or running a fixed
@@ -157,6 +163,12 @@ export function apply(state, type, event) {
       break;
     case "alert":
       addAlert(state, event);
+      break;
+    case "study.progress":
+      studyPoint(study(state, event.study_id, secs), { ...event, time: secs });
+      break;
+    case "study.report":
+      foldReport(study(state, event.study_id, secs), event);
       break;
     default:
       if (type.startsWith("job.")) return applyJob(state, type, event);
@@ -287,4 +299,175 @@ export function rateCounts(state) {
     acc50: Math.min(50, total),
     em: state.evalResult?.total ?? 0,
   };
+}
+
+// --- mode studies -----------------------------------------------------------------------------
+
+// The study target when the report names none (regime3 study modes --target's default).
+export const STUDY_TARGET = 0.9;
+
+function study(state, id, started = null) {
+  let entry = state.studies.get(id);
+  if (!entry) {
+    entry = {
+      id,
+      started, // unix seconds: the list's score, else the first point's time
+      info: {}, // the report's headline fields: domain, difficulty, modes, seeds, steps, target
+      runs: new Map(), // "mode|seed" → {mode, seed, points: Map step → point}
+      table: null, // the report's own rows, when it has no points the page can read
+      loaded: false, // GET /api/studies/{id} read
+    };
+    state.studies.set(id, entry);
+  } else if (entry.started === null && started !== null) {
+    entry.started = started;
+  }
+  return entry;
+}
+
+// One evaluation point of one run (a mode and a seed); the same step again replaces it, so a
+// report's points and the stream's replay of the same study merge without duplicates.
+function studyPoint(entry, point) {
+  if (point.mode == null || point.seed == null || point.step == null) return;
+  const key = `${point.mode}|${point.seed}`;
+  let run = entry.runs.get(key);
+  if (!run) {
+    run = { mode: String(point.mode), seed: point.seed, points: new Map(), state: "running" };
+    entry.runs.set(key, run);
+  }
+  run.points.set(Number(point.step), point);
+  if (point.state) run.state = point.state;
+  if (point.total_steps && !entry.info.steps) entry.info.steps = point.total_steps;
+}
+
+const INFO_FIELDS = ["domain", "difficulty", "modes", "seeds", "steps", "target", "state", "report_path"];
+
+// A report (the study.report event, or the JSON of GET /api/studies/{id}): its headline and
+// its points, wherever it keeps them: a list of points, or {mode: {seed: [points] or columns}}.
+export function foldReport(entry, report) {
+  for (const k of INFO_FIELDS) if (report[k] != null) entry.info[k] = report[k];
+  if (report.started != null && entry.started === null) entry.started = report.started;
+  let found = 0;
+  const take = (point) => {
+    studyPoint(entry, point);
+    found += 1;
+  };
+  for (const name of ["points", "progress", "curves", "curve"]) {
+    const data = report[name];
+    if (Array.isArray(data)) {
+      for (const p of data) {
+        if (p && Array.isArray(p.points)) p.points.forEach((q) => take({ mode: p.mode, seed: p.seed, ...q }));
+        else if (p && typeof p === "object") take(p);
+      }
+    } else if (data && typeof data === "object") {
+      for (const [mode, bySeed] of Object.entries(data)) {
+        for (const [seed, pts] of Object.entries(bySeed ?? {})) {
+          if (Array.isArray(pts)) pts.forEach((q) => take({ mode, seed: Number(seed), ...q }));
+          else if (pts && Array.isArray(pts.step)) {
+            pts.step.forEach((st, i) => {
+              const q = { mode, seed: Number(seed), step: st };
+              for (const [k, col] of Object.entries(pts)) if (Array.isArray(col)) q[k] = col[i];
+              take(q);
+            });
+          }
+        }
+      }
+    }
+  }
+  if (Array.isArray(report.table)) entry.table = report.table;
+  // A report is written when its study ends: runs whose last point said nothing are over.
+  const over = report.state ?? (Array.isArray(report.table) ? "done" : null);
+  if (over && over !== "running") {
+    for (const run of entry.runs.values()) if (run.state === "running") run.state = over;
+  }
+  return found;
+}
+
+// The study shown: the one picked, else the newest (by start).
+export function shownStudy(state) {
+  if (state.studyShown && state.studies.has(state.studyShown)) return state.studies.get(state.studyShown);
+  let newest = null;
+  for (const entry of state.studies.values()) {
+    if (!newest || (entry.started ?? 0) > (newest.started ?? 0)) newest = entry;
+  }
+  return newest;
+}
+
+const mean = (values) => {
+  const xs = values.filter((v) => v !== null && v !== undefined && Number.isFinite(v));
+  return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null;
+};
+
+// The modes of a study in its own order (the report's), then any others its points name.
+export function studyModes(entry) {
+  const modes = [...(entry.info.modes ?? [])];
+  for (const run of entry.runs.values()) if (!modes.includes(run.mode)) modes.push(run.mode);
+  return modes;
+}
+
+// Per mode: each seed's points (ascending steps) and the mean over seeds at every step where
+// each seed that has reached it has a point.
+export function studyCurves(entry) {
+  const out = [];
+  for (const mode of studyModes(entry)) {
+    const seeds = [...entry.runs.values()].filter((r) => r.mode === mode);
+    seeds.sort((a, b) => a.seed - b.seed);
+    const perSeed = seeds.map((r) => ({
+      seed: r.seed,
+      state: r.state,
+      points: [...r.points.values()].sort((a, b) => a.step - b.step),
+    }));
+    const steps = [...new Set(perSeed.flatMap((r) => r.points.map((p) => p.step)))].sort((a, b) => a - b);
+    const meanPoints = steps.map((step) => {
+      const at = perSeed.map((r) => r.points.find((p) => p.step === step)).filter(Boolean);
+      return {
+        step,
+        n: at.length,
+        em: mean(at.map((p) => p.em)),
+        time: Math.max(...at.map((p) => p.time ?? 0)),
+      };
+    });
+    out.push({ mode, seeds: perSeed, mean: meanPoints });
+  }
+  return out;
+}
+
+// The table: per mode (means over seeds), EM at the last step, the first step at which the
+// seeds' mean EM reached the target, thinking tokens per answer, answer-token CE and parse
+// failures at the last step, from the points the page has (live or the report's).
+export function studyTable(entry) {
+  const target = entry.info.target ?? STUDY_TARGET;
+  return studyCurves(entry).map(({ mode, seeds, mean: curve }) => {
+    const last = seeds.map((r) => r.points[r.points.length - 1]).filter(Boolean);
+    const all = seeds.length > 0 && curve.length > 0;
+    const hit = curve.find((p) => p.n === seeds.length && p.em !== null && p.em >= target);
+    const running = seeds.some((r) => r.state === "running");
+    return {
+      mode,
+      seeds: seeds.length,
+      step: last.length ? Math.min(...last.map((p) => p.step)) : null,
+      em: mean(last.map((p) => p.em)),
+      first_at_target: hit ? hit.step : all && !running ? "never" : "not yet",
+      thinking_tokens: mean(last.map((p) => p.thinking_tokens)),
+      answer_ce: mean(last.map((p) => p.answer_ce)),
+      parse_failures: mean(last.map((p) => p.parse_failures)),
+      state: seeds.some((r) => r.state === "failed") ? "failed" : running ? "running" : "done",
+    };
+  });
+}
+
+// GET /api/studies: each listed study (newest first) with its headline fields.
+export function applyStudyList(state, body) {
+  for (const s of body.studies ?? []) {
+    const entry = study(state, s.study_id, s.started ?? null);
+    for (const k of INFO_FIELDS) if (s[k] != null && entry.info[k] == null) entry.info[k] = s[k];
+    entry.hasReport = Boolean(s.report);
+  }
+}
+
+// GET /api/studies/{id}: the full report.
+export function applyStudyReport(state, id, report) {
+  const entry = study(state, id, report.started ?? null);
+  foldReport(entry, report);
+  entry.loaded = true;
+  return entry;
 }
