@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import redis
 
@@ -304,6 +305,17 @@ def test_a_model_writing_code_tokens_is_decoded_with_its_own_codebook(
     assert last["choices"][0]["finish_reason"] == "length"
     fields = {k: message[k] for k in ("canonical", "answer", "codebook", "decode_error")}
     assert last["choices"][0]["delta"] == fields
+
+    # The official client sends the option through extra_body and keeps the extra fields.
+    client = openai.OpenAI(base_url=f"{node.url}/v1", api_key="unused", max_retries=0)
+    completion = client.chat.completions.create(
+        model="active",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=6,
+        temperature=0,
+        extra_body={"thinking": rules, **decode},
+    )
+    assert (completion.choices[0].message.model_extra or {}) == fields
 
 
 @pytest.mark.parametrize(
