@@ -89,7 +89,7 @@ def save_checkpoint(
         optimizer=optimizer,
         val_loss=val_loss,
         model_name="tiny",
-        **({"codebook": codebook} if codebook is not None else {}),
+        codebook=codebook,
     )
 
 
