@@ -13,6 +13,7 @@ from services.cli.events import events_command
 from services.cli.health import health_command
 from services.cli.settings_table import settings_command
 from services.cli.status import status_command
+from services.cli.study_commands import study_group
 from services.cli.up import up_command
 
 
@@ -35,3 +36,4 @@ cli.add_command(health_command)
 
 cli.add_command(codec_group)
 cli.add_command(data_group)
+cli.add_command(study_group)

@@ -1,0 +1,151 @@
+"""`regime3 study modes`: which training mode learns best, measured on this machine.
+
+One short run per mode and seed from the same starting model, through the real trainer;
+see docs/study.md for what it answers and how to read its report.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from bus.connections import connect
+from bus.errors import RedisUnavailable
+from bus.settings import get_bus_settings
+from codec.errors import CodecError
+from services.study.data import write_training_files, write_validation_sets
+from services.study.errors import StudyError
+from services.study.plan import (
+    DEFAULT_MODES,
+    load_or_store,
+    new_plan,
+    parse_modes,
+    parse_seeds,
+)
+from services.study.runner import Study, recipe
+
+
+@click.group("study")
+def study_group() -> None:
+    """Studies: short controlled training runs and their report."""
+
+
+def _kills(values: tuple[str, ...]) -> dict[str, int]:
+    kills = {}
+    for value in values:
+        name, _, step = value.rpartition(":")
+        if not name or not step.isdigit():
+            raise click.BadParameter(f"{value!r} is not RUN:STEP", param_hint="--kill-run")
+        kills[name] = int(step)
+    return kills
+
+
+@study_group.command("modes")
+@click.option("--domain", default="syllogism", show_default=True, help="Built-in domain.")
+@click.option("--difficulty", default=1, show_default=True, type=int, help="Its level.")
+@click.option(
+    "--modes",
+    "modes_text",
+    default=",".join(DEFAULT_MODES),
+    show_default=True,
+    help="Training modes to compare, comma-separated.",
+)
+@click.option("--seeds", "seeds_text", default="1,2", show_default=True, help="Seeds, e.g. 1,2.")
+@click.option("--steps", default=400, show_default=True, type=int, help="Optimizer steps a run.")
+@click.option(
+    "--eval-every", default=40, show_default=True, type=int, help="Steps between evaluations."
+)
+@click.option(
+    "--eval-size", default=64, show_default=True, type=int, help="Held-out problems scored."
+)
+@click.option(
+    "--target", default=0.9, show_default=True, type=float, help="EM whose first step is given."
+)
+@click.option(
+    "--model",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Starting model directory (default: R3_MODEL, else the embedded model).",
+)
+@click.option(
+    "--parallel",
+    type=int,
+    default=None,
+    help="Runs at once, one torch thread each (default: the CPU cores).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder (default: study-<domain>-d<difficulty>); re-run with the same one "
+    "to resume.",
+)
+@click.option("--kill-run", "kill_run", multiple=True, hidden=True, help="RUN:STEP (tests).")
+def modes_command(
+    domain: str,
+    difficulty: int,
+    modes_text: str,
+    seeds_text: str,
+    steps: int,
+    eval_every: int,
+    eval_size: int,
+    target: float,
+    model: str | None,
+    parallel: int | None,
+    out: Path | None,
+    kill_run: tuple[str, ...],
+) -> None:
+    """Train one short run per mode and seed from the same model and compare them.
+
+    Every mode of a seed trains on the same problems in the same order, and every run is
+    scored on the same held-out problems in its own mode (EM, answer-token CE, thinking tokens
+    per answer, parse failures). Writes report.md, report.json and PNG plots to --out and
+    publishes study.progress / study.report on the bus. Finished runs are kept; a partial one
+    resumes from its last checkpoint when the same command runs again.
+    """
+    out = out or Path(f"study-{domain}-d{difficulty}")
+    try:
+        plan = new_plan(
+            domain=domain,
+            difficulty=difficulty,
+            modes=parse_modes(modes_text),
+            seeds=parse_seeds(seeds_text),
+            steps=steps,
+            eval_every=eval_every,
+            eval_size=eval_size,
+            target=target,
+            model=str(Path(model).resolve()) if model else None,
+            recipe=recipe(eval_every, dict(os.environ)),
+        )
+        plan, resumed = load_or_store(out, plan)
+        main_url = get_bus_settings().redis_url
+        main = connect(main_url)
+        click.echo(
+            f"study {plan.study_id} in {out} ({'resumed' if resumed else 'new'}): "
+            f"{', '.join(plan.modes)} × seeds {', '.join(map(str, plan.seeds))} × "
+            f"{plan.steps} steps"
+        )
+        click.echo("drawing the problems and rendering each mode …")
+        write_validation_sets(plan, out)
+        write_training_files(plan, out, int(plan.recipe.get("R3_TOKENS_PER_STEP", "1024")))
+        study = Study(
+            plan=plan,
+            out=out,
+            main=main,
+            main_url=main_url,
+            parallel=parallel or os.cpu_count() or 1,
+            command=["regime3", *sys.argv[1:]],
+            echo=lambda line: click.echo(line),
+            kill=_kills(kill_run),
+        )
+        data = study.run()
+    except (StudyError, CodecError, RedisUnavailable) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"report: {out / 'report.md'} (and report.json, *.png)")
+    if data["state"] != "done":
+        raise click.ClickException(
+            "some runs did not finish (above); re-run the same command to resume them"
+        )
