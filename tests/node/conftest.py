@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from codec.codebook import CODEBOOK_FILE, Codebook
+from codec.domains import default_codebook
 from services.model.config import get_model_settings
 from services.node.config import NodeSettings
 from tests.rig.node import (
@@ -82,3 +84,39 @@ def marker_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Pat
     """A model that, greedy, always wants 🤔, then " one", then 🛑 (tests/rig/node.py says how)."""
     dest = tmp_path_factory.mktemp("markers") / "markers"
     return save_model_variant(embedded_dir, dest, love_markers)
+
+
+# The model extended with code tokens (tests/node/test_codebook_serving.py and the pull tests).
+CODED = "coded-3"
+
+
+# <E000> of the test's codebook: a whole step, so a model that writes only this code writes
+# decodable reasoning (the default codebook's <E000> is `) (`).
+WHOLE_STEP = ("(", "ans", "valid", ")")
+
+
+@pytest.fixture(scope="session")
+def own_codebook() -> Codebook:
+    """WHOLE_STEP, then the default codebook's fragments in reverse order: other codes."""
+    fragments = [WHOLE_STEP, *reversed(default_codebook().fragments)]
+    return Codebook(fragments, {"made_by": "test"})
+
+
+def _add_codes(codebook: Codebook) -> Callable[[Any, Any], None]:
+    from codec.hf_extension import add_codes
+
+    def edit(model: Any, tokenizer: Any) -> None:
+        add_codes(tokenizer, model, codebook.codes())
+
+    return edit
+
+
+@pytest.fixture(scope="session")
+def coded_model_dir(
+    tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path, own_codebook: Codebook
+) -> Path:
+    """The embedded model and tokenizer extended with `own_codebook`'s codes, saved with it."""
+    dest = tmp_path_factory.mktemp("coded") / CODED
+    save_model_variant(embedded_dir, dest, _add_codes(own_codebook))
+    own_codebook.save(dest / CODEBOOK_FILE)
+    return dest

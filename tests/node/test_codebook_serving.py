@@ -23,7 +23,7 @@ from bus import keys, queues
 from bus.encoding import from_fields
 from bus.events import EvalResult
 from codec.codebook import CODEBOOK_FILE, Codebook
-from codec.domains import default_codebook, generate
+from codec.domains import generate
 from codec.modes import Mode
 from codec.problem import Problem
 from services.model.loading import load_model_and_tokenizer
@@ -36,46 +36,12 @@ from services.node.serving.loading import load_for_serving, serving_model
 from services.node.worker import evaluation
 from services.node.worker.node_client import NodeClient, NodeUnavailable
 from services.node.worker.runner import build_worker
+from tests.node.conftest import CODED
 from tests.node.jobs_fixtures import MAX_TOKENS
 from tests.rig.node import ADMIN_TOKEN, RunningNode
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-CODED = "coded-3"
 HI = [{"role": "user", "content": "hi"}]
-
-
-# <E000> of the test's codebook: a whole step, so a model that writes only this code writes
-# decodable reasoning (the default codebook's <E000> is `) (`).
-WHOLE_STEP = ("(", "ans", "valid", ")")
-
-
-@pytest.fixture(scope="session")
-def own_codebook() -> Codebook:
-    """WHOLE_STEP, then the default codebook's fragments in reverse order: other codes."""
-    fragments = [WHOLE_STEP, *reversed(default_codebook().fragments)]
-    return Codebook(fragments, {"made_by": "test"})
-
-
-def _add_codes(codebook: Codebook) -> Callable[[Any, Any], None]:
-    from codec.hf_extension import add_codes
-
-    def edit(model: Any, tokenizer: Any) -> None:
-        add_codes(tokenizer, model, codebook.codes())
-
-    return edit
-
-
-@pytest.fixture(scope="session")
-def coded_model_dir(
-    tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path, own_codebook: Codebook
-) -> Path:
-    """The embedded model and tokenizer extended with `own_codebook`'s codes, saved with it."""
-    from tests.rig.node import save_model_variant
-
-    dest = tmp_path_factory.mktemp("coded") / CODED
-    save_model_variant(embedded_dir, dest, _add_codes(own_codebook))
-    own_codebook.save(dest / CODEBOOK_FILE)
-    return dest
 
 
 def love_the_first_code(model: Any, tokenizer: Any) -> None:

@@ -15,6 +15,7 @@ import redis
 
 from bus.publish import Publisher
 from checkpoints.manifest import MANIFEST, FileEntry, Manifest
+from codec.codebook import CODEBOOK_FILE, Codebook
 from services.node.api.app import startup_model
 from services.node.config import NodeSettings
 from services.node.errors import ModelLoadError
@@ -118,3 +119,29 @@ def test_a_sound_pulled_copy_is_served(
     state.registry.register("step-00000009", source="trainer", step=9)
     activate(state, "step-00000009")
     assert state.engine.active.version == "step-00000009"
+
+
+def test_a_pulled_checkpoint_with_codes_is_served_with_its_codebook(
+    state: NodeState, coded_model_dir: Path, own_codebook: Codebook, settings: NodeSettings
+) -> None:
+    copy = pulled_copy(coded_model_dir, settings.models_dir, "step-00000010")
+    assert CODEBOOK_FILE in json.loads((copy / PULLED).read_text())["files"]
+    state.registry.register("step-00000010", source="trainer", step=10)
+    activate(state, "step-00000010")
+    codebook = state.engine.active.codebook
+    assert codebook is not None and codebook.version == own_codebook.version
+
+
+def test_a_pulled_codebook_edited_on_disk_is_refused_like_the_weights(
+    state: NodeState, coded_model_dir: Path, settings: NodeSettings
+) -> None:
+    copy = pulled_copy(coded_model_dir, settings.models_dir, "step-00000011")
+    state.registry.register("step-00000011", source="trainer", step=11)
+    data = json.loads((copy / CODEBOOK_FILE).read_text())
+    codes = data["codes"]
+    codes["<E001>"], codes["<E002>"] = codes["<E002>"], codes["<E001>"]  # same size
+    (copy / CODEBOOK_FILE).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    with pytest.raises(ModelLoadError, match=f"{CODEBOOK_FILE}: sha256 differs") as caught:
+        activate(state, "step-00000011")
+    assert caught.value.kind == "invalid"
+    assert state.engine.active.version == "embedded-v1" and state.engine.active.codebook is None
