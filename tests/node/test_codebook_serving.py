@@ -131,6 +131,27 @@ def test_loading_reads_the_codebook_and_refuses_a_corrupt_one(
     assert caught.value.kind == "invalid"
 
 
+def test_a_tokenizer_holding_the_codes_as_special_tokens_is_refused(
+    embedded_dir: Path,
+    own_codebook: Codebook,
+    node_settings_factory: Callable[..., NodeSettings],
+    tmp_path: Path,
+) -> None:
+    from tokenizers import AddedToken
+
+    from tests.rig.node import save_model_variant
+
+    def special_codes(model: Any, tokenizer: Any) -> None:
+        tokenizer.add_tokens([AddedToken(c, special=True) for c in own_codebook.codes()])
+        model.resize_token_embeddings(len(tokenizer))
+
+    dest = save_model_variant(embedded_dir, tmp_path / "special", special_codes)
+    own_codebook.save(dest / CODEBOOK_FILE)
+    with pytest.raises(ModelLoadError, match="as special tokens") as caught:
+        load_for_serving(dest, "special", node_settings_factory())
+    assert caught.value.kind == "invalid" and "add_codes" in str(caught.value)
+
+
 # --- the decoded form of a reply -------------------------------------------------------------
 
 

@@ -84,7 +84,11 @@ def check_code_tokens(tokenizer: Any, codebook: Codebook, version: str) -> None:
     Codes the tokenizer lacks are no error: the model then writes each one as several
     ordinary tokens (`<`, `E`, digits, `>`) and its text decodes all the same.
     """
+    # all_special_tokens misses tokens added with AddedToken(special=True), which decoding
+    # skips all the same: the added tokens' own flags say which are special.
     special = set(tokenizer.all_special_tokens)
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    special.update(token.content for token in added.values() if token.special)
     clash = [code for code in codebook.codes() if code in special]
     if clash:
         raise ModelLoadError(
