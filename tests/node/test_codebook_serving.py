@@ -305,6 +305,38 @@ def test_a_model_writing_code_tokens_is_decoded_with_its_own_codebook(
     assert (completion.choices[0].message.model_extra or {}) == fields
 
 
+def test_codes_placed_in_the_padding_rows_of_a_padded_vocabulary_are_served(
+    embedded_dir: Path,
+    own_codebook: Codebook,
+    node_factory: Callable[..., RunningNode],
+    r: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    # As Qwen3 (151,669 tokens over 151,936 rows): the codes take unused padding rows, and
+    # the rows still unused stay unsampled even when their logit is the highest.
+    from codec.hf_extension import add_codes
+    from tests.rig.node import save_model_variant
+
+    def padded_with_codes(model: Any, tokenizer: Any) -> None:
+        rows = len(tokenizer) + 300
+        model.resize_token_embeddings(rows, mean_resizing=False)
+        ids = add_codes(tokenizer, model, own_codebook.codes())
+        assert model.get_input_embeddings().weight.shape[0] == rows > len(tokenizer) > max(ids)
+        love_the_first_code(model, tokenizer)
+        model.get_input_embeddings().weight[rows - 1, 0] = 50.0 * 2  # padding, never a token
+
+    dest = save_model_variant(embedded_dir, tmp_path / "padded", padded_with_codes)
+    own_codebook.save(dest / CODEBOOK_FILE)
+    Registry(r, "test-node").register("padded", path=str(dest))
+    Registry(r, "test-node").set_active("padded")
+    node = node_factory()
+    rules = {"enabled": True, "open_max": 1, "close_min": 2, "close_max": 2, "max_tokens": 2}
+    body = {"messages": HI, "max_tokens": 6, "temperature": 0, "thinking": rules}
+    message = chat(node, {**body, "regime3": {"decode": True}}).json()["choices"][0]["message"]
+    assert message["content"] == "🤔<E000><E000>🛑🛑<E000>"
+    assert message["canonical"] == "(ans valid)\n(ans valid)"
+
+
 @pytest.mark.parametrize(
     ("option", "param"),
     [
