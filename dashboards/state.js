@@ -351,25 +351,29 @@ export function foldReport(entry, report) {
     studyPoint(entry, point);
     found += 1;
   };
-  for (const name of ["points", "progress", "curves", "curve"]) {
+  // A run's points as a list, or as columns ({step: [...], em: [...], ...}).
+  const run = (mode, seed, pts) => {
+    if (Array.isArray(pts)) pts.forEach((q) => take({ mode, seed, ...q }));
+    const steps = pts?.step ?? pts?.steps;
+    if (!Array.isArray(pts) && Array.isArray(steps)) {
+      steps.forEach((st, i) => {
+        const q = { mode, seed, step: st };
+        for (const [k, col] of Object.entries(pts)) if (Array.isArray(col) && k !== "steps") q[k] = col[i];
+        take(q);
+      });
+    }
+  };
+  for (const name of ["points", "progress", "runs", "curves", "curve"]) {
     const data = report[name];
     if (Array.isArray(data)) {
       for (const p of data) {
-        if (p && Array.isArray(p.points)) p.points.forEach((q) => take({ mode: p.mode, seed: p.seed, ...q }));
+        if (p && (Array.isArray(p.points) || (p.points && typeof p.points === "object"))) run(p.mode, p.seed, p.points);
+        else if (p && (Array.isArray(p.step) || Array.isArray(p.steps))) run(p.mode, p.seed, p);
         else if (p && typeof p === "object") take(p);
       }
     } else if (data && typeof data === "object") {
       for (const [mode, bySeed] of Object.entries(data)) {
-        for (const [seed, pts] of Object.entries(bySeed ?? {})) {
-          if (Array.isArray(pts)) pts.forEach((q) => take({ mode, seed: Number(seed), ...q }));
-          else if (pts && Array.isArray(pts.step)) {
-            pts.step.forEach((st, i) => {
-              const q = { mode, seed: Number(seed), step: st };
-              for (const [k, col] of Object.entries(pts)) if (Array.isArray(col)) q[k] = col[i];
-              take(q);
-            });
-          }
-        }
+        for (const [seed, pts] of Object.entries(bySeed ?? {})) run(mode, Number(seed), pts);
       }
     }
   }

@@ -190,6 +190,13 @@ def test_earlier_studies_load_once_and_the_picker_shows_each(
     assert asked == [f"{gateway.url}/api/studies/study-old"], asked
     next(pages, None)
 
+    # On a phone the panel fits: the table scrolls inside it, the picker shrinks.
+    pages = open_page(chromium, gateway.url, 390, 844)
+    page = next(pages)
+    page.wait_for_function("() => document.querySelectorAll('#study-rows tbody tr').length === 1")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    next(pages, None)
+
 
 def test_answer_ce_is_shown_beside_ce_and_labelled(page: Any, r: redis.Redis) -> None:
     Publisher(r).publish(
