@@ -7,7 +7,6 @@ see docs/study.md for what it answers and how to read its report.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import click
@@ -20,6 +19,7 @@ from services.study.data import write_training_files, write_validation_sets
 from services.study.errors import StudyError
 from services.study.plan import (
     DEFAULT_MODES,
+    StudyPlan,
     load_or_store,
     new_plan,
     parse_modes,
@@ -41,6 +41,18 @@ def _kills(values: tuple[str, ...]) -> dict[str, int]:
             raise click.BadParameter(f"{value!r} is not RUN:STEP", param_hint="--kill-run")
         kills[name] = int(step)
     return kills
+
+
+def _command(plan: StudyPlan, parallel: int, out: Path) -> list[str]:
+    """The command that runs (and resumes) this study, every option spelled out."""
+    command = ["regime3", "study", "modes", "--domain", plan.domain]
+    command += ["--difficulty", str(plan.difficulty), "--modes", ",".join(plan.modes)]
+    command += ["--seeds", ",".join(map(str, plan.seeds)), "--steps", str(plan.steps)]
+    command += ["--eval-every", str(plan.eval_every), "--eval-size", str(plan.eval_size)]
+    command += ["--target", f"{plan.target:g}"]
+    if plan.model:
+        command += ["--model", plan.model]
+    return [*command, "--parallel", str(parallel), "--out", str(out)]
 
 
 @study_group.command("modes")
@@ -137,7 +149,7 @@ def modes_command(
             main=main,
             main_url=main_url,
             parallel=parallel or os.cpu_count() or 1,
-            command=["regime3", *sys.argv[1:]],
+            command=_command(plan, parallel or os.cpu_count() or 1, out),
             echo=lambda line: click.echo(line),
             kill=_kills(kill_run),
         )

@@ -110,7 +110,7 @@ class Sampler:
                 )
         finally:
             module.train(was_training)
-        answer = self.tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True)
+        answer = str(self.tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True))
         verdict = evaluate_output(answer, golden, codebook=codebook or default_codebook())
         return SampleResult(
             prompt=question,

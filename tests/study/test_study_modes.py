@@ -1,0 +1,149 @@
+"""`regime3 study modes` end to end: the CLI, real trainer processes, real Redis, a killed run
+resumed from its checkpoint, the report files and the study's events on the bus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from bus import keys
+from bus.broadcast import EARLIEST, BroadcastReader
+from bus.events import StudyProgress, StudyReport
+from services.cli.main import cli
+
+
+def _study_events(r: redis.Redis) -> list[object]:
+    return [d.event for d in BroadcastReader(r, {keys.STREAM_STUDY: EARLIEST}).read(0)]
+
+
+def _steps(run: Path) -> list[int]:
+    lines = (run / "steps.jsonl").read_text().splitlines()
+    return [json.loads(text)["step"] for text in lines if text.strip()]
+
+
+def test_a_tiny_study_reports_and_resumes_a_killed_run(
+    r: redis.Redis, embedded_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "study"
+    args = ["study", "modes", "--modes", "canonical,encoded", "--seeds", "1", "--steps", "6"]
+    args += ["--eval-every", "3", "--eval-size", "4", "--parallel", "2"]
+    args += ["--model", str(embedded_dir), "--out", str(out)]
+    runner = CliRunner()
+
+    # First: the encoded run is killed (SIGKILL) right after step 4; its last checkpoint is 3.
+    first = runner.invoke(cli, [*args, "--kill-run", "encoded-s1:4"])
+    assert first.exit_code == 1, first.output
+    assert "encoded-s1: stopped at step 4" in first.output
+    assert "re-run the same command" in first.output
+    canonical, encoded = out / "runs" / "canonical-s1", out / "runs" / "encoded-s1"
+    assert (canonical / "done.json").exists() and not (encoded / "done.json").exists()
+    assert _steps(encoded) == [1, 2, 3, 4]
+    canonical_steps = (canonical / "steps.jsonl").read_text()
+    events = _study_events(r)
+    failed = [e for e in events if isinstance(e, StudyProgress) and e.state == "failed"]
+    assert [(e.mode, e.seed) for e in failed] == [("encoded", 1)]
+    partial = json.loads((out / "report.json").read_text())
+    assert partial["state"] == "incomplete"
+
+    # Again, the same command: the finished run is kept, the killed one resumes from step 3.
+    second = runner.invoke(cli, args)
+    assert second.exit_code == 0, second.output
+    assert "canonical-s1: finished earlier, kept" in second.output
+    assert "encoded-s1: resuming" in second.output
+    assert (canonical / "steps.jsonl").read_text() == canonical_steps  # not trained again
+    assert _steps(encoded) == [1, 2, 3, 4, 5, 6]  # step 4 dropped with its lost work, once
+    resumes = [
+        json.loads(t)["from_step"] for t in (encoded / "resumes.jsonl").read_text().splitlines()
+    ]
+    assert resumes == [3]
+    assert not (canonical / "resumes.jsonl").exists()
+
+    # The report: files, table rows, curves.
+    data = json.loads((out / "report.json").read_text())
+    assert data["state"] == "done"
+    rows = {(row["mode"], row["seed"]): row for row in data["table"]}
+    assert set(rows) == {("canonical", None), ("canonical", 1), ("encoded", None), ("encoded", 1)}
+    for row in rows.values():
+        assert row["step"] == 6 and 0.0 <= row["em"] <= 1.0
+        assert row["answer_ce"] is not None and row["answer_ce"] > 0
+        assert row["thinking_tokens"] is not None and row["parse_failures"] is not None
+        assert row["eval_size"] == 4
+    assert rows[("encoded", None)]["thinking_vs_canonical"] is not None or (
+        rows[("canonical", None)]["thinking_tokens"] == 0
+    )
+    for run in data["runs"]:
+        assert [p["step"] for p in run["curve"]] == [3, 6]
+        tokens = [p["loss_tokens"] for p in run["curve"]]
+        assert 0 < tokens[0] < tokens[1]
+    assert [run["resumed_from"] for run in data["runs"]] == [[], [3]]
+    env = data["environment"]
+    assert env["machine"]["cores"] and env["versions"]["torch"] and "study modes" in env["command"]
+    md = (out / "report.md").read_text()
+    assert "| **canonical** | mean |" in md and "| encoded | 1 |" in md
+    assert "answer CE" in md and "encoded seed 1 resumed from step(s) 3" in md
+    for name in ("em_vs_steps.png", "em_vs_loss_tokens.png", "thinking_tokens.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The user's bus got the study's events and its report, nothing of the runs' own.
+    events = _study_events(r)
+    progress = [e for e in events if isinstance(e, StudyProgress) and e.state == "running"]
+    assert {(e.mode, e.step) for e in progress} == {
+        ("canonical", 3),
+        ("canonical", 6),
+        ("encoded", 3),
+        ("encoded", 6),
+    }
+    assert all(e.total_steps == 6 and e.em is not None for e in progress)
+    done = [e for e in events if isinstance(e, StudyProgress) and e.state == "done"]
+    assert sorted(e.mode for e in done) == ["canonical", "encoded"]
+    reports = [e for e in events if isinstance(e, StudyReport)]
+    assert reports[-1].study_id == data["study_id"] and len(reports[-1].table) == 4
+    assert reports[-1].report_path == str((out / "report.json").resolve())
+    assert r.zscore(keys.STUDIES, data["study_id"]) is not None
+    stored = json.loads(r.get(keys.study_key(data["study_id"])) or b"{}")
+    assert stored["state"] == "done" and stored["table"] == data["table"]
+    assert r.xlen(keys.STREAM_TRAINING) == 0 and r.xlen(keys.STREAM_EVAL) == 0
+
+
+def test_a_study_refuses_another_studys_folder_and_bad_options(
+    r: redis.Redis, tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    bad = runner.invoke(
+        cli, ["study", "modes", "--modes", "english,klingon", "--out", str(tmp_path)]
+    )
+    assert bad.exit_code != 0 and "'klingon' is not a study mode" in bad.output
+    level = runner.invoke(cli, ["study", "modes", "--difficulty", "9", "--out", str(tmp_path)])
+    assert level.exit_code != 0 and "--difficulty 9 is not a level of syllogism" in level.output
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "study.json").write_text(
+        json.dumps(
+            {
+                "study_id": "x",
+                "domain": "syllogism",
+                "difficulty": 1,
+                "modes": ["english"],
+                "seeds": [1],
+                "steps": 5,
+                "eval_every": 5,
+                "eval_size": 4,
+                "target": 0.9,
+                "model": None,
+                "started": 0.0,
+                "recipe": {},
+            }
+        )
+    )
+    other = runner.invoke(cli, ["study", "modes", "--steps", "7", "--out", str(tmp_path / "s")])
+    assert other.exit_code != 0
+    assert "holds another study" in other.output and "steps: stored 5, asked 7" in other.output
+
+
+@pytest.mark.parametrize("modes", ["", "english,english"])
+def test_modes_must_be_distinct_and_given(modes: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["study", "modes", "--modes", modes, "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "--modes" in result.output
