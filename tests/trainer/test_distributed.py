@@ -104,17 +104,19 @@ def rank_main(
     )
     if job.get("oom_rank") == rank:  # its first micro-batch runs out of memory, once
         assert trainer.ddp is not None
-        step_module: Any = trainer.ddp.module
-        inner = step_module._forward
+        # Patched on the class, in this rank's process only: DDP wraps the model again when
+        # the file's codes grow the embedding, and the new wrapper calls the same forward.
+        step_forward: Any = type(trainer.forward)
+        inner = step_forward.__call__
         fired: list[bool] = []
 
-        def forward(batch: Any) -> Any:
+        def forward(self: Any, batch: Any, **kwargs: Any) -> Any:
             if not fired:
                 fired.append(True)
                 raise torch.OutOfMemoryError("CUDA out of memory (a test's)")
-            return inner(batch)
+            return inner(self, batch, **kwargs)
 
-        step_module._forward = forward
+        step_forward.__call__ = forward
     result = None
     if group.lead:
         result = train(trainer, Path(job["path"]), job["job"], job["stop"])
@@ -174,6 +176,11 @@ def test_one_step_on_two_ranks_is_the_one_process_step(
     )
     lead, other = ranks
     assert lead["result"]["steps"] == 1 and lead["step"] == other["step"] == 1
+    # The file's encoded lines made every rank add the same codes (the embedding grew from
+    # 6016 to 6156 rows) before the step, and DDP wrapped the grown model again.
+    assert any(row["meta"]["mode"] == "encoded" for row in codec_rows[:examples])
+    embedding = "model.embed_tokens.weight"
+    assert lead["weights"][embedding].shape[0] == other["weights"][embedding].shape[0] == 6156
     assert lead["result"]["examples"] == expected["examples"] == examples
     assert lead["result"]["final_loss"] == pytest.approx(expected["final_loss"], rel=1e-5)
     # The gradient too (Adam's first update hardly depends on the gradient's scale): the
@@ -188,6 +195,7 @@ def test_one_step_on_two_ranks_is_the_one_process_step(
     # Rank 0 alone wrote the checkpoint, in the one-process format, with the file's cursor.
     latest = CheckpointStore(tmp_path / "ranks" / "ckpt").load_latest()
     assert latest is not None and latest.info.step == 1
+    assert latest.manifest.codebook is not None
     assert latest.info.cursor is not None and latest.info.cursor.examples_done == examples
 
 
