@@ -551,7 +551,10 @@ export function renderStudy(state) {
     const v = row[key];
     if (key === "mode") return h("th", {}, v, row.state !== "done" ? h("span", { class: "muted" }, ` (${row.state})`) : null);
     if (key === "em") return h("td", {}, frac(v), row.step != null ? h("small", { class: "muted" }, ` @${int(row.step)}`) : null);
-    if (key === "first_at_target") return h("td", {}, typeof v === "number" ? int(v) : v);
+    if (key === "first_at_target") {
+      return h("td", {}, typeof v === "number" ? int(v) : v,
+        row.first_range ? h("small", { class: "muted" }, ` (${row.first_range})`) : null);
+    }
     if (key === "thinking_tokens") return h("td", {}, v == null ? DASH : num(v, 3));
     if (key === "parse_failures") return h("td", {}, v == null ? DASH : num(v, 3));
     return h("td", {}, num(v, 3));
@@ -565,7 +568,7 @@ export function renderStudy(state) {
       ),
     ),
     h("p", { class: "hint muted" },
-      `Means over ${rows[0].seeds} seed(s). EM and the first step at ${frac(target, 0)} from the seeds' mean curve; ` +
+      `Means over ${rows[0].seeds} seed(s) at each run's last evaluation; the first step at ${frac(target, 0)} EM is each seed's first evaluation there, averaged when every seed reached it. ` +
       "answer-token CE is per token of the golden answer, the same text in every mode (the fixed-eval CE is per token of each mode's own reference)."),
   );
 }

@@ -334,7 +334,9 @@ function studyPoint(entry, point) {
     run = { mode: String(point.mode), seed: point.seed, points: new Map(), state: "running" };
     entry.runs.set(key, run);
   }
-  run.points.set(Number(point.step), point);
+  // The end of a run (state done or failed) may come without figures: it changes the state,
+  // not the run's last point.
+  if (point.em != null) run.points.set(Number(point.step), point);
   if (point.state) run.state = point.state;
   if (point.total_steps && !entry.info.steps) entry.info.steps = point.total_steps;
 }
@@ -344,8 +346,12 @@ const INFO_FIELDS = ["domain", "difficulty", "modes", "seeds", "steps", "target"
 // A report (the study.report event, or the JSON of GET /api/studies/{id}): its headline and
 // its points, wherever it keeps them: a list of points, or {mode: {seed: [points] or columns}}.
 export function foldReport(entry, report) {
-  for (const k of INFO_FIELDS) if (report[k] != null) entry.info[k] = report[k];
-  if (report.started != null && entry.started === null) entry.started = report.started;
+  // regime3 study modes keeps its options under "plan", the study.report event at the top.
+  for (const source of [report.plan ?? {}, report]) {
+    for (const k of INFO_FIELDS) if (source[k] != null) entry.info[k] = source[k];
+  }
+  const started = report.started ?? report.plan?.started;
+  if (started != null && entry.started === null) entry.started = started;
   let found = 0;
   const take = (point) => {
     studyPoint(entry, point);
@@ -367,7 +373,13 @@ export function foldReport(entry, report) {
     const data = report[name];
     if (Array.isArray(data)) {
       for (const p of data) {
-        if (p && (Array.isArray(p.points) || (p.points && typeof p.points === "object"))) run(p.mode, p.seed, p.points);
+        const pts = p?.points ?? p?.curve;
+        if (pts && typeof pts === "object") {
+          // A run: its points, then its state (a point carries none: the run's says it).
+          run(p.mode, p.seed, pts);
+          const known = entry.runs.get(`${p.mode}|${p.seed}`);
+          if (known && p.state) known.state = p.state;
+        }
         else if (p && (Array.isArray(p.step) || Array.isArray(p.steps))) run(p.mode, p.seed, p);
         else if (p && typeof p === "object") take(p);
       }
@@ -378,10 +390,9 @@ export function foldReport(entry, report) {
     }
   }
   if (Array.isArray(report.table)) entry.table = report.table;
-  // A report is written when its study ends: runs whose last point said nothing are over.
-  const over = report.state ?? (Array.isArray(report.table) ? "done" : null);
-  if (over && over !== "running") {
-    for (const run of entry.runs.values()) if (run.state === "running") run.state = over;
+  // A finished study's report: runs whose points said nothing of their end are over.
+  if (report.state === "done" || (report.type === "study.report" && report.state == null)) {
+    for (const known of entry.runs.values()) if (known.state === "running") known.state = "done";
   }
   return found;
 }
@@ -440,21 +451,31 @@ export function studyCurves(entry) {
 // failures at the last step, from the points the page has (live or the report's).
 export function studyTable(entry) {
   const target = entry.info.target ?? STUDY_TARGET;
-  return studyCurves(entry).map(({ mode, seeds, mean: curve }) => {
+  return studyCurves(entry).map(({ mode, seeds }) => {
     const last = seeds.map((r) => r.points[r.points.length - 1]).filter(Boolean);
-    const all = seeds.length > 0 && curve.length > 0;
-    const hit = curve.find((p) => p.n === seeds.length && p.em !== null && p.em >= target);
-    const running = seeds.some((r) => r.state === "running");
+    const over = (r) => r.state === "done" || r.state === "failed";
+    const running = seeds.some((r) => !over(r));
+    // As the study's report counts it: each seed's first evaluation at the target, the mean
+    // over seeds when every seed reached it.
+    const firsts = seeds.map((r) => r.points.find((p) => p.em !== null && p.em >= target)?.step);
+    const reached = firsts.filter((f) => f !== undefined);
+    let first;
+    if (seeds.length && reached.length === seeds.length) first = mean(reached);
+    else if (running) first = reached.length ? `${reached.length} of ${seeds.length} seeds, not yet` : "not yet";
+    else first = reached.length ? `never in ${seeds.length - reached.length} of ${seeds.length}` : "never";
     return {
       mode,
       seeds: seeds.length,
       step: last.length ? Math.min(...last.map((p) => p.step)) : null,
       em: mean(last.map((p) => p.em)),
-      first_at_target: hit ? hit.step : all && !running ? "never" : "not yet",
+      first_at_target: first,
       thinking_tokens: mean(last.map((p) => p.thinking_tokens)),
       answer_ce: mean(last.map((p) => p.answer_ce)),
       parse_failures: mean(last.map((p) => p.parse_failures)),
       state: seeds.some((r) => r.state === "failed") ? "failed" : running ? "running" : "done",
+      // the seeds' spread of that first step ("300–320"), when they differ
+      first_range: reached.length === seeds.length && reached.length > 1 && Math.min(...reached) !== Math.max(...reached)
+        ? `${Math.min(...reached)}–${Math.max(...reached)}` : null,
     };
   });
 }

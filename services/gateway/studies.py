@@ -33,7 +33,7 @@ SUMMARY_FIELDS = (
     "steps",
     "target",
     "state",
-    "finished",
+    "wall_seconds",
     "report_path",
 )
 
@@ -72,7 +72,10 @@ def summary(study_id: str, started: float, report: dict[str, Any] | None) -> dic
     (a study still running may have none yet: `report: false`)."""
     out: dict[str, Any] = {"study_id": study_id, "started": started, "report": report is not None}
     if report is not None:
-        out |= {k: report[k] for k in SUMMARY_FIELDS if k in report}
+        # `regime3 study modes` keeps its options (domain, modes, seeds …) under "plan".
+        plan = report.get("plan")
+        source = (plan if isinstance(plan, dict) else {}) | report
+        out |= {k: source[k] for k in SUMMARY_FIELDS if k in source}
     return out
 
 

@@ -15,6 +15,9 @@ import redis
 from bus import events as ev
 from bus import keys
 from bus.publish import Publisher
+from services.study import report as study_report
+from services.study.plan import StudyPlan
+from services.study.report import RunResult
 from tests.rig.dashboard import Gateway, open_page
 
 pytestmark = pytest.mark.slow
@@ -96,9 +99,16 @@ def test_a_published_study_appears_with_its_lines_and_table(
     assert rows["canonical"][4] == "0.3"  # answer-token CE at the last step
     assert rows["canonical"][5] == "0.5"  # parse failures, mean over seeds
 
-    # The last points end the runs: English never reached the target.
+    # The last points, then each run's end as the study command says it: a state and no
+    # figures (the last point stays). English never reached the target.
     for mode, seed in EM:
-        publisher.publish(_progress(mode, seed, 2, state="done"))
+        publisher.publish(_progress(mode, seed, 2))
+    for mode, seed in EM:
+        publisher.publish(
+            ev.StudyProgress(
+                study_id="study-live", mode=mode, seed=seed, step=120, total_steps=120, state="done"
+            )
+        )
     page.wait_for_function(
         "() => document.querySelector('#study-rows tr[data-mode=english]')"
         "?.innerText.includes('never')"
@@ -135,28 +145,45 @@ def test_a_published_study_appears_with_its_lines_and_table(
 
 
 def test_earlier_studies_load_once_and_the_picker_shows_each(
-    chromium: Any, gateway: Gateway, r: redis.Redis
+    chromium: Any, gateway: Gateway, r: redis.Redis, tmp_path: Path
 ) -> None:
-    points = [
-        {"mode": m, "seed": 1, "step": s, "em": em, "thinking_tokens": tt, "answer_ce": 0.2}
-        for m, tt, curve in (("english", 110.0, (0.4, 0.7)), ("encoded", 9.0, (0.6, 0.95)))
-        for s, em in zip((200, 400), curve, strict=True)
+    # The older study as `regime3 study modes` writes its report (services.study.report).
+    plan = StudyPlan(
+        study_id="study-old",
+        domain="arithmetic",
+        difficulty=2,
+        modes=("english", "encoded"),
+        seeds=(1,),
+        steps=400,
+        eval_every=200,
+        eval_size=8,
+        target=0.9,
+        model=None,
+        started=1_700_000_000.0,
+    )
+
+    def curve(em: tuple[float, float], thinking: float) -> list[dict[str, Any]]:
+        return [
+            {"step": st, "em": e, "thinking_tokens": thinking, "answer_ce": 0.2}
+            | {"parse_failures": 0, "total": 8, "loss_tokens": st * 1024}
+            for st, e in zip((200, 400), em, strict=True)
+        ]
+
+    runs = [
+        RunResult("english", 1, "done", 400, curve((0.4, 0.7), 110.0)),
+        RunResult("encoded", 1, "done", 400, curve((0.6, 0.95), 9.0)),
     ]
-    old = {
-        "study_id": "study-old",
-        "domain": "arithmetic",
-        "difficulty": 2,
-        "modes": ["english", "encoded"],
-        "seeds": [1],
-        "steps": 400,
-        "table": [{"mode": "english"}, {"mode": "encoded"}],
-        "points": points,
-    }
+    old = study_report.report(plan, runs, env={}, wall_seconds=60.0, out=tmp_path)
     r.set(keys.study_key("study-old"), json.dumps(old))
     r.zadd(keys.STUDIES, {"study-old": 1_700_000_000.0})
-    newer = dict(old, study_id="study-new", domain="syllogism", difficulty=1, points=[])
-    newer["curves"] = {"encoded": {"1": {"step": [40, 80], "em": [0.5, 0.75]}}}
-    newer["modes"] = ["encoded"]
+    # A newer one whose curves are columns per mode and seed.
+    newer = {
+        "study_id": "study-new",
+        "state": "done",
+        "plan": {"domain": "syllogism", "difficulty": 1, "modes": ["encoded"], "seeds": [1]},
+        "table": [],
+        "curves": {"encoded": {"1": {"step": [40, 80], "em": [0.5, 0.75]}}},
+    }
     r.set(keys.study_key("study-new"), json.dumps(newer))
     r.zadd(keys.STUDIES, {"study-new": 1_700_000_500.0})
 

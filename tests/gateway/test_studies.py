@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,6 +14,9 @@ from bus import keys
 from bus.events import Alert, StudyProgress, StudyReport
 from bus.publish import Publisher
 from services.gateway import cursor, sse
+from services.study import report as study_report
+from services.study.plan import StudyPlan
+from services.study.report import RunResult
 from tests.gateway.rig import Gateway, SseReader
 
 TIMEOUT = httpx.Timeout(10.0)
@@ -67,6 +71,46 @@ def test_studies_are_listed_newest_first_with_their_summary(
     one = httpx.get(gateway.url + "/api/studies/study-new", timeout=TIMEOUT)
     assert one.status_code == 200
     assert one.json() == newest | {"started": 1_700_000_500.0}
+
+
+def test_the_summary_of_a_report_the_study_command_writes(
+    gateway: Gateway, r: redis.Redis, tmp_path: Path
+) -> None:
+    plan = StudyPlan(
+        study_id="study-real",
+        domain="syllogism",
+        difficulty=1,
+        modes=("english", "encoded"),
+        seeds=(1,),
+        steps=80,
+        eval_every=40,
+        eval_size=8,
+        target=0.9,
+        model=None,
+        started=1_700_000_000.0,
+    )
+    point = {"step": 40, "em": 0.5, "answer_ce": 0.3, "thinking_tokens": 9.0}
+    point |= {"parse_failures": 0, "total": 8, "loss_tokens": 40_960}
+    runs = [RunResult("english", 1, "done", 80, [point]), RunResult("encoded", 1, "running", 40)]
+    data = study_report.report(plan, runs, env={}, wall_seconds=12.0, out=tmp_path)
+    r.set(keys.study_key("study-real"), json.dumps(data))
+    r.zadd(keys.STUDIES, {"study-real": plan.started})
+    (listed,) = httpx.get(gateway.url + "/api/studies", timeout=TIMEOUT).json()["studies"]
+    assert listed == {
+        "study_id": "study-real",
+        "started": 1_700_000_000.0,
+        "report": True,
+        "domain": "syllogism",
+        "difficulty": 1,
+        "modes": ["english", "encoded"],
+        "seeds": [1],
+        "steps": 80,
+        "target": 0.9,
+        "state": "incomplete",
+        "wall_seconds": 12.0,
+    }
+    full = httpx.get(gateway.url + "/api/studies/study-real", timeout=TIMEOUT).json()
+    assert full["runs"][0]["curve"] == [point] and full["table"] == data["table"]
 
 
 def test_an_absent_study_is_a_404_and_a_bad_id_a_400(gateway: Gateway, r: redis.Redis) -> None:
