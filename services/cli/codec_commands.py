@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import click
 
 from codec.canonical import canonical_text
-from codec.codebook import MAX_CODES, Codebook, build_codebook, code_name, whitespace_count
+from codec.codebook import (
+    MAX_CODES,
+    Codebook,
+    build_codebook,
+    code_name,
+    codebook_in,
+    whitespace_count,
+)
 from codec.compression import DomainCompression, measure
 from codec.domains import default_codebook
 from codec.errors import CodecError
@@ -164,6 +175,125 @@ def decode_command(texts: tuple[str, ...], codebook_path: str | None) -> None:
             click.echo(codebook.decode(text))
         except CodecError as err:
             raise click.ClickException(f"{where}: {err}") from None
+
+
+_CODE = re.compile(r"<E\d{3}>")
+
+
+def _codebook_at(path: str, hint: str) -> Codebook:
+    """A codebook JSON, or the codebook.json of a checkpoint (or model) directory."""
+    try:
+        if Path(path).is_dir():
+            found = codebook_in(path)
+            if found is None:
+                raise click.BadParameter(
+                    f"{path} holds no codebook.json (a run without code tokens); pass a "
+                    "codebook JSON",
+                    param_hint=hint,
+                )
+            return found
+        return Codebook.load(path)
+    except CodecError as err:
+        raise click.BadParameter(str(err), param_hint=hint) from None
+
+
+def recode_line(
+    line: dict[str, Any], target: Codebook, sources: dict[str, Codebook], where: str
+) -> bool:
+    """Re-encode the coded lines of every assistant turn of `line` with `target`, in place;
+    True when anything changed. `sources` maps versions to codebooks; "" is the one for lines
+    without a meta.codebook stamp."""
+    meta = line.get("meta") if isinstance(line.get("meta"), dict) else None
+    stamp = meta.get("codebook") if meta is not None else None
+    turns = [m for m in line.get("messages", []) if isinstance(m, dict)]
+    coded = [m for m in turns if m.get("role") == "assistant" and _CODE.search(str(m["content"]))]
+    if not coded or stamp == target.version:
+        return False
+    source = sources.get(stamp if isinstance(stamp, str) else "")
+    if source is None:
+        which = f"is stamped {stamp}" if stamp else "has codes but no meta.codebook"
+        raise click.ClickException(
+            f"{where} {which}: pass the codebook it was encoded with as --from"
+        )
+    for message in coded:
+        rows = []
+        for row in str(message["content"]).split("\n"):
+            if _CODE.search(row):
+                try:
+                    row = target.encode(source.decode(row))
+                except CodecError as err:
+                    raise click.ClickException(f"{where}: {err}") from None
+            rows.append(row)
+        message["content"] = "\n".join(rows)
+    if meta is not None:
+        if any(_CODE.search(str(m["content"])) for m in coded):
+            meta["codebook"] = target.version
+        else:
+            meta.pop("codebook", None)
+    return True
+
+
+@codec_group.command("recode")
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--codebook",
+    "target_path",
+    required=True,
+    type=click.Path(exists=True),
+    help="The codebook to encode with: a JSON, or a checkpoint directory (its codebook.json).",
+)
+@click.option(
+    "--from",
+    "source_path",
+    type=click.Path(exists=True),
+    help="The codebook the file was encoded with (default: the built-in one, for lines it "
+    "stamped); needed for lines without meta.codebook.",
+)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSONL file.")
+def recode_command(data: str, target_path: str, source_path: str | None, out: str) -> None:
+    """Re-encode a chat JSONL file's codes with another codebook (e.g. a run's own).
+
+    Each reasoning line with codes is decoded with the codebook it was written with and
+    encoded again with --codebook, so encoded lines stay encoded and assorted lines keep
+    their canonical steps; meta.codebook names the new version. Other lines are copied as
+    they are.
+    """
+    target = _codebook_at(target_path, "--codebook")
+    builtin = default_codebook()
+    sources = {builtin.version: builtin}
+    if source_path is not None:
+        source = _codebook_at(source_path, "--from")
+        sources[source.version] = source
+        sources[""] = source
+    if Path(out).resolve() == Path(data).resolve():
+        raise click.BadParameter("write to another file than the input", param_hint="--out")
+    partial = Path(f"{out}.part")
+    changed = total = 0
+    try:
+        with open(data, encoding="utf-8") as src, open(partial, "w", encoding="utf-8") as dst:
+            for number, text in enumerate(src, start=1):
+                if not text.strip():
+                    dst.write(text)
+                    continue
+                total += 1
+                try:
+                    line = json.loads(text)
+                except ValueError as err:
+                    raise click.ClickException(f"{data}:{number}: not JSON ({err})") from None
+                if isinstance(line, dict) and recode_line(
+                    line, target, sources, f"{data}:{number}"
+                ):
+                    changed += 1
+                    dst.write(json.dumps(line, ensure_ascii=False) + "\n")
+                else:
+                    dst.write(text if text.endswith("\n") else text + "\n")
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    click.echo(
+        f"codec recode: {changed} of {total} lines re-encoded with codebook {target.version}",
+        err=True,
+    )
 
 
 @codec_group.command("report")

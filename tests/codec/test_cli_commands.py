@@ -181,3 +181,54 @@ def test_a_generate_that_fails_midway_leaves_no_file(tmp_path) -> None:
         "run out of distinct problems" in result.output and "Nothing was written" in result.output
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_recode_moves_a_file_to_another_codebook(tmp_path: Path) -> None:
+    builtin = default_codebook()
+    small = Codebook(builtin.fragments[:40])
+    target = tmp_path / "run"
+    target.mkdir()
+    small.save(target / "codebook.json")  # a checkpoint directory holds codebook.json
+    data = tmp_path / "assorted.jsonl"
+    generated = CliRunner().invoke(
+        data_group,
+        ["generate", "--domain", "syllogism", "--count", "20", "--mode", "assorted",
+         "--out", str(data)],
+    )  # fmt: skip
+    assert generated.exit_code == 0, generated.output
+    out = tmp_path / "recoded.jsonl"
+    result = CliRunner().invoke(
+        codec_group, ["recode", str(data), "--codebook", str(target), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    before, after = lines(data), lines(out)
+    assert len(before) == len(after) == 20
+    coded = 0
+    for old, new in zip(before, after, strict=True):
+        old_text = old["messages"][1]["content"]  # type: ignore[index]
+        new_text = new["messages"][1]["content"]  # type: ignore[index]
+        old_rows, new_rows = old_text.split("\n"), new_text.split("\n")
+        assert len(old_rows) == len(new_rows)  # assorted lines keep their canonical steps
+        for a, b in zip(old_rows, new_rows, strict=True):
+            if "<E" in a:
+                coded += 1
+                assert builtin.decode(a) == small.decode(b)
+            else:
+                assert a == b
+        stamp = new["meta"].get("codebook")  # type: ignore[union-attr]
+        assert stamp == (small.version if "<E" in new_text else None)
+    assert coded and f"re-encoded with codebook {small.version}" in result.stderr
+
+    # Unstamped codes need --from; an unknown stamp names itself.
+    bare = tmp_path / "bare.jsonl"
+    rows = lines(out)
+    for row in rows:
+        row["meta"].pop("codebook", None)  # type: ignore[union-attr]
+    bare.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    refused = CliRunner().invoke(
+        codec_group,
+        ["recode", str(bare), "--codebook", str(target / "codebook.json"), "--out",
+         str(tmp_path / "x.jsonl")],
+    )  # fmt: skip
+    assert refused.exit_code == 1 and "no meta.codebook: pass" in refused.output
+    assert not (tmp_path / "x.jsonl").exists() and not (tmp_path / "x.jsonl.part").exists()
