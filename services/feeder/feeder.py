@@ -22,6 +22,7 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 
 from bus import keys, queues
+from bus.encoding import as_str
 from bus.publish import Publisher
 from codec.modes import Mode, TransitionalSchedule
 from services.feeder.backlog import LineCounter, queued_jobs
@@ -107,7 +108,7 @@ class Feeder:
         if not expected:
             return False
         done = self.connection.hget(keys.FEEDER_STATUS, SEEDED_FIELD)
-        return done is None or done.decode() != expected
+        return done is None or as_str(done) != expected
 
     def step(self) -> Decision:
         s = self.settings
@@ -156,7 +157,7 @@ class Feeder:
         return decision
 
     def _record(self, decision: Decision) -> None:
-        fields: dict[str, Any] = {
+        fields: dict[Any, Any] = {  # redis-py's mapping type is invariant in its keys
             k: (json.dumps(v) if v is None else str(v)) for k, v in asdict(decision).items()
         }
         fields["time"] = datetime.now(UTC).isoformat()
