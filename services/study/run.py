@@ -6,7 +6,7 @@ database (R3_DATA_DIR, R3_REDIS_URL, set by the study), and stops exactly at the
 count with a checkpoint. What the study reads, beside the trainer's checkpoints, is written
 to RUN_DIR as it happens:
 
-- `steps.jsonl`: {"step", "loss_tokens"} of every optimizer step, written before the step
+- `steps.jsonl`: {"step", "loss_tokens", "time"} of every optimizer step, written before it
   (a step a kill cut short is dropped on resume: the checkpoint says where training stands);
 - `curve.jsonl`: one evaluation point per line (step, EM, answer CE, thinking tokens, parse
   failures, CE, loss tokens trained up to that step, time);
@@ -100,7 +100,10 @@ class StudyTrainer(Trainer):
         if number >= self.stop_at:
             self.request_stop()  # the loop saves a checkpoint after this step and stops
         self.loss_tokens += step.loss_tokens
-        _append(self.run_dir / STEPS_FILE, {"step": number, "loss_tokens": step.loss_tokens})
+        _append(
+            self.run_dir / STEPS_FILE,
+            {"step": number, "loss_tokens": step.loss_tokens, "time": round(time.time(), 3)},
+        )
         super()._after_step(step, state)
         if self.kill_at is not None and self.global_step == self.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
