@@ -21,6 +21,7 @@ from services.study.plan import (
     DEFAULT_MODES,
     StudyPlan,
     load_or_store,
+    locked,
     new_plan,
     parse_modes,
     parse_seeds,
@@ -132,28 +133,29 @@ def modes_command(
             model=str(Path(model).resolve()) if model else None,
             recipe=recipe(eval_every, dict(os.environ)),
         )
-        plan, resumed = load_or_store(out, plan)
-        main_url = get_bus_settings().redis_url
-        main = connect(main_url)
-        click.echo(
-            f"study {plan.study_id} in {out} ({'resumed' if resumed else 'new'}): "
-            f"{', '.join(plan.modes)} × seeds {', '.join(map(str, plan.seeds))} × "
-            f"{plan.steps} steps"
-        )
-        click.echo("drawing the problems and rendering each mode …")
-        write_validation_sets(plan, out)
-        write_training_files(plan, out, int(plan.recipe.get("R3_TOKENS_PER_STEP", "1024")))
-        study = Study(
-            plan=plan,
-            out=out,
-            main=main,
-            main_url=main_url,
-            parallel=parallel or os.cpu_count() or 1,
-            command=_command(plan, parallel or os.cpu_count() or 1, out),
-            echo=lambda line: click.echo(line),
-            kill=_kills(kill_run),
-        )
-        data = study.run()
+        with locked(out):  # one invocation at a time on a folder
+            plan, resumed = load_or_store(out, plan)
+            main_url = get_bus_settings().redis_url
+            main = connect(main_url)
+            click.echo(
+                f"study {plan.study_id} in {out} ({'resumed' if resumed else 'new'}): "
+                f"{', '.join(plan.modes)} × seeds {', '.join(map(str, plan.seeds))} × "
+                f"{plan.steps} steps"
+            )
+            click.echo("drawing the problems and rendering each mode …")
+            write_validation_sets(plan, out)
+            write_training_files(plan, out, int(plan.recipe.get("R3_TOKENS_PER_STEP", "1024")))
+            study = Study(
+                plan=plan,
+                out=out,
+                main=main,
+                main_url=main_url,
+                parallel=parallel or os.cpu_count() or 1,
+                command=_command(plan, parallel or os.cpu_count() or 1, out),
+                echo=lambda line: click.echo(line),
+                kill=_kills(kill_run),
+            )
+            data = study.run()
     except (StudyError, CodecError, RedisUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"report: {out / 'report.md'} (and report.json, *.png)")

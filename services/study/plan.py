@@ -8,8 +8,12 @@ the same --out reads the stored plan back, so a resumed study is the same study.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from services.validation.sets import SET_MODES
 
 DEFAULT_MODES = ("english", "canonical", "encoded", "assorted")
 PLAN_FILE = "study.json"
+LOCK_FILE = ".lock"
 
 
 @dataclass(frozen=True)
@@ -170,3 +175,25 @@ def load_or_store(out: Path, plan: StudyPlan) -> tuple[StudyPlan, bool]:
 
 def mode_of(name: str) -> Mode:
     return Mode(name)
+
+
+@contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold `<out>/.lock` while a study runs there: two invocations on one folder would train
+    the same runs twice into the same checkpoints. Released when the process ends, however."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / LOCK_FILE).open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise StudyError(
+                f"{out} is in use by a study running now ({holder}); wait for it, stop it "
+                "(Ctrl-C: its runs resume later), or give another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        yield

@@ -147,3 +147,12 @@ def test_a_study_refuses_another_studys_folder_and_bad_options(
 def test_modes_must_be_distinct_and_given(modes: str, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["study", "modes", "--modes", modes, "--out", str(tmp_path)])
     assert result.exit_code != 0 and "--modes" in result.output
+
+
+def test_one_study_at_a_time_on_a_folder(tmp_path: Path) -> None:
+    from services.study.plan import locked
+
+    with locked(tmp_path / "s"):
+        busy = CliRunner().invoke(cli, ["study", "modes", "--out", str(tmp_path / "s")])
+    assert busy.exit_code != 0
+    assert "is in use by a study running now (pid" in busy.output
