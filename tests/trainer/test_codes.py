@@ -72,7 +72,7 @@ def test_an_encoded_file_makes_each_code_one_token_and_the_run_keeps_its_codeboo
     without = len(trainer.tokenizer.encode(text, add_special_tokens=False))
 
     result = trainer.train_file(encoded, job_id="enc", name="encoded.jsonl")
-    assert result["steps"] >= 1
+    assert result["steps"] >= 1 and result["rejected"] == 0 and result["examples"] == 24
     assert trainer.codebook is not None and trainer.codebook.version == codebook.version
     tokenizer = trainer.tokenizer
     assert len(tokenizer) == vocab_before + len(codebook)
