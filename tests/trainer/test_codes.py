@@ -29,8 +29,13 @@ from services.trainer.validate import validate_file
 from tests.rig.trainer import events, make_trainer, settings
 
 CODE = re.compile(r"<E\d{3}>")
-FAST = {"eval_steps": 1000, "layer_monitor_steps": 0, "max_length": 192, "micro_batch_tokens": 384,
-        "tokens_per_step": 384}  # fmt: skip
+FAST: dict[str, Any] = {
+    "eval_steps": 1000,
+    "layer_monitor_steps": 0,
+    "max_length": 192,
+    "micro_batch_tokens": 384,
+    "tokens_per_step": 384,
+}
 
 
 def rows(mode: Mode, count: int, codebook: Codebook | None = None, seed: int = 1) -> list[Any]:
