@@ -27,6 +27,7 @@ from services.study.plan import (
     parse_seeds,
 )
 from services.study.runner import Study, recipe
+from services.study.userdata import read_data
 
 
 @click.group("study")
@@ -53,6 +54,8 @@ def _command(plan: StudyPlan, parallel: int, out: Path) -> list[str]:
     command += ["--target", f"{plan.target:g}"]
     if plan.model:
         command += ["--model", plan.model]
+    if plan.data:
+        command += ["--data", plan.data]
     return [*command, "--parallel", str(parallel), "--out", str(out)]
 
 
@@ -96,6 +99,13 @@ def _command(plan: StudyPlan, parallel: int, out: Path) -> list[str]:
     help="Output folder (default: study-<domain>-d<difficulty>); re-run with the same one "
     "to resume.",
 )
+@click.option(
+    "--data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Your own JSONL of canonical reasoning lines instead of a built-in domain "
+    "(docs/study.md says the format).",
+)
 @click.option("--kill-run", "kill_run", multiple=True, hidden=True, help="RUN:STEP (tests).")
 def modes_command(
     domain: str,
@@ -109,6 +119,7 @@ def modes_command(
     model: str | None,
     parallel: int | None,
     out: Path | None,
+    data: Path | None,
     kill_run: tuple[str, ...],
 ) -> None:
     """Train one short run per mode and seed from the same model and compare them.
@@ -119,12 +130,17 @@ def modes_command(
     publishes study.progress / study.report on the bus. Finished runs are kept; a partial one
     resumes from its last checkpoint when the same command runs again.
     """
-    out = out or Path(f"study-{domain}-d{difficulty}")
     try:
+        modes = parse_modes(modes_text)
+        user = None
+        if data is not None:
+            user = read_data(data, modes=modes, eval_size=eval_size)
+            domain, difficulty = user.name, 0
+        out = out or Path(f"study-{domain}-d{difficulty}")
         plan = new_plan(
             domain=domain,
             difficulty=difficulty,
-            modes=parse_modes(modes_text),
+            modes=modes,
             seeds=parse_seeds(seeds_text),
             steps=steps,
             eval_every=eval_every,
@@ -132,6 +148,7 @@ def modes_command(
             target=target,
             model=str(Path(model).resolve()) if model else None,
             recipe=recipe(eval_every, dict(os.environ)),
+            data=None if data is None else str(data.resolve()),
         )
         with locked(out):  # one invocation at a time on a folder
             plan, resumed = load_or_store(out, plan)
@@ -143,8 +160,10 @@ def modes_command(
                 f"{plan.steps} steps"
             )
             click.echo("drawing the problems and rendering each mode …")
-            write_validation_sets(plan, out)
-            write_training_files(plan, out, int(plan.recipe.get("R3_TOKENS_PER_STEP", "1024")))
+            write_validation_sets(plan, out, user)
+            write_training_files(
+                plan, out, int(plan.recipe.get("R3_TOKENS_PER_STEP", "1024")), user=user
+            )
             study = Study(
                 plan=plan,
                 out=out,
@@ -155,11 +174,11 @@ def modes_command(
                 echo=lambda line: click.echo(line),
                 kill=_kills(kill_run),
             )
-            data = study.run()
+            report = study.run()
     except (StudyError, CodecError, RedisUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"report: {out / 'report.md'} (and report.json, *.png)")
-    if data["state"] != "done":
+    if report["state"] != "done":
         raise click.ClickException(
             "some runs did not finish (above); re-run the same command to resume them"
         )

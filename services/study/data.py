@@ -19,7 +19,8 @@ from codec.errors import DomainError
 from codec.modes import Mode
 from codec.problem import Problem, RenderSettings
 from services.study.plan import RunSpec, StudyPlan
-from services.validation.sets import CODED_SET_MODES, ensure_set, set_path
+from services.study.userdata import UserData
+from services.validation.sets import CODED_SET_MODES, VALIDATION_SEED, ensure_set, set_path
 
 # The fewest tokens one example takes in any mode (prompt and chat template included): the
 # file holds steps × tokens-per-step / this many examples, so no run reaches its end; a run
@@ -58,8 +59,18 @@ def _write(path: Path, lines: list[dict[str, object]]) -> None:
     os.replace(partial, path)
 
 
+def _user_problems(user: UserData, seed: int) -> list[Problem]:
+    problems = list(user.train)
+    random.Random(f"study:{user.name}:{seed}").shuffle(problems)  # the seed picks the order
+    return problems
+
+
 def write_training_files(
-    plan: StudyPlan, out: Path, tokens_per_step: int, codebook: Codebook | None = None
+    plan: StudyPlan,
+    out: Path,
+    tokens_per_step: int,
+    codebook: Codebook | None = None,
+    user: UserData | None = None,
 ) -> dict[str, int]:
     """Each run's training file (kept when it exists: a resumed run reads the file its
     checkpoint's cursor points into); {run name: examples}."""
@@ -69,7 +80,12 @@ def write_training_files(
     for seed in plan.seeds:
         runs = [RunSpec(mode, seed) for mode in plan.modes]
         missing = [run for run in runs if not train_path(out, run).exists()]
-        problems = _problems(plan, seed, count) if missing else []
+        if not missing:
+            problems = []
+        elif user is not None:
+            problems = _user_problems(user, seed)
+        else:
+            problems = _problems(plan, seed, count)
         for run in runs:
             path = train_path(out, run)
             if run in missing:
@@ -85,10 +101,18 @@ def write_training_files(
     return written
 
 
-def write_validation_sets(plan: StudyPlan, out: Path) -> dict[str, Path]:
+def write_validation_sets(
+    plan: StudyPlan, out: Path, user: UserData | None = None
+) -> dict[str, Path]:
     """The held-out set of every mode (the same problems), drawn once into `<out>/validation`."""
     root = validation_root(out)
     for mode in plan.modes:
+        path = set_path(root, plan.domain, plan.difficulty, mode)
+        if user is not None and not path.exists():
+            # The user's held-out problems, as the trainer's fixed sets are stored.
+            rng = random.Random(f"validation:{user.name}:0:{VALIDATION_SEED}")
+            coded = default_codebook() if Mode(mode) in CODED_SET_MODES else None
+            _write(path, [p.render(Mode(mode), coded, rng) for p in user.heldout])
         ensure_set(root, plan.domain, plan.difficulty, mode, plan.eval_size)
     return {m: set_path(root, plan.domain, plan.difficulty, m) for m in plan.modes}
 

@@ -55,6 +55,7 @@ class StudyPlan:
     model: str | None  # the starting model's directory; None: R3_MODEL, else the embedded one
     started: float  # unix time of the first invocation
     recipe: dict[str, str] = field(default_factory=dict)  # R3_* given to every run
+    data: str | None = None  # the user's canonical JSONL (domain: its name, difficulty 0)
 
     @property
     def runs(self) -> list[RunSpec]:
@@ -109,12 +110,13 @@ def new_plan(
     target: float,
     model: str | None,
     recipe: dict[str, str],
+    data: str | None = None,
 ) -> StudyPlan:
     try:
-        spec = get_domain(domain)
+        spec = get_domain(domain) if data is None else None
     except DomainError as exc:
         raise StudyError(f"--domain: {exc}") from None
-    if difficulty not in spec.levels:
+    if spec is not None and difficulty not in spec.levels:
         raise StudyError(
             f"--difficulty {difficulty} is not a level of {domain}; use one of "
             f"{', '.join(map(str, spec.levels))}"
@@ -141,6 +143,7 @@ def new_plan(
         model=model,
         started=started,
         recipe=recipe,
+        data=data,
     )
 
 
