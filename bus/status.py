@@ -35,6 +35,8 @@ class TrainingStatus(BaseModel):
     model_name: str | None = None
     max_output_tokens: int | None = None
     context_window: int | None = None
+    # The version of the codebook whose <E###> codes the run's tokenizer holds (None: no codes).
+    codebook: str | None = None
 
     batch_step: int | None = None
     batch_total_steps: int | None = None

@@ -22,7 +22,11 @@ def _code_token(code: str) -> AddedToken:
 def _fragment_ids(
     tokenizer: PreTrainedTokenizerBase, codes: Mapping[str, str]
 ) -> dict[str, list[int]]:
-    special = set(tokenizer.all_special_tokens)
+    # all_special_tokens leaves out tokens added as AddedToken(special=True), which
+    # decode(skip_special_tokens=True) drops all the same: read the added tokens' own flags.
+    special = set(tokenizer.all_special_tokens) | {
+        t.content for t in tokenizer.added_tokens_decoder.values() if t.special
+    }
     fragments: dict[str, list[int]] = {}
     for code, fragment in codes.items():
         if not code or not fragment:

@@ -217,6 +217,7 @@ class Trainer:
                 model_name=self.model_name,
                 context_window=self.settings.max_length,
                 current_step=self.global_step,
+                codebook=None if self.codebook is None else self.codebook.version,
             )
 
     def data_parallel(self) -> None:
@@ -251,6 +252,7 @@ class Trainer:
             self.layers = LayerMonitor(self.model, self.settings.layer_monitor_steps)
             self._rewrap = self.ddp is not None
         if self.lead:
+            self.report.status.update(codebook=codebook.version)
             where = (
                 f"the embedding grew from {added.rows_before} to {added.rows_after} rows"
                 if added.resized

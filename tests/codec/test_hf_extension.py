@@ -217,3 +217,15 @@ def test_default_codebook_end_to_end(
     before = sum(len(plain.encode(t, add_special_tokens=False)) for t in encoded)
     after = sum(len(tokenizer.encode(t, add_special_tokens=False)) for t in encoded)
     assert after < before
+
+
+def test_a_code_already_added_as_a_special_token_is_refused(
+    tokenizer: PreTrainedTokenizerBase, model: Qwen3ForCausalLM
+) -> None:
+    # all_special_tokens misses tokens added as AddedToken(special=True), yet decoding with
+    # skip_special_tokens=True drops them: the check reads the added tokens' own flags.
+    from tokenizers import AddedToken
+
+    tokenizer.add_tokens([AddedToken("<E001>", special=True)])
+    with pytest.raises(CodebookError, match=r"<E001>.*special token"):
+        add_codes(tokenizer, model, CODES)

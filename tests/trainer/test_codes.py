@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from bus import keys
+from bus.status import StatusStore
 from checkpoints.manifest import MANIFEST
 from codec.codebook import CODEBOOK_FILE, Codebook, codebook_in
 from codec.domains import default_codebook, generate
@@ -79,6 +80,7 @@ def test_an_encoded_file_makes_each_code_one_token_and_the_run_keeps_its_codeboo
     result = trainer.train_file(encoded, job_id="enc", name="encoded.jsonl")
     assert result["steps"] >= 1 and result["rejected"] == 0 and result["examples"] == 24
     assert trainer.codebook is not None and trainer.codebook.version == codebook.version
+    assert StatusStore(r).read().codebook == codebook.version  # regime3 status / the hash
     tokenizer = trainer.tokenizer
     assert len(tokenizer) == vocab_before + len(codebook)
     height = trainer.model.get_input_embeddings().weight.shape[0]
