@@ -30,6 +30,18 @@ from services.study.runner import Study, recipe
 from services.study.userdata import read_data
 
 
+def _start_model(out: Path) -> str:
+    """R3_MODEL if set, else the embedded model, built once into `<out>/models` so every run
+    starts from the same weights (and none spends its time building it)."""
+    from services.model.config import get_model_settings
+    from services.model.embedded import ensure_embedded_model
+
+    configured = get_model_settings().model
+    if configured is not None:
+        return str(Path(configured).expanduser().resolve())
+    return str(ensure_embedded_model(out / "models").resolve())
+
+
 @click.group("study")
 def study_group() -> None:
     """Studies: short controlled training runs and their report."""
@@ -72,7 +84,11 @@ def _command(plan: StudyPlan, parallel: int, out: Path) -> list[str]:
 @click.option("--seeds", "seeds_text", default="1,2", show_default=True, help="Seeds, e.g. 1,2.")
 @click.option("--steps", default=400, show_default=True, type=int, help="Optimizer steps a run.")
 @click.option(
-    "--eval-every", default=40, show_default=True, type=int, help="Steps between evaluations."
+    "--eval-every",
+    default=20,
+    show_default=True,
+    type=int,
+    help="Steps between evaluations (and checkpoints).",
 )
 @click.option(
     "--eval-size", default=64, show_default=True, type=int, help="Held-out problems scored."
@@ -164,7 +180,9 @@ def modes_command(
             write_training_files(
                 plan, out, int(plan.recipe.get("R3_TOKENS_PER_STEP", "1024")), user=user
             )
+            model_dir = plan.model or _start_model(out)
             study = Study(
+                model_dir=model_dir,
                 plan=plan,
                 out=out,
                 main=main,

@@ -173,9 +173,11 @@ def report(
     env: dict[str, Any],
     wall_seconds: float,
     out: Path,
+    start_model: str | None = None,
 ) -> dict[str, Any]:
     return {
         "study_id": plan.study_id,
+        "start_model": start_model or plan.model,
         "state": "done" if all(r.state == "done" for r in runs) else "incomplete",
         "plan": plan.to_json(),
         "environment": env,
@@ -216,7 +218,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"# Study {data['study_id']}: training modes on {plan.domain} d{plan.difficulty}",
         "",
         f"{len(plan.modes)} modes × {len(plan.seeds)} seeds × {steps} steps from the same "
-        f"model ({plan.model or 'R3_MODEL, else the embedded model'}); each run scored every "
+        f"model (`{data.get('start_model') or plan.model or 'the embedded model'}`); each run "
+        "scored every "
         f"{plan.eval_every} steps on the same {plan.eval_size} held-out problems, rendered in "
         f"its own mode. State: **{data['state']}**, wall time {data['wall_seconds'] / 60:.1f} "
         "min.",

@@ -141,7 +141,7 @@ def run(run_dir: Path, kill_at: int | None = None) -> int:
         run_dir=run_dir,
         stop_at=plan.steps,
         kill_at=kill_at,
-        model_path=plan.model,
+        model_path=spec.get("model") or plan.model,
     )
     if trainer.global_step:
         _append(run_dir / RESUMES_FILE, {"from_step": trainer.global_step, "time": time.time()})

@@ -104,6 +104,7 @@ class Study:
     echo: Callable[[str], None] = print
     kill: dict[str, int] = field(default_factory=dict)  # run name -> step (tests)
     main_url: str = ""  # the user's bus, where borrowed databases come from
+    model_dir: str | None = None  # the starting model every run loads (built once if embedded)
     failed: set[str] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
     done_at_start: int = 0
@@ -156,6 +157,7 @@ class Study:
             env=self.env,
             wall_seconds=time.monotonic() - self.started,
             out=self.out,
+            start_model=self.model_dir,
         )
 
     def _store(self, data: dict[str, Any]) -> None:
@@ -189,6 +191,7 @@ class Study:
             "mode": run.mode,
             "seed": run.seed,
             "train_file": str(train_path(self.out, run).resolve()),
+            "model": self.model_dir or self.plan.model,
         }
         (where / RUN_FILE).write_text(json.dumps(spec, indent=2) + "\n")
         env = {k: v for k, v in os.environ.items() if k not in PER_RUN}
@@ -247,7 +250,10 @@ class Study:
     def run(self) -> dict[str, Any]:
         """Train every unfinished run; the report's dict (also written and published)."""
         runs = self.plan.runs
-        todo = [r for r in runs if self.result(r).state != "done"]
+        # The longest runs first (English reasons ~4x longer), so none is left alone at the end.
+        todo = sorted(
+            (r for r in runs if self.result(r).state != "done"), key=lambda r: r.mode != "english"
+        )
         self.done_at_start = self._steps_done()
         for r in runs:
             if r not in todo:
