@@ -44,6 +44,7 @@ from services.study.run import (
 from services.validation.sets import set_name
 
 ROOT = Path(__file__).resolve().parents[2]
+INVOCATIONS_FILE = "invocations.jsonl"  # wall seconds of each invocation, for the total
 
 # Settings a run gets unless the user's environment sets them (the user wins): the demo's
 # recipe (the embedded model learns syllogisms on a CPU with it), one torch thread per run,
@@ -70,13 +71,26 @@ FORCED = (
 )
 
 
+def trainer_variables() -> set[str]:
+    """The R3_* names of the trainer's settings: what a run's recipe may hold (and what the
+    report may show: never a token or URL of the user's other services)."""
+    from checkpoints.settings import CheckpointSettings
+    from services.trainer.config import TrainerSettings
+    from services.trainer.loop_config import LoopSettings
+
+    classes = (TrainerSettings, LoopSettings, CheckpointSettings)
+    return {f"R3_{name.upper()}" for c in classes for name in c.model_fields}
+
+
 def recipe(eval_every: int, environ: dict[str, str]) -> dict[str, str]:
-    """The R3_* every run trains with: the study's defaults, then the user's variables (the
-    user wins), then what the study decides itself (paths, Redis, eval set, cadence, seed)."""
+    """The trainer's R3_* every run trains with: the study's defaults, then the user's
+    variables (the user wins), then what the study decides itself (paths, Redis, eval set,
+    cadence, seed)."""
     chosen = dict(STUDY_DEFAULTS)
     chosen["R3_SAVE_STEPS"] = str(eval_every)  # a kill loses at most one evaluation period
+    allowed = trainer_variables() - set(PER_RUN + FORCED)
     for name, value in environ.items():
-        if name.startswith("R3_") and name not in PER_RUN + FORCED:
+        if name in allowed:
             chosen[name] = value
     chosen["R3_EVAL_STEPS"] = str(eval_every)
     return chosen
@@ -155,7 +169,7 @@ class Study:
             self.plan,
             runs,
             env=self.env,
-            wall_seconds=time.monotonic() - self.started,
+            wall_seconds=self._earlier_seconds() + time.monotonic() - self.started,
             out=self.out,
             start_model=self.model_dir,
         )
@@ -296,9 +310,24 @@ class Study:
                 except subprocess.TimeoutExpired:
                     item.proc.kill()
             self.echo("interrupted: re-run the same command to resume the unfinished runs")
-            self._write(self._report(set()))
+            self._finalize()
             raise
-        return self._write(self._report(set()))
+        return self._finalize()
+
+    def _finalize(self) -> dict[str, Any]:
+        data = self._report(set())  # its wall time counts this invocation
+        self._record_invocation()
+        return self._write(data)
+
+    def _record_invocation(self) -> None:
+        row = {"started": time.time() - (time.monotonic() - self.started)}
+        row["seconds"] = round(time.monotonic() - self.started, 1)
+        with (self.out / INVOCATIONS_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    def _earlier_seconds(self) -> float:
+        """Wall seconds of the earlier invocations of this study (a resumed study's total)."""
+        return sum(float(r["seconds"]) for r in read_jsonl(self.out / INVOCATIONS_FILE))
 
     def _write(self, data: dict[str, Any]) -> dict[str, Any]:
         (self.out / "report.json").write_text(json.dumps(data, indent=2) + "\n")

@@ -44,7 +44,7 @@ from codec.codebook import Codebook
 from codec.domains import default_codebook
 from codec.evaluate import EvalResult as Verdict
 from codec.evaluate import Scoreboard, evaluate_output
-from codec.problem import STOP, THINK
+from codec.problem import STOP, THINK, RenderSettings
 from services.validation.calibration import (
     answer_confidence,
     answer_span,
@@ -57,6 +57,9 @@ Messages = list[dict[str, str]]
 
 BUDGET_MARGIN_TOKENS = 16  # beyond the longest golden turn: room for a longer reasoning
 BUDGET_MARGIN_SHARE = 0.25  # and a quarter of it again
+# The 🤔 that open every reference (codec.problem.RenderSettings.think_repeat): the same in
+# every mode, so not part of the thinking a mode costs.
+OPENING_MARKERS = RenderSettings().think_repeat
 
 
 @dataclass(frozen=True)
@@ -193,11 +196,14 @@ def answer_budget(golden_tokens: Sequence[int], *, ceiling: int) -> int:
     return max(1, budget_floor(golden_tokens), min(ceiling, wanted))
 
 
-def thinking_span(raw: str) -> tuple[int, int]:
-    """Character range of an output's reasoning: after the opening 🤔 markers (and the
-    whitespace after them), up to its first 🛑, or to its end when it has no 🛑."""
+def thinking_span(raw: str, opening: int = OPENING_MARKERS) -> tuple[int, int]:
+    """Character range of an output's reasoning: after its opening 🤔 markers (at most
+    `opening` of them, and the whitespace after them), up to its first 🛑, or to its end when
+    it has no 🛑. An output of nothing but 🤔 spent its budget on them: they count."""
     stripped = raw.lstrip()
-    while stripped.startswith(THINK):
+    for _ in range(opening):
+        if not stripped.startswith(THINK):
+            break
         stripped = stripped[len(THINK) :].lstrip()
     start = len(raw) - len(stripped)
     stop = raw.find(STOP, start)

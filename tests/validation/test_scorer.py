@@ -156,6 +156,7 @@ def test_answer_ce_counts_only_the_golden_answer_and_compares_modes() -> None:
 def test_thinking_tokens_are_the_reasoning_before_the_first_stop() -> None:
     assert thinking_span("🤔🤔 \nabc\n🛑🛑\n4") == (4, 8)
     assert thinking_span("abc") == (0, 3)  # no 🛑: all of it
+    assert thinking_span("🤔" * 10) == (4, 10)  # only the opening four are not thinking
     backend = TableBackend(
         {"a": "🤔\nabcd\n🛑🛑\n4", "b": "🤔🤔\nab🛑\n6", "c": "🤔\nno stop at all"}, 0.0
     )
