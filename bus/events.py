@@ -297,8 +297,9 @@ class EvalResult(Event):
     # per token of the golden ANSWER only (the text after the reference's last 🛑), the same
     # text in every mode. None from publishers older than it.
     answer_ce: float | None = None
-    # Mean tokens of the model's own reasoning per answer: the tokens before its first 🛑
-    # (all its tokens when it wrote no 🛑), as the model's tokenizer counts them.
+    # Mean tokens of the model's own reasoning per answer: the tokens before its first 🛑 (all
+    # its tokens when it wrote no 🛑), less the four opening 🤔 that every mode writes, as the
+    # model's tokenizer counts them (a code token is one).
     thinking_tokens: float | None = None
     codebook: str | None = None  # the codebook version codes were decoded with; None = default
 
