@@ -831,7 +831,7 @@ class Trainer:
             self._save(state)
         if self.global_step % self.settings.eval_steps == 0:
             with self._between_steps():
-                sample = self.sampler.sample(self.model, self._autocast())
+                sample = self.sampler.sample(self.model, self._autocast(), codebook=self.codebook)
             self.report.sample(self.global_step, sample)
             with self._between_steps():
                 self._fixed_eval()
