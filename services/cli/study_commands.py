@@ -14,6 +14,7 @@ import click
 from bus.connections import connect
 from bus.errors import RedisUnavailable
 from bus.settings import get_bus_settings
+from codec.codebook import Codebook
 from codec.errors import CodecError
 from services.study.data import write_training_files, write_validation_sets
 from services.study.errors import StudyError
@@ -68,6 +69,8 @@ def _command(plan: StudyPlan, parallel: int, out: Path) -> list[str]:
         command += ["--model", plan.model]
     if plan.data:
         command += ["--data", plan.data]
+    if plan.codebook:
+        command += ["--codebook", plan.codebook]
     return [*command, "--parallel", str(parallel), "--out", str(out)]
 
 
@@ -122,6 +125,13 @@ def _command(plan: StudyPlan, parallel: int, out: Path) -> list[str]:
     help="Your own JSONL of canonical reasoning lines instead of a built-in domain "
     "(docs/study.md says the format).",
 )
+@click.option(
+    "--codebook",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Codebook JSON of the encoded and assorted runs (`regime3 codec build`; default: "
+    "R3_CODEBOOK, else the built-in one).",
+)
 @click.option("--kill-run", "kill_run", multiple=True, hidden=True, help="RUN:STEP (tests).")
 def modes_command(
     domain: str,
@@ -136,6 +146,7 @@ def modes_command(
     parallel: int | None,
     out: Path | None,
     data: Path | None,
+    codebook: Path | None,
     kill_run: tuple[str, ...],
 ) -> None:
     """Train one short run per mode and seed from the same model and compare them.
@@ -153,6 +164,16 @@ def modes_command(
             user = read_data(data, modes=modes, eval_size=eval_size)
             domain, difficulty = user.name, 0
         out = out or Path(f"study-{domain}-d{difficulty}")
+        # One codebook for the data, the held-out sets and the trainer (R3_CODEBOOK of every
+        # run): data stamped with one and a run taking another would fail its first file.
+        chosen = codebook or (
+            Path(os.environ["R3_CODEBOOK"]) if os.environ.get("R3_CODEBOOK") else None
+        )
+        codebook_path = None if chosen is None else str(chosen.expanduser().resolve())
+        coded = None if codebook_path is None else Codebook.load(codebook_path)
+        run_recipe = recipe(eval_every, dict(os.environ))
+        if codebook_path is not None:
+            run_recipe["R3_CODEBOOK"] = codebook_path
         plan = new_plan(
             domain=domain,
             difficulty=difficulty,
@@ -163,8 +184,9 @@ def modes_command(
             eval_size=eval_size,
             target=target,
             model=str(Path(model).resolve()) if model else None,
-            recipe=recipe(eval_every, dict(os.environ)),
+            recipe=run_recipe,
             data=None if data is None else str(data.resolve()),
+            codebook=codebook_path,
         )
         with locked(out):  # one invocation at a time on a folder
             plan, resumed = load_or_store(out, plan)
@@ -176,9 +198,13 @@ def modes_command(
                 f"{plan.steps} steps"
             )
             click.echo("drawing the problems and rendering each mode …")
-            write_validation_sets(plan, out, user)
+            write_validation_sets(plan, out, user, codebook=coded)
             write_training_files(
-                plan, out, int(plan.recipe.get("R3_TOKENS_PER_STEP", "1024")), user=user
+                plan,
+                out,
+                int(plan.recipe.get("R3_TOKENS_PER_STEP", "1024")),
+                codebook=coded,
+                user=user,
             )
             model_dir = plan.model or _start_model(out)
             study = Study(

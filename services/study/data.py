@@ -102,7 +102,7 @@ def write_training_files(
 
 
 def write_validation_sets(
-    plan: StudyPlan, out: Path, user: UserData | None = None
+    plan: StudyPlan, out: Path, user: UserData | None = None, codebook: Codebook | None = None
 ) -> dict[str, Path]:
     """The held-out set of every mode (the same problems), drawn once into `<out>/validation`."""
     root = validation_root(out)
@@ -111,9 +111,9 @@ def write_validation_sets(
         if user is not None and not path.exists():
             # The user's held-out problems, as the trainer's fixed sets are stored.
             rng = random.Random(f"validation:{user.name}:0:{VALIDATION_SEED}")
-            coded = default_codebook() if Mode(mode) in CODED_SET_MODES else None
+            coded = (codebook or default_codebook()) if Mode(mode) in CODED_SET_MODES else None
             _write(path, [p.render(Mode(mode), coded, rng) for p in user.heldout])
-        ensure_set(root, plan.domain, plan.difficulty, mode, plan.eval_size)
+        ensure_set(root, plan.domain, plan.difficulty, mode, plan.eval_size, codebook)
     return {m: set_path(root, plan.domain, plan.difficulty, m) for m in plan.modes}
 
 

@@ -56,6 +56,7 @@ class StudyPlan:
     started: float  # unix time of the first invocation
     recipe: dict[str, str] = field(default_factory=dict)  # R3_* given to every run
     data: str | None = None  # the user's canonical JSONL (domain: its name, difficulty 0)
+    codebook: str | None = None  # codebook JSON of the coded modes; None: the built-in one
 
     @property
     def runs(self) -> list[RunSpec]:
@@ -111,6 +112,7 @@ def new_plan(
     model: str | None,
     recipe: dict[str, str],
     data: str | None = None,
+    codebook: str | None = None,
 ) -> StudyPlan:
     try:
         spec = get_domain(domain) if data is None else None
@@ -144,6 +146,7 @@ def new_plan(
         started=started,
         recipe=recipe,
         data=data,
+        codebook=codebook,
     )
 
 
@@ -165,10 +168,10 @@ def load_or_store(out: Path, plan: StudyPlan) -> tuple[StudyPlan, bool]:
     mine = plan.to_json()
     theirs = stored.to_json()
     differ = [
-        k for k in mine if k not in ("study_id", "started", "recipe") and mine[k] != theirs[k]
+        k for k in mine if k not in ("study_id", "started", "recipe") and mine[k] != theirs.get(k)
     ]
     if differ:
-        diffs = "; ".join(f"{k}: stored {theirs[k]!r}, asked {mine[k]!r}" for k in differ)
+        diffs = "; ".join(f"{k}: stored {theirs.get(k)!r}, asked {mine[k]!r}" for k in differ)
         raise StudyError(
             f"{out} holds another study ({diffs}); re-run with the stored options to resume "
             "it, or give another --out"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from codec.codebook import Codebook
 from codec.domains import default_codebook, generate
 from codec.errors import DomainError
 from codec.modes import Mode
@@ -69,10 +70,12 @@ def set_path(root: Path, domain: str, difficulty: int, mode: Mode | str) -> Path
     return Path(root) / f"{set_name(domain, difficulty, mode)}.jsonl"
 
 
-def _draw(domain: str, difficulty: int, mode: Mode, size: int) -> list[dict[str, Any]]:
+def _draw(
+    domain: str, difficulty: int, mode: Mode, size: int, codebook: Codebook | None = None
+) -> list[dict[str, Any]]:
     lines: list[dict[str, Any]] = []
     rng = random.Random(f"validation:{domain}:{difficulty}:{VALIDATION_SEED}")
-    codebook = default_codebook() if mode in CODED_SET_MODES else None
+    codebook = (codebook or default_codebook()) if mode in CODED_SET_MODES else None
     problems = generate(
         domain, count=size, difficulty=difficulty, seed=VALIDATION_SEED, split="heldout"
     )
@@ -92,8 +95,11 @@ def ensure_set(
     difficulty: int,
     mode: Mode | str = Mode.CANONICAL,
     size: int = DEFAULT_SIZE,
+    codebook: Codebook | None = None,
 ) -> Path:
-    """The stored set's path, written now (temp file + rename) if it does not exist yet."""
+    """The stored set's path, written now (temp file + rename) if it does not exist yet.
+
+    Encoded and assorted sets are written with `codebook` (default: the built-in one)."""
     mode = Mode(mode)
     if mode not in SET_MODES:
         raise DomainError(
@@ -104,7 +110,7 @@ def ensure_set(
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = _draw(domain, difficulty, mode, size)
+    lines = _draw(domain, difficulty, mode, size, codebook)
     partial = path.with_name(f".{path.name}.{os.getpid()}.part")
     with partial.open("w", encoding="utf-8") as handle:
         for line in lines:

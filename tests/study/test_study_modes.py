@@ -156,3 +156,38 @@ def test_one_study_at_a_time_on_a_folder(tmp_path: Path) -> None:
         busy = CliRunner().invoke(cli, ["study", "modes", "--out", str(tmp_path / "s")])
     assert busy.exit_code != 0
     assert "is in use by a study running now (pid" in busy.output
+
+
+def test_a_users_codebook_encodes_the_data_the_sets_and_the_runs_tokens(
+    r: redis.Redis, embedded_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # R3_CODEBOOK set for the trainer (in the environment or .env) must also be the codebook
+    # the study encodes with: data stamped with the built-in one would fail the run's file.
+    from codec.codebook import Codebook, codebook_in
+    from codec.domains import default_codebook
+
+    mine = Codebook(default_codebook().fragments[:64])
+    assert mine.version != default_codebook().version
+    path = tmp_path / "mine.json"
+    mine.save(path)
+    monkeypatch.setenv("R3_CODEBOOK", str(path))
+    out = tmp_path / "study"
+    args = ["study", "modes", "--modes", "encoded", "--seeds", "1", "--steps", "2"]
+    args += ["--eval-every", "2", "--eval-size", "2", "--parallel", "1"]
+    args += ["--model", str(embedded_dir), "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+
+    [train] = (out / "data").glob("*encoded*.jsonl")
+    stamps = {json.loads(t)["meta"].get("codebook") for t in train.read_text().splitlines()}
+    assert stamps == {mine.version}
+    [held] = (out / "validation").glob("*encoded*.jsonl")
+    assert {json.loads(t)["meta"].get("codebook") for t in held.read_text().splitlines()} == {
+        mine.version
+    }
+    saved = [codebook_in(p.parent) for p in (out / "runs").rglob("codebook.json")]
+    assert saved and {c.version for c in saved if c is not None} == {mine.version}
+    data = json.loads((out / "report.json").read_text())
+    assert data["plan"]["codebook"] == str(path.resolve())
+    assert data["plan"]["recipe"]["R3_CODEBOOK"] == str(path.resolve())
+    assert f"--codebook {path.resolve()}" in data["environment"]["command"]
