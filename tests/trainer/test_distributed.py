@@ -261,8 +261,16 @@ def test_an_out_of_memory_on_one_rank_halves_the_micro_batch_on_all(
     )
     assert lead["rows_per_batch"] == other["rows_per_batch"] == 1  # both backed off
     assert lead["result"]["final_loss"] == pytest.approx(expected["final_loss"], rel=1e-5)
+    # Ranks agree exactly. Against one process the gradients differ only in summation order
+    # (the all-reduce), but AdamW's first step is about lr * sign(gradient): a gradient within
+    # rounding of zero may take the other sign, and that weight then differs by up to two
+    # steps. So: every weight within two steps, and all but a handful within 5% of one.
+    step_size = alone.settings.learning_rate
     for name, weight in alone.model.state_dict().items():
         torch.testing.assert_close(lead["weights"][name], other["weights"][name], rtol=0, atol=0)
-        torch.testing.assert_close(lead["weights"][name], weight, rtol=1e-4, atol=1e-5)
+        gap = (lead["weights"][name].float() - weight.float()).abs()
+        assert gap.max().item() <= 2.05 * step_size, name
+        off = (gap > 1e-4 * weight.float().abs() + 0.05 * step_size).sum().item()
+        assert off <= max(2, weight.numel() // 1000), (name, off)
     alerts = [e for e in events(r, keys.STREAM_ALERTS) if e.code == "oom_recovered"]
     assert len(alerts) == 1 and "halved from 2 to 1 rows" in alerts[0].message
