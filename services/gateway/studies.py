@@ -4,7 +4,8 @@ A study writes its full report JSON at `r3:study:<id>` and its id in the sorted 
 `r3:studies` (score: its start, unix seconds); while it runs, its points arrive on the study
 stream (`study.progress`, forwarded by /events like every stream). The list answers each
 study's summary, newest first, so the dashboard loads history once and then follows the
-stream. Open like /api/history: a study holds figures, no secret and no path the node needs.
+stream. Open like /api/history: a study holds figures and no secret; host paths in it are
+answered by their last component only (`public_report`).
 """
 
 from __future__ import annotations
@@ -67,11 +68,47 @@ def _report(connection: redis.Redis, study_id: str) -> dict[str, Any] | None:
     return report
 
 
+# A report names where the study ran (its --out, the starting model, the plots, the python):
+# paths of the trainer host, which an open route does not hand out. Each is answered by its
+# last component (the file or folder name), which is what a reader of the page needs.
+_PATH_FIELDS = ("start_model", "out", "report_path")
+_ABSOLUTE = re.compile(r"(?<![\w.-])/[^\s'\"]+")
+
+
+def _name(value: Any) -> Any:
+    return (
+        _ABSOLUTE.sub(lambda m: m.group().rstrip("/").rsplit("/", 1)[-1], value)
+        if isinstance(value, str)
+        else value
+    )
+
+
+def public_report(report: dict[str, Any]) -> dict[str, Any]:
+    """`report` with every host path cut to its last component (see _PATH_FIELDS)."""
+    out = dict(report)
+    for key in _PATH_FIELDS:
+        if key in out:
+            out[key] = _name(out[key])
+    if isinstance(out.get("plots"), list):
+        out["plots"] = [_name(p) for p in out["plots"]]
+    environment = out.get("environment")
+    if isinstance(environment, dict):
+        out["environment"] = {k: _name(v) for k, v in environment.items()}
+    plan = out.get("plan")
+    if isinstance(plan, dict):
+        plan = {k: _name(v) for k, v in plan.items()}
+        if isinstance(plan.get("recipe"), dict):
+            plan["recipe"] = {k: _name(v) for k, v in plan["recipe"].items()}
+        out["plan"] = plan
+    return out
+
+
 def summary(study_id: str, started: float, report: dict[str, Any] | None) -> dict[str, Any]:
     """One study in the list: its id, start, and the report's headline fields if it has one
     (a study still running may have none yet: `report: false`)."""
     out: dict[str, Any] = {"study_id": study_id, "started": started, "report": report is not None}
     if report is not None:
+        report = public_report(report)
         # `regime3 study modes` keeps its options (domain, modes, seeds …) under "plan".
         plan = report.get("plan")
         source = (plan if isinstance(plan, dict) else {}) | report
@@ -112,4 +149,4 @@ def get_study(request: Request, study_id: str) -> dict[str, Any]:
             + (" yet (it is listed: still running?)" if started is not None else "")
             + "; GET /api/studies lists the stored ones"
         )
-    return {"study_id": study_id, "started": started} | report
+    return {"study_id": study_id, "started": started} | public_report(report)

@@ -111,6 +111,9 @@ def test_the_summary_of_a_report_the_study_command_writes(
     }
     full = httpx.get(gateway.url + "/api/studies/study-real", timeout=TIMEOUT).json()
     assert full["runs"][0]["curve"] == [point] and full["table"] == data["table"]
+    # The report names the host's folders; the open route answers their last component only.
+    assert str(tmp_path) in json.dumps(data)
+    assert str(tmp_path) not in json.dumps(full) and full["out"] == tmp_path.name
 
 
 def test_an_absent_study_is_a_404_and_a_bad_id_a_400(gateway: Gateway, r: redis.Redis) -> None:
