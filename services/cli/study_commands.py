@@ -27,7 +27,8 @@ from services.study.plan import (
     parse_modes,
     parse_seeds,
 )
-from services.study.runner import Study, recipe
+from services.feeder.demo import user_value
+from services.study.runner import ENV_FILE, ROOT, Study, recipe
 from services.study.userdata import read_data
 
 
@@ -166,12 +167,18 @@ def modes_command(
         out = out or Path(f"study-{domain}-d{difficulty}")
         # One codebook for the data, the held-out sets and the trainer (R3_CODEBOOK of every
         # run): data stamped with one and a run taking another would fail its first file.
+        # R3_CODEBOOK as the runs would read it: the environment, else the runs' `.env`
+        # (a relative path there is the runs' working directory's, ROOT).
+        configured = user_value("R3_CODEBOOK", os.environ, ENV_FILE)
         chosen = codebook or (
-            Path(os.environ["R3_CODEBOOK"]) if os.environ.get("R3_CODEBOOK") else None
+            (ROOT / Path(configured).expanduser() if configured else None)
+            if not os.environ.get("R3_CODEBOOK")
+            else Path(configured)
         )
         codebook_path = None if chosen is None else str(chosen.expanduser().resolve())
         coded = None if codebook_path is None else Codebook.load(codebook_path)
-        run_recipe = recipe(eval_every, dict(os.environ))
+        run_recipe = recipe(eval_every, os.environ, ENV_FILE)
+        run_recipe.pop("R3_CODEBOOK", None)
         if codebook_path is not None:
             run_recipe["R3_CODEBOOK"] = codebook_path
         plan = new_plan(

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import redis
 from bus import keys
 from bus.events import StudyProgress, StudyReport, StudyState
 from bus.publish import Publisher
-from services.feeder.demo import DEMO_TRAINER_ENV
+from services.feeder.demo import DEMO_TRAINER_ENV, user_value, user_variables
 from services.study import report as reports
 from services.study.data import train_path, validation_root
 from services.study.namespace import Namespaces, namespaces
@@ -42,8 +42,12 @@ from services.study.run import (
     read_jsonl,
 )
 from services.validation.sets import set_name
+from settings.base import PREFIX, RENAMED
 
 ROOT = Path(__file__).resolve().parents[2]
+# The `.env` every run's settings read: the runs start in ROOT, and settings read `.env` from
+# their working directory.
+ENV_FILE = ROOT / ".env"
 INVOCATIONS_FILE = "invocations.jsonl"  # wall seconds of each invocation, for the total
 
 # Settings a run gets unless the user's environment sets them (the user wins): the demo's
@@ -82,18 +86,41 @@ def trainer_variables() -> set[str]:
     return {f"R3_{name.upper()}" for c in classes for name in c.model_fields}
 
 
-def recipe(eval_every: int, environ: dict[str, str]) -> dict[str, str]:
+def recipe(
+    eval_every: int, environ: Mapping[str, str], env_file: Path | None = None
+) -> dict[str, str]:
     """The trainer's R3_* every run trains with: the study's defaults, then the user's
-    variables (the user wins), then what the study decides itself (paths, Redis, eval set,
-    cadence, seed)."""
+    variables from the environment or `env_file` (default: the runs' `.env`; the user wins, an
+    old renamed variable as its new name), then what the study decides itself (paths, Redis,
+    eval set, cadence, seed). Every run's process gets exactly this (`run_environment`)."""
+    env_file = ENV_FILE if env_file is None else env_file
     chosen = dict(STUDY_DEFAULTS)
     chosen["R3_SAVE_STEPS"] = str(eval_every)  # a kill loses at most one evaluation period
     allowed = trainer_variables() - set(PER_RUN + FORCED)
-    for name, value in environ.items():
-        if name in allowed:
+    mine = user_variables(environ, env_file)
+    for name in sorted(mine & allowed):
+        value = user_value(name, environ, env_file)
+        if value:
             chosen[name] = value
+    for old, renamed in RENAMED.items():  # given only under its old name
+        new = PREFIX + renamed.new.upper()
+        value = user_value(old, environ, env_file)
+        if new in allowed and value and not user_value(new, environ, env_file):
+            chosen[new] = f"{float(value) * renamed.scale:g}" if renamed.scale else value
     chosen["R3_EVAL_STEPS"] = str(eval_every)
     return chosen
+
+
+def run_environment(recipe: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
+    """A run's process environment: `environ` without any trainer variable (nor an old name of
+    one), then the recipe: what a run trains with is the report's recipe, whatever this
+    invocation's environment says (a resumed study keeps its first recipe)."""
+    trainer = trainer_variables() | {
+        old for old, r in RENAMED.items() if PREFIX + r.new.upper() in trainer_variables()
+    }
+    env = {k: v for k, v in environ.items() if k not in trainer}
+    env.update(recipe)
+    return env
 
 
 def run_dir(out: Path, run: RunSpec) -> Path:
@@ -208,8 +235,7 @@ class Study:
             "model": self.model_dir or self.plan.model,
         }
         (where / RUN_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-        env = {k: v for k, v in os.environ.items() if k not in PER_RUN}
-        env.update(self.plan.recipe)
+        env = run_environment(self.plan.recipe, os.environ)
         env.update(
             R3_REDIS_URL=url,
             R3_DATA_DIR=str(data.resolve()),

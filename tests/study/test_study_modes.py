@@ -158,8 +158,13 @@ def test_one_study_at_a_time_on_a_folder(tmp_path: Path) -> None:
     assert "is in use by a study running now (pid" in busy.output
 
 
+@pytest.mark.parametrize("where", ["environment", ".env"])
 def test_a_users_codebook_encodes_the_data_the_sets_and_the_runs_tokens(
-    r: redis.Redis, embedded_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    r: redis.Redis,
+    embedded_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
 ) -> None:
     # R3_CODEBOOK set for the trainer (in the environment or .env) must also be the codebook
     # the study encodes with: data stamped with the built-in one would fail the run's file.
@@ -170,7 +175,14 @@ def test_a_users_codebook_encodes_the_data_the_sets_and_the_runs_tokens(
     assert mine.version != default_codebook().version
     path = tmp_path / "mine.json"
     mine.save(path)
-    monkeypatch.setenv("R3_CODEBOOK", str(path))
+    env_file = tmp_path / ".env"  # stands for the runs' .env (the checkout's, never touched)
+    monkeypatch.setattr("services.study.runner.ENV_FILE", env_file)
+    monkeypatch.setattr("services.cli.study_commands.ENV_FILE", env_file)
+    monkeypatch.delenv("R3_CODEBOOK", raising=False)
+    if where == "environment":
+        monkeypatch.setenv("R3_CODEBOOK", str(path))
+    else:
+        env_file.write_text(f"R3_CODEBOOK={path}\n")
     out = tmp_path / "study"
     args = ["study", "modes", "--modes", "encoded", "--seeds", "1", "--steps", "2"]
     args += ["--eval-every", "2", "--eval-size", "2", "--parallel", "1"]
