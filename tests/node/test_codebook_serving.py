@@ -22,6 +22,7 @@ import redis
 from bus import keys, queues
 from bus.encoding import from_fields
 from bus.events import EvalResult
+from bus.settings import get_bus_settings
 from codec.codebook import CODEBOOK_FILE, Codebook
 from codec.domains import generate
 from codec.modes import Mode
@@ -36,12 +37,15 @@ from services.node.serving.loading import load_for_serving, serving_model
 from services.node.worker import evaluation
 from services.node.worker.node_client import NodeClient, NodeUnavailable
 from services.node.worker.runner import build_worker
+from tests.faults import redis_server
+from tests.faults.redis_server import KillableRedis
 from tests.node.conftest import CODED
 from tests.node.jobs_fixtures import MAX_TOKENS
 from tests.rig.node import ADMIN_TOKEN, RunningNode
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 HI = [{"role": "user", "content": "hi"}]
+killable_redis = redis_server.killable_redis  # a Redis of the test's own, that it may stop
 
 
 def love_the_first_code(model: Any, tokenizer: Any) -> None:
@@ -335,6 +339,84 @@ def test_codes_placed_in_the_padding_rows_of_a_padded_vocabulary_are_served(
     message = chat(node, {**body, "regime3": {"decode": True}}).json()["choices"][0]["message"]
     assert message["content"] == "🤔<E000><E000>🛑🛑<E000>"
     assert message["canonical"] == "(ans valid)\n(ans valid)"
+
+
+def test_a_version_still_finishing_requests_answers_with_the_codebook_it_was_loaded_with(
+    coded_model_dir: Path,
+    embedded_dir: Path,
+    own_codebook: Codebook,
+    node_factory: Callable[..., RunningNode],
+    r: redis.Redis,
+) -> None:
+    # After a swap, the old version still answers the requests it took; the registry may
+    # no longer list it, but its codebook is the one it was loaded with, not null (which
+    # would tell the node-worker that the default codebook applies).
+    registry = Registry(r, "test-node")
+    registry.register(CODED, path=str(coded_model_dir))
+    registry.register("plain", path=str(embedded_dir))
+    registry.set_active(CODED)
+    node = node_factory()
+    with node.state.engine.lease() as held:  # a request still running on the coded model
+        assert held.version == CODED
+        swap = httpx.post(
+            f"{node.url}/models/set_active", json={"id": "plain"}, headers=ADMIN, timeout=120
+        )
+        assert swap.status_code == 200, swap.text
+        gone = httpx.delete(f"{node.url}/models/{CODED}", headers=ADMIN)
+        assert gone.status_code == 200, gone.text
+        assert node.state.engine.in_use().get(CODED) == 1
+        served = httpx.get(f"{node.url}/v1/models/{CODED}/codebook")
+        assert served.status_code == 200, served.text
+        body = served.json()
+        assert (body["model"], body["version"]) == (CODED, own_codebook.version)
+        assert body["codebook"] == own_codebook.to_json()
+        card = httpx.get(f"{node.url}/v1/models/{CODED}").json()
+        assert (card["active"], card["codebook"]) == (False, own_codebook.version)
+        plain = httpx.get(f"{node.url}/v1/models/active/codebook").json()
+        assert (plain["model"], plain["version"]) == ("plain", None)
+    # Its last request ended: nothing on this node knows it any more.
+    r404 = httpx.get(f"{node.url}/v1/models/{CODED}/codebook")
+    assert r404.status_code == 404 and r404.json()["error"]["code"] == "model_not_found"
+
+
+def test_the_codebook_of_a_registered_model_is_a_503_not_null_while_redis_is_away(
+    coded_model_dir: Path,
+    own_codebook: Codebook,
+    node_factory: Callable[..., RunningNode],
+    killable_redis: KillableRedis,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The node on a Redis of this test's own, which the test stops.
+    monkeypatch.setenv("R3_REDIS_URL", killable_redis.url)
+    get_bus_settings.cache_clear()
+    try:
+        Registry(killable_redis.client(), "test-node").register(CODED, path=str(coded_model_dir))
+        node = node_factory()  # serves the embedded model; CODED is registered, not loaded
+        path = f"{node.url}/v1/models/{CODED}/codebook"
+        assert httpx.get(path).json()["version"] == own_codebook.version
+        killable_redis.kill()
+
+        away = httpx.get(path, timeout=30)
+        assert away.status_code == 503, away.text
+        error = away.json()["error"]
+        assert (error["type"], error["code"], error["param"]) == (
+            "server_error",
+            "registry_unavailable",
+            "model",
+        )
+        assert CODED in error["message"] and "Redis" in error["message"]
+        assert "127.0.0.1" not in error["message"]  # no address of the deployment's Redis
+        # The worker's client reports it; it never reads it as "the default codebook".
+        with NodeClient(node.url) as client, pytest.raises(NodeUnavailable, match="HTTP 503"):
+            client.model_codebook(CODED)
+        # What the engine holds needs no Redis.
+        for name in ("active", node.state.engine.active.version):
+            served = httpx.get(f"{node.url}/v1/models/{name}/codebook", timeout=30)
+            assert served.status_code == 200 and served.json()["version"] is None
+    finally:
+        monkeypatch.setenv("R3_REDIS_URL", redis_url)
+        get_bus_settings.cache_clear()
 
 
 @pytest.mark.parametrize(

@@ -217,14 +217,30 @@ async def list_models(request: Request) -> JSONResponse:
 
 
 def _registered_codebook(state: NodeState, model_id: str) -> Codebook | None:
-    """The codebook in a model's directory: the version serving, else its registry entry's."""
-    active = state.engine.active
-    if model_id == active.version:
-        return active.codebook
+    """The codebook `model_id`'s code tokens mean; None only when the model carries none.
+
+    A version the engine holds (the active one, or one still finishing requests after a
+    swap, which the registry may no longer list) answers with the codebook it was loaded
+    with: its replies were decoded with that one, whatever its directory holds now. Any
+    other model is read from its registry entry's directory. Unknown: 404. Redis away:
+    503, never None, which would tell a client that the default codebook applies.
+    """
+    loaded = state.engine.loaded(model_id)
+    if loaded is not None:
+        return loaded.codebook
     try:
         entry = state.registry.get(model_id)
-    except (RegistryError, redis.RedisError):  # unknown here, or Redis away: nothing to read
-        return None
+    except RegistryError as exc:
+        raise _model_not_found(model_id) from exc
+    except redis.RedisError as exc:
+        raise ApiError(
+            503,
+            f"the codebook of model {model_id!r} cannot be read now: the model registry "
+            f"(Redis) is unavailable ({type(exc).__name__}); retry when Redis is back.",
+            type="server_error",
+            param="model",
+            code="registry_unavailable",
+        ) from exc
     path = Path(entry.path).expanduser() if entry.path else state.settings.models_dir / entry.id
     try:
         return model_codebook(path)
@@ -239,14 +255,13 @@ def _registered_codebook(state: NodeState, model_id: str) -> Codebook | None:
 async def model_codebook_route(model_id: str, request: Request) -> JSONResponse:
     """The codebook a model's code tokens mean, for clients that decode on their own (the
     node-worker renders and judges encoded data with it). `codebook` is null when the model
-    carries none: the codec's default codebook (`codec.domains.default_codebook`) applies."""
+    carries none: the codec's default codebook (`codec.domains.default_codebook`) applies.
+    A model it cannot tell about is an error, never null: 404 unknown, 503 Redis away."""
     state = _state(request)
     active = state.engine.active
-    if model_id in (ACTIVE_ALIAS, active.version):
+    if model_id == ACTIVE_ALIAS:
         name, codebook = active.version, active.codebook
     else:
-        if not await run_in_threadpool(_known, state, model_id):
-            raise _model_not_found(model_id)
         name = model_id
         codebook = await run_in_threadpool(_registered_codebook, state, model_id)
     return JSONResponse(

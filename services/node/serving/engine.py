@@ -178,6 +178,17 @@ class Engine:
             by_id = {id(self._active): self._active, **self._retired}
             return {m.version: self._holds.get(key, 0) for key, m in by_id.items()}
 
+    def loaded(self, version: str) -> LoadedModel | None:
+        """The model of `version` this engine holds: the active one, else one still finishing
+        requests after a swap (what those requests are answered with); None when neither."""
+        with self._lock:
+            if self._active.version == version:
+                return self._active
+            for model in reversed(self._retired.values()):  # the newest first (a reload)
+                if model.version == version:
+                    return model
+        return None
+
     @contextmanager
     def lease(self) -> Iterator[LoadedModel]:
         """The active model, kept alive across a swap until the block ends (for scoring)."""
