@@ -61,6 +61,7 @@ def namespaces(main_url: str, owner: str, needed: int) -> Iterator[Namespaces]:
             args,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a terminal's Ctrl-C must not stop it under the runs
         )
         try:
             url = f"redis://127.0.0.1:{port}"

@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,10 @@ CURVE_FILE = "curve.jsonl"
 RESUMES_FILE = "resumes.jsonl"
 DONE_FILE = "done.json"
 EXIT_STOPPED = 3  # stopped on request (SIGTERM) before the step count: resume later
+# Set by SIGTERM or SIGINT, from the start of the process: a stop asked while the trainer is
+# being built or is validating its file (which clears the trainer's own flag) still stops it
+# after its next step, with a checkpoint.
+STOP = threading.Event()
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -97,7 +102,7 @@ class StudyTrainer(Trainer):
 
     def _after_step(self, step: StepRows, state: FileProgress) -> None:
         number = self.global_step + 1
-        if number >= self.stop_at:
+        if number >= self.stop_at or STOP.is_set():
             self.request_stop()  # the loop saves a checkpoint after this step and stops
         self.loss_tokens += step.loss_tokens
         _append(
@@ -134,6 +139,18 @@ def run(run_dir: Path, kill_at: int | None = None) -> int:
     spec = json.loads((run_dir / RUN_FILE).read_text())
     plan = StudyPlan.from_json(spec["plan"])
     me = RunSpec(spec["mode"], int(spec["seed"]))
+    trainer: StudyTrainer | None = None
+
+    def stop(*_: object) -> None:
+        STOP.set()
+        if trainer is not None:
+            trainer.request_stop()
+
+    # Before the trainer exists: a stop while it loads must not kill it without a checkpoint.
+    # SIGINT too: a Ctrl-C that reaches the run (the study starts it in its own session, but
+    # a user may signal it) stops it like SIGTERM does.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     connection = redis.Redis.from_url(os.environ["R3_REDIS_URL"])
     connection.flushdb()  # the study gave this run the database for itself
     trainer = StudyTrainer(
@@ -146,8 +163,7 @@ def run(run_dir: Path, kill_at: int | None = None) -> int:
     if trainer.global_step:
         _append(run_dir / RESUMES_FILE, {"from_step": trainer.global_step, "time": time.time()})
         log.info("%s: resuming from step %d", me.name, trainer.global_step)
-    signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop())
-    if trainer.global_step < plan.steps:
+    if trainer.global_step < plan.steps and not STOP.is_set():
         trainer.pending_resume = trainer.latest_cursor
         with contextlib.suppress(TrainingInterrupted):  # the stop at the step count
             trainer.train_file(Path(spec["train_file"]), job_id=me.name, name=f"{me.name}.jsonl")

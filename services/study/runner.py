@@ -251,8 +251,15 @@ class Study:
             command += ["--kill-at", str(self.kill[run.name])]
         log = (where / "run.log").open("ab")
         try:
+            # Its own session: a Ctrl-C in the terminal reaches only the study, which stops
+            # the run with SIGTERM (a checkpoint at its step), not the run directly.
             return subprocess.Popen(
-                command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+                command,
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         finally:
             log.close()
@@ -304,8 +311,8 @@ class Study:
         self._store(self._report(set()))
         active: list[_Active] = []
         parallel = max(1, min(self.parallel, len(todo) or 1))
-        try:
-            with namespaces(self.main_url, self.plan.study_id, parallel) as pool:
+        with namespaces(self.main_url, self.plan.study_id, parallel) as pool:
+            try:
                 self.echo(
                     f"study {self.plan.study_id}: {len(todo)} of {len(runs)} runs to train, "
                     f"{parallel} at a time, each on its own Redis database ({pool.where})"
@@ -327,18 +334,34 @@ class Study:
                             changed = True
                     if changed:
                         self._store(self._report({a.run.name for a in active}))
-        except KeyboardInterrupt:
-            for item in active:
-                item.proc.send_signal(signal.SIGTERM)  # each saves a checkpoint and stops
-            for item in active:
-                try:
-                    item.proc.wait(120)
-                except subprocess.TimeoutExpired:
-                    item.proc.kill()
-            self.echo("interrupted: re-run the same command to resume the unfinished runs")
-            self._finalize()
-            raise
+            except KeyboardInterrupt:
+                # Inside the `with`: the runs' Redis (a private server) is still up while they
+                # save their checkpoints, and their borrowed databases are given back.
+                self._stop(active, pool)
+                self.echo("interrupted: re-run the same command to resume the unfinished runs")
+                self._finalize()
+                raise
         return self._finalize()
+
+    def _stop(self, active: list[_Active], pool: Namespaces) -> None:
+        """SIGTERM every active run (each saves a checkpoint after its step and stops), wait
+        for them, give their databases back."""
+        for item in active:
+            if item.proc.poll() is None:
+                item.proc.send_signal(signal.SIGTERM)
+        for item in active:
+            try:
+                item.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                item.proc.kill()
+                item.proc.wait()
+            except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
+                for other in active:
+                    if other.proc.poll() is None:
+                        other.proc.kill()
+                        other.proc.wait()
+            self._report_points(item)
+            pool.give(item.url)
 
     def _finalize(self) -> dict[str, Any]:
         data = self._report(set())  # its wall time counts this invocation

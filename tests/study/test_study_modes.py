@@ -203,3 +203,45 @@ def test_a_users_codebook_encodes_the_data_the_sets_and_the_runs_tokens(
     assert data["plan"]["codebook"] == str(path.resolve())
     assert data["plan"]["recipe"]["R3_CODEBOOK"] == str(path.resolve())
     assert f"--codebook {path.resolve()}" in data["environment"]["command"]
+
+
+def test_ctrl_c_stops_the_runs_with_a_checkpoint_and_the_study_resumes_there(
+    redis_url: str, embedded_dir: Path, tmp_path: Path
+) -> None:
+    # A terminal's Ctrl-C: SIGINT to the study's process group. The runs are in sessions of
+    # their own: the study SIGTERMs them, each saves a checkpoint at its step and stops, and
+    # the same command resumes from there (no step trained twice, none lost).
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "study"
+    args = [sys.executable, "-m", "services.cli", "study", "modes", "--modes", "canonical"]
+    args += ["--seeds", "1", "--steps", "12", "--eval-every", "12", "--eval-size", "2"]
+    args += ["--parallel", "1", "--model", str(embedded_dir), "--out", str(out)]
+    env = {**os.environ, "R3_REDIS_URL": redis_url}
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        args, env=env, cwd=root, start_new_session=True, stdout=subprocess.PIPE, text=True
+    )
+    run = out / "runs" / "canonical-s1"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (run / "steps.jsonl").exists() and len(_steps(run)) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[0]
+    os.killpg(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "interrupted: re-run" in output, output
+    stopped = _steps(run)
+    assert 2 <= len(stopped) < 12 and stopped == list(range(1, len(stopped) + 1))
+    assert not (run / "done.json").exists()
+
+    again = subprocess.run(args, env=env, cwd=root, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    resumes = [json.loads(t)["from_step"] for t in (run / "resumes.jsonl").read_text().splitlines()]
+    assert resumes == [stopped[-1]]  # the checkpoint saved at the stop
+    assert _steps(run) == list(range(1, 13))
