@@ -34,6 +34,7 @@ class Namespaces:
     """A pool of Redis URLs, one database each; `take()` one per run, `give()` it back."""
 
     def __init__(self, urls: list[str], *, borrowed: bool, owner: str) -> None:
+        self.urls = list(urls)
         self.free = list(urls)
         self.borrowed = borrowed
         self.owner = owner
@@ -46,8 +47,30 @@ class Namespaces:
 
     def give(self, url: str) -> None:
         if self.borrowed:
-            redis.Redis.from_url(url).flushdb()
+            clear(redis.Redis.from_url(url))  # emptied, still the study's until it ends
         self.free.append(url)
+
+    def release(self) -> None:
+        """Empty every borrowed database this study still holds, its claim too."""
+        if not self.borrowed:
+            return
+        for url in self.urls:
+            conn = redis.Redis.from_url(url)
+            if _text(conn.get(CLAIM_KEY)) == self.owner:
+                conn.flushdb()
+
+
+def _text(value: object) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value  # type: ignore[return-value]
+
+
+def clear(conn: redis.Redis) -> None:
+    """Empty a run's database but keep its claim (a borrowed database stays the study's while
+    the study runs: another study, or anything else, must not take it as empty)."""
+    holder = conn.get(CLAIM_KEY)
+    conn.flushdb()
+    if holder is not None:
+        conn.set(CLAIM_KEY, holder)
 
 
 @contextmanager
@@ -84,7 +107,11 @@ def namespaces(main_url: str, owner: str, needed: int) -> Iterator[Namespaces]:
             except subprocess.TimeoutExpired:
                 proc.kill()
         return
-    yield _borrow(main_url, owner, needed)
+    pool = _borrow(main_url, owner, needed)
+    try:
+        yield pool
+    finally:
+        pool.release()
 
 
 def _borrow(main_url: str, owner: str, needed: int) -> Namespaces:
@@ -100,11 +127,22 @@ def _borrow(main_url: str, owner: str, needed: int) -> Namespaces:
             continue
         url = urlunsplit(parts._replace(path=f"/{db}", query=""))
         conn = redis.Redis.from_url(url)
-        holder = conn.get(CLAIM_KEY)
-        mark = holder.decode() if isinstance(holder, bytes) else holder
-        if conn.dbsize() == 0 or mark == owner:
-            conn.set(CLAIM_KEY, owner)
+        if _text(conn.get(CLAIM_KEY)) == owner:  # this study's, from an earlier invocation
             urls.append(url)
+            continue
+        # Empty, then claimed atomically (SET NX: of two studies at once one wins), then
+        # still holding nothing but the claim (else something else got there first).
+        if conn.dbsize() != 0 or not conn.set(CLAIM_KEY, owner, nx=True):
+            continue
+        if conn.dbsize() == 1:
+            urls.append(url)
+        elif _text(conn.get(CLAIM_KEY)) == owner:
+            conn.delete(CLAIM_KEY)
+    if len(urls) < needed:
+        for url in urls:  # what this invocation claimed goes back
+            conn = redis.Redis.from_url(url)
+            if _text(conn.get(CLAIM_KEY)) == owner:
+                conn.flushdb()
     if len(urls) < needed:
         raise StudyError(
             f"redis-server is not on PATH and only {len(urls)} empty databases of {base} are "

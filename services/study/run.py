@@ -34,6 +34,7 @@ from typing import Any
 
 import redis
 
+from services.study.namespace import clear
 from services.study.plan import RunSpec, StudyPlan
 from services.trainer.fixed_eval import FixedEvalOutcome
 from services.trainer.loop import Trainer, TrainingInterrupted
@@ -152,7 +153,7 @@ def run(run_dir: Path, kill_at: int | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     connection = redis.Redis.from_url(os.environ["R3_REDIS_URL"])
-    connection.flushdb()  # the study gave this run the database for itself
+    clear(connection)  # the study gave this run the database for itself (its claim kept)
     trainer = StudyTrainer(
         connection,
         run_dir=run_dir,
