@@ -39,6 +39,7 @@ SCHEMA = "regime3.codebook"
 SCHEMA_VERSION = 1
 MAX_CODES = 512
 CODEBOOK_FILE = "codebook.json"  # a checkpoint directory's codebook, in `Codebook.save` format
+CODE = re.compile(r"<E\d{3}>")  # one code as it appears in encoded (or assorted) text
 _WORD = re.compile(r"<E\d{3}>|[+-]?\d+(?:/\d+)?|\w+|[^\w\s]")
 # code | paren | string | atom | anything else (an error); whitespace between matches is skipped
 _ENCODED = re.compile(r'<E(\d{3})>|([()])|("(?:[^"\\\n]|\\.)*")|([^\s()"<]+)|(\S)')
@@ -543,3 +544,17 @@ def build_codebook(
         "codes": len(fragments),
     }
     return Codebook(fragments, params)
+
+
+def recode(text: str, source: Codebook, target: Codebook) -> str:
+    """`text` with every line that holds codes of `source` re-encoded with `target`.
+
+    Each coded line (an encoded reasoning, or a coded step of an assorted one) is decoded to
+    canonical text and encoded again; other lines (markers, canonical steps, the answer) are
+    kept as they are, so an assorted reasoning keeps its canonical steps.
+    """
+    if source.version == target.version:
+        return text
+    return "\n".join(
+        target.encode(source.decode(row)) if CODE.search(row) else row for row in text.split("\n")
+    )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from codec.codebook import CODE
 from codec.errors import CodebookError, DomainError
 from codec.modes import Mode
 from codec.sexpr import Expr, to_text, to_text_all
@@ -19,7 +19,6 @@ Split = Literal["train", "heldout"]
 THINK = "🤔"
 STOP = "🛑"
 HELDOUT_FRACTION = 0.1
-CODE = re.compile(r"<E\d{3}>")  # a codebook code, as it appears in encoded reasoning
 
 
 @dataclass(frozen=True)

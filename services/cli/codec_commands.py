@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,11 +13,13 @@ import click
 
 from codec.canonical import canonical_text
 from codec.codebook import (
+    CODE,
     MAX_CODES,
     Codebook,
     build_codebook,
     code_name,
     codebook_in,
+    recode,
     whitespace_count,
 )
 from codec.compression import DomainCompression, measure
@@ -177,9 +178,6 @@ def decode_command(texts: tuple[str, ...], codebook_path: str | None) -> None:
             raise click.ClickException(f"{where}: {err}") from None
 
 
-_CODE = re.compile(r"<E\d{3}>")
-
-
 def _codebook_at(path: str, hint: str) -> Codebook:
     """A codebook JSON, or the codebook.json of a checkpoint (or model) directory."""
     try:
@@ -206,7 +204,7 @@ def recode_line(
     meta = line.get("meta") if isinstance(line.get("meta"), dict) else None
     stamp = meta.get("codebook") if meta is not None else None
     turns = [m for m in line.get("messages", []) if isinstance(m, dict)]
-    coded = [m for m in turns if m.get("role") == "assistant" and _CODE.search(str(m["content"]))]
+    coded = [m for m in turns if m.get("role") == "assistant" and CODE.search(str(m["content"]))]
     if not coded or stamp == target.version:
         return False
     source = sources.get(stamp if isinstance(stamp, str) else "")
@@ -216,17 +214,12 @@ def recode_line(
             f"{where} {which}: pass the codebook it was encoded with as --from"
         )
     for message in coded:
-        rows = []
-        for row in str(message["content"]).split("\n"):
-            if _CODE.search(row):
-                try:
-                    row = target.encode(source.decode(row))
-                except CodecError as err:
-                    raise click.ClickException(f"{where}: {err}") from None
-            rows.append(row)
-        message["content"] = "\n".join(rows)
+        try:
+            message["content"] = recode(str(message["content"]), source, target)
+        except CodecError as err:
+            raise click.ClickException(f"{where}: {err}") from None
     if meta is not None:
-        if any(_CODE.search(str(m["content"])) for m in coded):
+        if any(CODE.search(str(m["content"])) for m in coded):
             meta["codebook"] = target.version
         else:
             meta.pop("codebook", None)

@@ -148,11 +148,14 @@ class FixedEvaluator:
         per_set: dict[str, FixedEvalScore] = {}
         codebook = self.codebook()
         tokenizer = self._tokenizer()
+        # A stored coded set is written in the codebook it was drawn with (the built-in one);
+        # a run with its own codebook is scored against the same references in its codes.
+        known = (default_codebook(), codebook)
         for loaded in self.sets:
             per_set[loaded.spec.name] = score(
                 model,
                 tokenizer,
-                loaded.items,
+                [item.in_codebook(codebook, known) for item in loaded.items],
                 max_new_tokens=self.max_new_tokens,
                 codebook=codebook,
                 model_id=checkpoint_id or f"step-{step}",

@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from codec.codebook import CODE
 from services.dataset_store import json_line_problem
 from services.trainer.config import TrainerSettings
 from services.trainer.dataset_reader import DataCursor, RawLine, check_file, read_lines
@@ -40,7 +41,6 @@ IN_FLIGHT_PER_WORKER = 3
 _THINK_RUN = re.compile(f"{THINK}+")
 _STOP_RUN = re.compile(f"{STOP}+")
 # A codebook code (codec.codebook): assistant text holding one makes the run add code tokens.
-CODE = re.compile(r"<E\d{3}>")
 # A line's codes: None (its assistant text holds no code), UNSTAMPED (codes, no
 # meta.codebook: taken to use the run's codebook) or the meta.codebook version it names.
 UNSTAMPED = ""

@@ -9,14 +9,16 @@ and the demo's training generator also skips every stored id: they are never tra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from codec.codebook import Codebook
+from codec.codebook import Codebook, recode
 from codec.domains import default_codebook, generate
 from codec.errors import DomainError
 from codec.modes import Mode
@@ -45,6 +47,7 @@ class ValidationItem:
     question: str
     golden: str
     messages: tuple[dict[str, str], ...]  # user + reference assistant (for teacher-forced CE)
+    codebook: str | None = None  # meta.codebook: the codebook a coded reference is written in
 
     @classmethod
     def from_line(cls, line: dict[str, Any]) -> ValidationItem:
@@ -58,7 +61,26 @@ class ValidationItem:
             question=messages[0]["content"],
             golden=str(meta["golden"]),
             messages=messages,
+            codebook=meta.get("codebook") if isinstance(meta.get("codebook"), str) else None,
         )
+
+    def in_codebook(self, target: Codebook, known: Sequence[Codebook]) -> ValidationItem:
+        """This item with its coded reference re-encoded in `target` (the codebook answers
+        are read with), so CE and answer CE score the codes the model was taught. `known`:
+        the codebooks a stored reference may be written in (matched by version); a reference
+        in none of them, or with no codes, is returned as it is."""
+        if self.codebook is None or self.codebook == target.version:
+            return self
+        source = next((c for c in known if c.version == self.codebook), None)
+        if source is None:
+            return self
+        messages = tuple(
+            {**m, "content": recode(m["content"], source, target)}
+            if m["role"] == "assistant"
+            else m
+            for m in self.messages
+        )
+        return dataclasses.replace(self, messages=messages, codebook=target.version)
 
 
 def set_name(domain: str, difficulty: int, mode: Mode | str) -> str:
