@@ -20,6 +20,7 @@ from services.study.data import write_training_files, write_validation_sets
 from services.study.errors import StudyError
 from services.study.plan import (
     DEFAULT_MODES,
+    EMBEDDED_MODEL,
     StudyPlan,
     load_or_store,
     locked,
@@ -32,15 +33,27 @@ from services.study.runner import ENV_FILE, ROOT, Study, recipe
 from services.study.userdata import read_data
 
 
-def _start_model(out: Path) -> str:
-    """R3_MODEL if set, else the embedded model, built once into `<out>/models` so every run
-    starts from the same weights (and none spends its time building it)."""
+def _start_model(model: str | None) -> str:
+    """The study's starting model, fixed in its plan: --model, else R3_MODEL, else the
+    embedded model (EMBEDDED_MODEL: built once into `<out>/models`, `_model_dir`)."""
     from services.model.config import get_model_settings
-    from services.model.embedded import ensure_embedded_model
 
+    if model:
+        return str(Path(model).expanduser().resolve())
     configured = get_model_settings().model
     if configured is not None:
         return str(Path(configured).expanduser().resolve())
+    return EMBEDDED_MODEL
+
+
+def _model_dir(start: str | None, out: Path) -> str:
+    """The directory every run loads: the plan's model, the embedded one built once into
+    `<out>/models` so every run starts from the same weights (and none spends its time
+    building it)."""
+    from services.model.embedded import ensure_embedded_model
+
+    if start and start != EMBEDDED_MODEL:
+        return start
     return str(ensure_embedded_model(out / "models").resolve())
 
 
@@ -66,7 +79,7 @@ def _command(plan: StudyPlan, parallel: int, out: Path) -> list[str]:
     command += ["--seeds", ",".join(map(str, plan.seeds)), "--steps", str(plan.steps)]
     command += ["--eval-every", str(plan.eval_every), "--eval-size", str(plan.eval_size)]
     command += ["--target", f"{plan.target:g}"]
-    if plan.model:
+    if plan.model and plan.model != EMBEDDED_MODEL:
         command += ["--model", plan.model]
     if plan.data:
         command += ["--data", plan.data]
@@ -190,7 +203,7 @@ def modes_command(
             eval_every=eval_every,
             eval_size=eval_size,
             target=target,
-            model=str(Path(model).resolve()) if model else None,
+            model=_start_model(model),
             recipe=run_recipe,
             data=None if data is None else str(data.resolve()),
             codebook=codebook_path,
@@ -213,7 +226,7 @@ def modes_command(
                 codebook=coded,
                 user=user,
             )
-            model_dir = plan.model or _start_model(out)
+            model_dir = _model_dir(plan.model, out)
             study = Study(
                 model_dir=model_dir,
                 plan=plan,

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,10 @@ class StudyPlan:
     eval_every: int  # steps between evaluations on the held-out set (and checkpoints)
     eval_size: int  # held-out problems per evaluation
     target: float  # the EM whose first step the report gives
-    model: str | None  # the starting model's directory; None: R3_MODEL, else the embedded one
+    # The starting model's directory (--model, else R3_MODEL, resolved when the study began),
+    # or EMBEDDED_MODEL: the embedded one, built into <out>/models. None only in plans stored
+    # before the model was recorded.
+    model: str | None
     started: float  # unix time of the first invocation
     recipe: dict[str, str] = field(default_factory=dict)  # R3_* given to every run
     data: str | None = None  # the user's canonical JSONL (domain: its name, difficulty 0)
@@ -150,6 +153,9 @@ def new_plan(
     )
 
 
+EMBEDDED_MODEL = "embedded"
+
+
 def load_or_store(out: Path, plan: StudyPlan) -> tuple[StudyPlan, bool]:
     """The plan stored in `out` when there is one (a resumed study), else `plan`, stored.
 
@@ -165,6 +171,9 @@ def load_or_store(out: Path, plan: StudyPlan) -> tuple[StudyPlan, bool]:
         stored = StudyPlan.from_json(json.loads(path.read_text()))
     except (ValueError, TypeError, KeyError) as exc:
         raise StudyError(f"{path}: not a study plan ({exc}); use another --out") from None
+    unrecorded = stored.model is None  # stored before the starting model was: this one
+    if unrecorded:
+        stored = replace(stored, model=plan.model)
     mine = plan.to_json()
     theirs = stored.to_json()
     differ = [
@@ -176,6 +185,8 @@ def load_or_store(out: Path, plan: StudyPlan) -> tuple[StudyPlan, bool]:
             f"{out} holds another study ({diffs}); re-run with the stored options to resume "
             "it, or give another --out"
         )
+    if unrecorded:
+        path.write_text(json.dumps(stored.to_json(), indent=2) + "\n")
     return stored, True
 
 

@@ -245,3 +245,42 @@ def test_ctrl_c_stops_the_runs_with_a_checkpoint_and_the_study_resumes_there(
     resumes = [json.loads(t)["from_step"] for t in (run / "resumes.jsonl").read_text().splitlines()]
     assert resumes == [stopped[-1]]  # the checkpoint saved at the stop
     assert _steps(run) == list(range(1, 13))
+
+
+def test_the_starting_model_is_fixed_in_the_plan(
+    r: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A study begun on the embedded model (R3_MODEL unset) is not resumed from other weights
+    # because R3_MODEL is set now: its pending runs would start from another model.
+    from services.model.config import get_model_settings
+    from services.study.plan import EMBEDDED_MODEL, load_or_store, new_plan
+
+    def plan(model: str) -> object:
+        return new_plan(
+            domain="syllogism",
+            difficulty=1,
+            modes=("canonical",),
+            seeds=(1,),
+            steps=5,
+            eval_every=5,
+            eval_size=4,
+            target=0.9,
+            model=model,
+            recipe={},
+        )
+
+    out = tmp_path / "s"
+    _, resumed = load_or_store(out, plan(EMBEDDED_MODEL))  # type: ignore[arg-type]
+    assert not resumed and json.loads((out / "study.json").read_text())["model"] == "embedded"
+    other = tmp_path / "other-model"
+    other.mkdir()
+    monkeypatch.setenv("R3_MODEL", str(other))
+    get_model_settings.cache_clear()
+    try:
+        args = ["study", "modes", "--modes", "canonical", "--seeds", "1", "--steps", "5"]
+        args += ["--eval-every", "5", "--eval-size", "4", "--out", str(out)]
+        result = CliRunner().invoke(cli, args)
+    finally:
+        get_model_settings.cache_clear()
+    assert result.exit_code != 0 and "holds another study" in result.output
+    assert f"model: stored 'embedded', asked '{other.resolve()}'" in result.output
