@@ -16,6 +16,7 @@ from bus.errors import RedisUnavailable
 from bus.settings import get_bus_settings
 from codec.codebook import Codebook
 from codec.errors import CodecError
+from services.feeder.demo import user_value
 from services.study.data import write_training_files, write_validation_sets
 from services.study.errors import StudyError
 from services.study.plan import (
@@ -28,7 +29,6 @@ from services.study.plan import (
     parse_modes,
     parse_seeds,
 )
-from services.feeder.demo import user_value
 from services.study.runner import ENV_FILE, ROOT, Study, recipe
 from services.study.userdata import read_data
 

@@ -42,4 +42,3 @@ def test_borrowed_databases_stay_claimed_while_the_study_runs(
         assert run.dbsize() == 1 and _claims(pool) == ["study-a", "study-a"]
     assert _claims(pool) == [None, None]  # released at the end
     assert all(redis.Redis.from_url(u).dbsize() == 0 for u in pool.urls)
-
