@@ -24,7 +24,7 @@ from bus.encoding import from_fields
 from bus.events import EvalResult
 from bus.settings import get_bus_settings
 from codec.codebook import CODEBOOK_FILE, Codebook
-from codec.domains import generate
+from codec.domains import default_codebook, generate
 from codec.modes import Mode
 from codec.problem import Problem
 from services.model.loading import load_model_and_tokenizer
@@ -34,8 +34,8 @@ from services.node.errors import ModelLoadError
 from services.node.pulling.registry import Registry
 from services.node.serving.handles import GenerationRequest, RequestHandle, Slot, TextDelta
 from services.node.serving.loading import load_for_serving, serving_model
-from services.node.worker import evaluation
-from services.node.worker.node_client import NodeClient, NodeUnavailable
+from services.node.worker import evaluation, generation
+from services.node.worker.node_client import ModelGone, NodeClient, NodeUnavailable, Reply
 from services.node.worker.runner import build_worker
 from tests.faults import redis_server
 from tests.faults.redis_server import KillableRedis
@@ -513,3 +513,80 @@ def test_the_worker_evaluates_and_generates_with_the_serving_models_codebook(
             assert decode_reply(content, own_codebook)["decode_error"] is None
     finally:
         get_node_settings.cache_clear()
+
+
+class SwappingClient:
+    """The real node client, except that the replies come from models this test names: the
+    problems in turn as `CODED` (with its own codes), the serving model (the default
+    codebook's) and a model no longer on the node, as when a hot swap comes mid-job."""
+
+    def __init__(self, node: NodeClient, serving: str, own: Codebook, problems: list[Problem]):
+        self.node, self.serving, self.own = node, serving, own
+        self.index = {p.question: i for i, p in enumerate(problems)}
+        self.problems = problems
+
+    def model_codebook(self, model: str) -> Codebook | None:
+        return self.node.model_codebook(model)
+
+    def chat(self, messages: list[dict[str, str]], **_: Any) -> Reply:
+        i = self.index[messages[-1]["content"]]
+        problem = self.problems[i]
+        model, codebook = [
+            (CODED, self.own),
+            (self.serving, default_codebook()),
+            ("vanished", self.own),
+        ][i % 3]
+        text = problem.assistant_content(Mode.ENCODED, codebook, random.Random(i))
+        return Reply(text, model)
+
+
+def test_generation_judges_and_stamps_each_reply_with_its_own_models_codebook(
+    node: RunningNode,
+    coded_model_dir: Path,
+    own_codebook: Codebook,
+    r: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    Registry(r, "test-node").register(CODED, path=str(coded_model_dir))
+    count, seed = 9, 11
+    problems = list(generate("syllogism", count=count, difficulty=1, seed=seed, split="train"))
+    with NodeClient(node.url) as real:
+        serving = real.active_model()
+        assert serving != CODED
+        with pytest.raises(ModelGone):
+            real.model_codebook("vanished")
+        client = SwappingClient(real, serving, own_codebook, problems)
+        report = generation.generate_shard(
+            client,  # type: ignore[arg-type]
+            domain="syllogism",
+            count=count,
+            difficulty=1,
+            mode=Mode.ENCODED,
+            seed=seed,
+            path=tmp_path / "shard.jsonl",
+            max_tokens=MAX_TOKENS,
+            temperature=0.0,
+            concurrency=2,
+            codebook=real.model_codebook(serving) or default_codebook(),
+            model=serving,
+        )
+    lines = [json.loads(x) for x in (tmp_path / "shard.jsonl").read_text().splitlines()]
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for line in lines:
+        by_model.setdefault(line["meta"]["model"], []).append(line)
+    # Each model's own correct replies are kept, verified and stamped with its codebook.
+    for model, codebook in ((CODED, own_codebook), (serving, default_codebook())):
+        assert len(by_model[model]) == 3, model
+        for line in by_model[model]:
+            meta = line["meta"]
+            assert (meta["source"], meta["codebook"]) == ("model", codebook.version), model
+            content = line["messages"][-1]["content"]
+            assert decode_reply(content, codebook)["decode_error"] is None
+    # The model that left: nothing can tell what its codes meant, so nothing is written.
+    assert "vanished" not in by_model
+    result = report.to_dict()
+    assert (result["problems"], result["lines"], result["dropped"]) == (count, 6, 3)
+    [(reason, dropped)] = result["dropped_reasons"].items()
+    assert dropped == 3 and "'vanished'" in reason and "codebook is unknown" in reason
+    assert result["attempts"] == {"correct": 6}
+    assert result["models"] == sorted([CODED, serving, "vanished"])

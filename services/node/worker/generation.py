@@ -30,6 +30,7 @@ import httpx
 
 from codec.canonical import canonical_steps
 from codec.codebook import Codebook
+from codec.domains import default_codebook
 from codec.domains import generate as generate_problems
 from codec.domains.base import fmt
 from codec.domains.selfcorrect import describe
@@ -39,7 +40,7 @@ from codec.modes import Mode, schedule_for
 from codec.operators import numeric_value
 from codec.problem import STOP, THINK, Problem, RenderSettings
 from codec.sexpr import Expr, Sym, number
-from services.node.worker.node_client import NodeClient, Reply
+from services.node.worker.node_client import ModelGone, NodeClient, Reply
 
 Source = Literal["model", "selfcorrect", "golden"]
 Fallback = Literal["golden", "skip"]
@@ -212,6 +213,39 @@ def build_line(
     return line, source, kind
 
 
+class ModelCodebooks:
+    """The codebook each answering model's codes mean, asked of the node once per model id.
+
+    A job starts with the serving model's codebook, but a hot swap mid-job makes another
+    model answer: its replies are judged, rendered and stamped with its own codebook
+    (GET /v1/models/{id}/codebook), never with the one in hand. A model the node no longer
+    knows raises ModelGone (remembered): nothing can say what its codes meant.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[str], Codebook | None],
+        known: dict[str, Codebook | None] | None = None,
+    ) -> None:
+        self._fetch = fetch
+        self._known: dict[str, Codebook | None] = dict(known or {})
+        self._gone: dict[str, str] = {}
+
+    def __call__(self, model: str) -> Codebook | None:
+        if model in self._known:
+            return self._known[model]
+        if model in self._gone:
+            raise ModelGone(self._gone[model])
+        try:
+            # None from the node: the model carries no codebook, the default one applies.
+            codebook = self._fetch(model) or default_codebook()
+        except ModelGone as err:
+            self._gone[model] = str(err)
+            raise
+        self._known[model] = codebook
+        return codebook
+
+
 # --- a shard ---------------------------------------------------------------------------------
 
 
@@ -223,6 +257,8 @@ class GenerationReport:
     attempts: Counter[str] = field(default_factory=Counter)  # correct / wrong / unparsed
     sources: Counter[str] = field(default_factory=Counter)  # model / selfcorrect / golden
     models: set[str] = field(default_factory=set)
+    # Attempts dropped unjudged, by why (a reply of a model whose codebook is unknown).
+    dropped: Counter[str] = field(default_factory=Counter)
     seed: int = 0
     seconds: float = 0.0
     upload: dict[str, Any] | None = None
@@ -244,6 +280,8 @@ class GenerationReport:
             "attempts": dict(self.attempts),
             "sources": dict(self.sources),
             "models": sorted(self.models),
+            "dropped": sum(self.dropped.values()),
+            "dropped_reasons": dict(self.dropped),
             "seed": self.seed,
             "seconds": round(self.seconds, 3),
             "verified": self.verified,
@@ -275,11 +313,18 @@ def generate_shard(
     temperature: float,
     concurrency: int,
     codebook: Codebook | None,
+    model: str | None = None,
     fallback: Fallback = "golden",
     think: int = 4,
     on_progress: Callable[[int, int, str], None] | None = None,
 ) -> GenerationReport:
-    """Sample one attempt per problem on the node and write the shard (see the module doc)."""
+    """Sample one attempt per problem on the node and write the shard (see the module doc).
+
+    `codebook` is `model`'s (the serving model's, as the caller fetched it). A reply of
+    any other model (a hot swap mid-job), or every reply when `model` is not given, is
+    judged and stamped with its own model's codebook, asked of the node once per model; a
+    reply of a model the node no longer knows is dropped and counted in `dropped`.
+    """
     started = time.monotonic()
     problems = list(
         generate_problems(domain, count=count, difficulty=difficulty, seed=seed, split="train")
@@ -301,14 +346,25 @@ def generate_shard(
     settings = RenderSettings(think_repeat=think)
     report = GenerationReport(path=path, seed=seed)
     lines: list[dict[str, Any]] = []
+    codebooks = ModelCodebooks(client.model_codebook, {model: codebook} if model else None)
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         for done, attempt in enumerate(pool.map(ask, range(len(problems))), start=1):
-            line, source, kind = build_line(
-                attempt, rng=rng, settings=settings, codebook=codebook, fallback=fallback
-            )
             report.problems += 1
-            report.attempts[kind] += 1
             report.models.add(attempt.reply.model)
+            try:
+                answering = codebooks(attempt.reply.model)
+            except ModelGone:
+                # Its codes' meaning is unknown: no line may be judged or stamped for it.
+                report.dropped[
+                    f"model {attempt.reply.model!r} answered, then left the node: "
+                    "its codebook is unknown"
+                ] += 1
+                line, source = None, None
+            else:
+                line, source, kind = build_line(
+                    attempt, rng=rng, settings=settings, codebook=answering, fallback=fallback
+                )
+                report.attempts[kind] += 1
             if line is not None and source is not None:
                 lines.append(line)
                 report.sources[source] += 1

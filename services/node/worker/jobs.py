@@ -160,6 +160,8 @@ def generate(
             temperature=settings.gen_temperature if temperature is None else temperature,
             concurrency=settings.jobs_concurrency,
             codebook=client.model_codebook(serving) or default_codebook(),
+            # A reply of another model (a swap mid-job) is judged with that model's own.
+            model=serving,
             fallback="golden" if fallback == "golden" else "skip",
             on_progress=_progress("problems"),
         )

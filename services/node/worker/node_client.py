@@ -16,6 +16,10 @@ class NodeUnavailable(RuntimeError):
     """The node did not answer or answered with an error."""
 
 
+class ModelGone(NodeUnavailable):
+    """The node does not know the model asked about (any more): 404 model_not_found."""
+
+
 @dataclass(frozen=True)
 class Reply:
     text: str
@@ -105,7 +109,8 @@ class NodeClient:
 
     def model_codebook(self, model: str) -> Codebook | None:
         """The codebook `model`'s code tokens mean (GET /v1/models/{model}/codebook); None
-        when it carries none, so the codec's default codebook applies."""
+        when it carries none, so the codec's default codebook applies. ModelGone when the
+        node does not know the model (any more); NodeUnavailable for any other failure."""
         path = f"/v1/models/{model}/codebook"
         try:
             response = self._http.get(path)
@@ -113,8 +118,10 @@ class NodeClient:
         except (httpx.HTTPError, ValueError) as err:
             raise NodeUnavailable(f"GET {self.base_url}{path} failed: {err}") from None
         if response.status_code >= 400:
-            message = (data.get("error") or {}).get("message") if isinstance(data, dict) else None
-            raise NodeUnavailable(
+            error = (data.get("error") or {}) if isinstance(data, dict) else {}
+            message = error.get("message")
+            gone = response.status_code == 404 and error.get("code") == "model_not_found"
+            raise (ModelGone if gone else NodeUnavailable)(
                 f"the node at {self.base_url} refused GET {path}: "
                 f"HTTP {response.status_code}: {message or response.text[:300]}"
             )
