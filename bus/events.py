@@ -341,7 +341,9 @@ class StudyReport(Event):
     seeds: list[int]
     steps: int
     table: list[dict[str, Any]]  # one row per mode (means over seeds) and per mode and seed
-    report_path: str  # report.json on the host that ran the study
+    # The report's file relative to the study's --out folder ("report.json"), never a host
+    # path: this stream is broadcast on the open /events route.
+    report_path: str
 
 
 # --- telemetry (every host) ------------------------------------------------------------------

@@ -35,7 +35,6 @@ SUMMARY_FIELDS = (
     "target",
     "state",
     "wall_seconds",
-    "report_path",
 )
 
 

@@ -392,7 +392,7 @@ class Study:
                 seeds=list(self.plan.seeds),
                 steps=self.plan.steps,
                 table=data["table"],
-                report_path=str((self.out / "report.json").resolve()),
+                report_path="report.json",  # in --out: the open /events names no host path
             )
         )
         return data
