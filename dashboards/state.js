@@ -446,9 +446,10 @@ export function studyCurves(entry) {
   return out;
 }
 
-// The table: per mode (means over seeds), EM at the last step, the first step at which the
-// seeds' mean EM reached the target, thinking tokens per answer, answer-token CE and parse
-// failures at the last step, from the points the page has (live or the report's).
+// The table: per mode (means over seeds), EM at the last step, the mean over seeds of each
+// seed's own first step at the target (given once every seed reached it), thinking tokens per
+// answer, answer-token CE and parse failures at the last step, from the points the page has
+// (live or the report's).
 export function studyTable(entry) {
   const target = entry.info.target ?? STUDY_TARGET;
   return studyCurves(entry).map(({ mode, seeds }) => {

@@ -20,7 +20,6 @@ from typing import Any
 
 from codec.domains import get_domain
 from codec.errors import DomainError
-from codec.modes import Mode
 from services.study.errors import StudyError
 from services.validation.sets import SET_MODES
 
@@ -188,10 +187,6 @@ def load_or_store(out: Path, plan: StudyPlan) -> tuple[StudyPlan, bool]:
     if unrecorded:
         path.write_text(json.dumps(stored.to_json(), indent=2) + "\n")
     return stored, True
-
-
-def mode_of(name: str) -> Mode:
-    return Mode(name)
 
 
 @contextmanager

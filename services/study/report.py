@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from services.study.plan import RunSpec, StudyPlan
+from services.study.plan import StudyPlan
 
 
 @dataclass
@@ -233,10 +233,8 @@ def markdown(data: dict[str, Any]) -> str:
         seed = "mean" if row["seed"] is None else str(row["seed"])
         first = row["first_step_at_target"]
         if first is None:
-            reached = row.get("seeds_at_target")
-            first_text = "never" if not reached else f"never in {reached} of {len(plan.seeds)}"
-            if row["seed"] is None and reached:
-                first_text = f"{reached} of {len(plan.seeds)} seeds"
+            reached = row.get("seeds_at_target")  # a mean row's: seeds that reached it
+            first_text = f"{reached} of {len(plan.seeds)} seeds" if reached else "never"
         else:
             first_text = f"{first:.0f}"
         em = _fmt(row["em"])
@@ -278,7 +276,3 @@ def markdown(data: dict[str, Any]) -> str:
                 + ", ".join(map(str, run["resumed_from"]))
             )
     return "\n".join(lines) + "\n"
-
-
-def run_spec(result: RunResult) -> RunSpec:
-    return RunSpec(result.mode, result.seed)

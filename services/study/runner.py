@@ -41,7 +41,6 @@ from services.study.run import (
     STEPS_FILE,
     read_jsonl,
 )
-from services.validation.sets import set_name
 from settings.base import PREFIX, RENAMED
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -396,10 +395,6 @@ class Study:
             )
         )
         return data
-
-
-def eval_set_name(plan: StudyPlan, mode: str) -> str:
-    return set_name(plan.domain, plan.difficulty, mode)
 
 
 def _num(value: float | None, digits: int = 1) -> str:
