@@ -46,25 +46,22 @@ def collect(connection: redis.Redis) -> dict[str, Any]:
             }
         )
     # A kill -9 leaves the hash saying `training`: shown as `crashed` once it is stale.
-    training = (
-        liveness.shown(StatusStore(connection).read(), connection)
-        .model_dump(
-            include={
-                "status",
-                "current_step",
-                "total_steps",
-                "loss",
-                "streaming_ce",
-                "learning_rate",
-                "current_file",
-                "batch_queue_size",
-                "tokens_per_sec",
-                "eta_seconds",
-                "accuracy_percent",
-                "fixed_eval_em",
-                "timestamp",
-            }
-        )
+    training = liveness.shown(StatusStore(connection).read(), connection).model_dump(
+        include={
+            "status",
+            "current_step",
+            "total_steps",
+            "loss",
+            "streaming_ce",
+            "learning_rate",
+            "current_file",
+            "batch_queue_size",
+            "tokens_per_sec",
+            "eta_seconds",
+            "accuracy_percent",
+            "fixed_eval_em",
+            "timestamp",
+        }
     )
     nodes = {}
     for name in _node_names(connection):
