@@ -29,6 +29,7 @@ from services.study.plan import (
     parse_modes,
     parse_seeds,
 )
+from services.study.plots import require_matplotlib
 from services.study.runner import ENV_FILE, ROOT, Study, recipe
 from services.study.userdata import read_data
 
@@ -172,6 +173,7 @@ def modes_command(
     resumes from its last checkpoint when the same command runs again.
     """
     try:
+        require_matplotlib()  # checked now, not after the runs
         modes = parse_modes(modes_text)
         user = None
         if data is not None:

@@ -11,6 +11,11 @@ from typing import Any
 from services.study.errors import StudyError
 
 
+def require_matplotlib() -> None:
+    """Fail before any training when the plots could not be drawn at the end."""
+    _pyplot()
+
+
 def _pyplot() -> Any:
     try:
         import matplotlib

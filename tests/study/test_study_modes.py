@@ -284,3 +284,14 @@ def test_the_starting_model_is_fixed_in_the_plan(
         get_model_settings.cache_clear()
     assert result.exit_code != 0 and "holds another study" in result.output
     assert f"model: stored 'embedded', asked '{other.resolve()}'" in result.output
+
+
+def test_a_missing_matplotlib_is_said_before_any_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    result = CliRunner().invoke(cli, ["study", "modes", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 1 and "pip install 'regime3[study]'" in result.output
+    assert not (tmp_path / "s").exists()  # nothing drawn, nothing trained
