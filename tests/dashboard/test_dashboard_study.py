@@ -201,7 +201,15 @@ def test_earlier_studies_load_once_and_the_picker_shows_each(
     assert options[2].startswith("study-old · arithmetic d2")
 
     page.select_option("#study-pick", "study-old")
-    page.wait_for_function("() => document.querySelectorAll('#study-rows tbody tr').length === 2")
+    # The rows appear from the list's summary at once; their figures once the picked study's
+    # report has arrived (one request): wait for those, not only for the rows.
+    page.wait_for_function(
+        """() => {
+            const rows = document.querySelectorAll('#study-rows tbody tr');
+            return rows.length === 2
+                && [...rows].every(r => r.cells[1] && r.cells[1].innerText.includes('%'));
+        }"""
+    )
     rows = _rows(page)
     assert rows["english"][:4] == ["english", "70.0% @400", "never", "110"]
     assert rows["encoded"][:4] == ["encoded", "95.0% @400", "400", "9"]
