@@ -29,7 +29,7 @@ from typing import Any, Literal
 import httpx
 
 from codec.canonical import canonical_steps
-from codec.codebook import Codebook
+from codec.codebook import CODE, Codebook
 from codec.domains import default_codebook
 from codec.domains import generate as generate_problems
 from codec.domains.base import fmt
@@ -44,7 +44,6 @@ from services.node.worker.node_client import ModelGone, NodeClient, Reply
 
 Source = Literal["model", "selfcorrect", "golden"]
 Fallback = Literal["golden", "skip"]
-_CODE = re.compile(r"<E\d{3}>")
 
 
 class UploadError(RuntimeError):
@@ -56,7 +55,7 @@ class UploadError(RuntimeError):
 
 def reasoning_mode(reasoning: str) -> Mode:
     """The mode a model wrote its reasoning in: codes → encoded, S-expressions → canonical."""
-    if _CODE.search(reasoning):
+    if CODE.search(reasoning):
         return Mode.ENCODED
     if reasoning.lstrip().startswith("("):
         return Mode.CANONICAL
@@ -207,7 +206,7 @@ def build_line(
         meta = line.setdefault("meta", {})
         meta.update(source=source, attempt=kind, model=attempt.reply.model)
         parts = split_output(line["messages"][-1]["content"])
-        if codebook is not None and parts is not None and _CODE.search(parts[0]):
+        if codebook is not None and parts is not None and CODE.search(parts[0]):
             # What its codes mean (contract C4): the trainer refuses to mix codebooks in a run.
             meta["codebook"] = codebook.version
     return line, source, kind
